@@ -1,0 +1,37 @@
+"""servegraph: compile multi-model inference pipelines into Ray Serve applications.
+
+The public API is re-exported lazily (PEP 562), so `import servegraph` is cheap and pytest's
+collection does not import the package a second time under another name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
+    "compile": "compiler", "CompiledPipeline": "compiler",
+    "run_local": "executors.local", "LocalExecutor": "executors.local",
+    "serve": "executors.serve", "PipelineHandle": "executors.serve",
+    "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
+    "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
+    "InputError": "errors", "EdgeTypeError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'servegraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

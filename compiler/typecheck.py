@@ -1,0 +1,79 @@
+"""The typecheck pass: every annotated edge must carry a type its consumer accepts.
+
+Like Hamilton, a mismatch fails before anything runs and names both stages, the parameter,
+both types and the fix. Unannotated edges pass. A map's element type is the list's element
+type; a batched method is checked per call (`list[T] -> list[R]` seen as `T -> R`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..dag import CallNode, Node, Op
+from ..errors import TypeMismatchError
+from .types import element_type, is_assignable, output_type, parameter_types, type_name
+from .validate import CheckedGraph
+
+PASS = "typecheck"
+
+
+def typecheck(checked: CheckedGraph) -> CheckedGraph:
+    for node in checked.graph.nodes:
+        if isinstance(node, CallNode):
+            _check_call(node)
+    return checked
+
+
+def bound_parameters(node: CallNode) -> dict[str, Any]:
+    """Parameter name -> the bound argument (a node, a constant, or a container of them).
+    A map's first parameter is bound to the list node it maps over."""
+    is_method = node.call.method is not None
+    try:
+        signature = inspect.signature(node.call.function)
+        bound = signature.bind(*((None,) if is_method else ()), *node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return {}
+    arguments = dict(bound.arguments)
+    if is_method:
+        arguments.pop(next(iter(signature.parameters)))
+    kinds = {name: p.kind for name, p in signature.parameters.items()}
+    return {name: value for name, value in arguments.items()
+            if kinds[name] not in (inspect.Parameter.VAR_POSITIONAL,
+                                   inspect.Parameter.VAR_KEYWORD)}
+
+
+def _check_call(node: CallNode) -> None:
+    expected = parameter_types(node.call.function, node.call.method is not None)
+    arguments = bound_parameters(node)
+    for position, (name, value) in enumerate(arguments.items()):
+        if name not in expected:
+            continue
+        element_of_map = node.op is Op.MAP and position == 0
+        _check_value(node, name, value, expected[name], element_of_map)
+
+
+def _check_value(node: CallNode, param: str, value: Any, expected: Any, of_map: bool) -> None:
+    if isinstance(value, Node):
+        produced = output_type(value)
+        if of_map:
+            produced = element_type(produced)
+        if not is_assignable(produced, expected):
+            _fail(node, param, value, produced, expected, of_map)
+    elif isinstance(value, (list, tuple)) and not of_map:
+        element = element_type(expected)
+        for item in value:
+            _check_value(node, param, item, element, False)
+
+
+def _fail(node: CallNode, param: str, producer: Node, produced: Any, expected: Any,
+          of_map: bool) -> None:
+    source = f"{producer.label} ({producer.site})"
+    what = "each element of" if of_map else "the value of"
+    raise TypeMismatchError(
+        f"parameter {param!r} of {node.call.label} expects {type_name(expected)}, but "
+        f"{what} {source} is {type_name(produced)}",
+        stage=node.label, site=node.site,
+        hint=f"change the annotation of {param!r} or of {producer.label}'s return type, or "
+        "put a stage between them that converts the value",
+    )

@@ -1,0 +1,161 @@
+"""The validate pass: options, names, dangling nodes and misuse the bind step cannot see.
+
+Graph in, `CheckedGraph` out: the same graph plus each actor group's validated options and
+unique deployment name, which the later passes read instead of validating again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..dag import (
+    CallNode, ClassNode, DeploymentOptions, DeploymentSpec, Graph, SelectNode, batch_spec,
+)
+from ..errors import CompileError, OptionsError
+
+PASS = "validate"
+
+Group = ClassNode | DeploymentSpec
+
+_OPTION_HINTS = {
+    "num_replicas": "use an integer >= 1, or 'auto' with autoscaling_config",
+    "autoscaling_config": "keep min_replicas <= initial_replicas <= max_replicas",
+    "ray_actor_options": "num_gpus is a fraction <= 1 or a whole number; num_cpus >= 0",
+    "max_ongoing_requests": "use an integer >= 1",
+    "gpu_memory": "give bytes or a size such as '6GiB'",
+}
+
+
+@dataclass(frozen=True)
+class CheckedGraph:
+    graph: Graph
+    groups: tuple[Group, ...]                  # actor groups, in schedule order
+    names: Mapping[int, str]                   # id(group) -> unique deployment name
+    options: Mapping[int, DeploymentOptions]   # id(group) -> validated options
+
+    def group_of(self, node: CallNode) -> Group:
+        return node.call.group
+
+    def name_of(self, group: Group) -> str:
+        return self.names[id(group)]
+
+
+def validate(graph: Graph) -> CheckedGraph:
+    calls = [node for node in graph.nodes if isinstance(node, CallNode)]
+    groups: dict[int, Group] = {}
+    for node in calls:
+        groups.setdefault(id(node.call.group), node.call.group)
+    options = {key: _options(group) for key, group in groups.items()}
+    names = _unique_names(list(groups.values()), options)
+    _check_dangling(graph)
+    for node in calls:
+        _check_batching(node)
+    for node in graph.nodes:
+        if isinstance(node, SelectNode):
+            _check_select(node)
+    return CheckedGraph(graph, tuple(groups.values()), names, options)
+
+
+def spec_of_group(group: Group) -> DeploymentSpec:
+    return group.target if isinstance(group, ClassNode) else group
+
+
+def _options(group: Group) -> DeploymentOptions:
+    spec = spec_of_group(group)
+    try:
+        return DeploymentOptions.model_validate(dict(spec.raw_options))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        top = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "extra_forbidden":
+            known = list(DeploymentOptions.model_fields)
+            close = difflib.get_close_matches(top, known, n=1)
+            raise OptionsError(
+                f"unknown option {top!r}", stage=spec.name, site=spec.site,
+                hint=f"did you mean {close[0]!r}?" if close
+                else "options are ray.serve.deployment's keywords plus gpu_memory and fuse",
+            ) from None
+        message = error["msg"].removeprefix("Value error, ")
+        raise OptionsError(
+            f"option {field}={error.get('input')!r}: {message}" if field
+            else f"options: {message}",
+            stage=spec.name, site=spec.site,
+            hint=_OPTION_HINTS.get(top, "see ray.serve.deployment for this option's values"),
+        ) from None
+
+
+def _unique_names(groups: list[Group], options: dict[int, DeploymentOptions]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    taken: dict[str, Group] = {}
+    for group in groups:
+        spec = spec_of_group(group)
+        explicit = options[id(group)].name
+        if explicit is not None and explicit in taken:
+            raise OptionsError(
+                f"two deployments are named {explicit!r}", stage=explicit, site=spec.site,
+                hint="give each bound class its own name: Stage.options(name='...').bind()",
+            )
+        base = explicit or spec.name
+        name, suffix = base, 1
+        while name in taken:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        taken[name] = group
+        names[id(group)] = name
+    return names
+
+
+def _check_dangling(graph: Graph) -> None:
+    reached = {node.id for node in graph.nodes}
+    called = {id(node.call.group) for node in graph.nodes if isinstance(node, CallNode)}
+    for node in graph.declared:
+        if node.id in reached or isinstance(node, SelectNode):
+            continue
+        if isinstance(node, ClassNode):
+            if id(node) in called:
+                continue
+            raise CompileError(
+                f"{node.label} is bound but none of its methods is called on the way to an "
+                "output", stage=node.label, pass_name=PASS, site=node.site,
+                hint=f"call a method and use the result: {node.label.lower()}.method.bind(...),"
+                " or remove the binding",
+            )
+        raise CompileError(
+            "this call reaches no output of the graph", stage=node.label, pass_name=PASS,
+            site=node.site,
+            hint="pass its result to a stage that leads to an output, add it to "
+            "sg.Graph's outputs, or remove it",
+        )
+
+
+def _check_batching(node: CallNode) -> None:
+    fn = node.call.function
+    if batch_spec(fn) is not None and not inspect.iscoroutinefunction(fn):
+        raise CompileError(
+            f"{node.call.label} is batched with sg.batch but is not `async def`",
+            stage=node.label, pass_name=PASS, site=node.site,
+            hint="declare the batched method `async def` (as serve.batch requires)",
+        )
+
+
+def _check_select(node: SelectNode) -> None:
+    model: Any = node.root.model
+    if node.args[0] is not node.root or node.target.kind != "attr" or model is None:
+        return
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        fields = list(model.model_fields)
+        if node.target.key not in fields:
+            close = difflib.get_close_matches(str(node.target.key), fields, n=1)
+            raise CompileError(
+                f"the input model {model.__name__} has no field {node.target.key!r}",
+                stage=node.label, pass_name=PASS, site=node.site,
+                hint=f"did you mean {close[0]!r}?" if close
+                else f"fields: {', '.join(fields)}",
+            )
+

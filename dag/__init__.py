@@ -1,0 +1,13 @@
+"""The graph users build: stages, nodes, the input, and `sg.Graph`. Imports neither ray nor
+graphviz."""
+
+from .deployment import BatchSpec, DeploymentSpec, batch, batch_spec, deployment, map, spec_of
+from .graph import Graph
+from .nodes import CallNode, CallTarget, ClassNode, InputNode, MethodRef, Node, Op, SelectNode
+from .options import DeploymentOptions, parse_bytes
+
+__all__ = [
+    "BatchSpec", "CallNode", "CallTarget", "ClassNode", "DeploymentOptions", "DeploymentSpec",
+    "Graph", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "batch", "batch_spec",
+    "deployment", "map", "parse_bytes", "spec_of",
+]

@@ -1,0 +1,146 @@
+"""The one exception family of servegraph.
+
+Every error a user sees is a :class:`PipelineError`. Errors about the graph itself (found while
+binding or compiling) are :class:`CompileError`; errors while a request runs are
+:class:`StageError` (a stage raised: ours, a 5xx) or :class:`InputError` (the caller's payload is
+wrong: a 4xx). Messages say what went wrong, where (the stage and the user's source line), and
+how to fix it. All of them pickle with their fields intact so they survive a Ray hop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SourceSite:
+    """Where the user wrote something: file, line and the source text of that line."""
+
+    file: str
+    line: int
+    code: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.code}" if self.code else f"{self.file}:{self.line}"
+
+
+class PipelineError(Exception):
+    """Root of every servegraph error."""
+
+
+class CompileError(PipelineError):
+    """The graph is wrong: found while binding or by a compiler pass, before anything runs."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        pass_name: str = "compile",
+        site: SourceSite | str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.stage = stage
+        self.pass_name = pass_name
+        self.site = str(site) if site is not None else None
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"stage '{self.stage}'" if self.stage else "graph"
+        if self.site:
+            where += f" ({self.site})"
+        text = f"[{self.pass_name}] {where}: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+class BindError(CompileError):
+    """`bind`, `map` or `InputNode` used in a way that cannot make a graph."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("pass_name", "bind")
+        super().__init__(message, **kwargs)
+
+
+class OptionsError(CompileError):
+    """A deployment option is unknown or has a bad value."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("pass_name", "validate")
+        super().__init__(message, **kwargs)
+
+
+class TypeMismatchError(CompileError):
+    """A producer's annotated output type cannot feed a consumer's annotated parameter."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("pass_name", "typecheck")
+        super().__init__(message, **kwargs)
+
+
+class InputError(PipelineError):
+    """The request payload does not fit the pipeline's input (HTTP 4xx: the caller's fault)."""
+
+    status_code = 422
+
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        self.message = message
+        self.errors = errors or []
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+class StageError(PipelineError):
+    """A stage raised while serving a request (HTTP 5xx naming the stage)."""
+
+    status_code = 500
+
+    def __init__(
+        self,
+        stage: str,
+        message: str,
+        *,
+        site: str | None = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.stage = stage
+        self.message = message
+        self.site = site
+        self.error_type = error_type
+        self.request_id = request_id
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        text = f"stage '{self.stage}'"
+        if self.site:
+            text += f" ({self.site})"
+        if self.error_type:
+            return text + f" raised {self.error_type}: {self.message}"
+        return text + f" failed: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+class EdgeTypeError(StageError):
+    """Strict mode: a value crossing an edge does not match the consumer's annotation."""
+
+
+def _rebuild(cls: type[Any], state: dict[str, Any]) -> Exception:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, err._render())
+    return err

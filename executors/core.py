@@ -1,0 +1,224 @@
+"""The one scheduling core: walk a compiled plan's schedule for one request.
+
+Runners differ only in how they call a stage (as Dask's `get_async` is parameterised by
+`submit`). `execute` walks the nodes in schedule order and hands each call to the runner
+*without awaiting it*: the runner returns a value or a future of its own (an asyncio task
+locally, a `DeploymentResponse` on Serve), and futures flow straight into downstream calls.
+The core awaits only what control flow needs: the list a map iterates over, and the outputs.
+A node whose arguments wait on such an await is deferred into a task of its own, so the
+independent branches after it are still dispatched at once.
+
+Arguments are precompiled per node into `refs` (the node values it reads, in order: the
+*leaves*) and a `build(leaves)` that rebuilds the user's nesting of lists and dicts. Serve
+needs the leaves flat, because it resolves a `DeploymentResponse` only as a top-level argument.
+A map's per-element call reads the element as leaf 0 (`ITEM`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..compiler import CompiledPipeline, NodePlan
+from ..dag.nodes import Selector
+from ..errors import InputError
+
+ITEM = "<item>"
+Build = Callable[[Sequence[Any]], Any]
+BuildCall = Callable[[Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node, ready to run: the leaves it reads and how to rebuild its arguments."""
+
+    node: NodePlan
+    refs: tuple[str, ...] = ()
+    build: BuildCall | None = None
+    items: Build | None = None            # map: the list it iterates over (from `item_refs`)
+    item_refs: tuple[str, ...] = ()
+    selector: Selector | None = None
+
+
+class Runner(Protocol):
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        """Start one call of `step`'s stage; return its value or a future of this runner."""
+
+    def is_future(self, value: Any) -> bool: ...
+
+    async def resolve(self, value: Any) -> Any:
+        """Await one future of this runner to its value."""
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        """Turn a runner's failure into a servegraph error (a StageError naming the stage)."""
+
+
+class Program:
+    """A plan prepared once for many requests: steps with precompiled argument builders."""
+
+    def __init__(self, plan: CompiledPipeline) -> None:
+        self.plan = plan
+        self.steps = [_prepare(plan, node) for node in plan.nodes]
+        self.by_id = {step.node.id: step for step in self.steps}
+        refs: list[str] = []
+        self.build_outputs = _compile(plan, plan.outputs, refs)
+        self.output_refs = tuple(refs)
+        model = plan.input_type()
+        self._input_adapter = TypeAdapter(model) if model is not None else None
+
+    def validate_input(self, payload: Any) -> Any:
+        if self._input_adapter is None:
+            return payload
+        try:
+            return self._input_adapter.validate_python(payload)
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                      for e in exc.errors(include_url=False, include_context=False,
+                                          include_input=False)]
+            fields = ", ".join(".".join(map(str, e["loc"])) or "(body)" for e in errors)
+            raise InputError(f"request body does not fit {self.plan.input_model}: "
+                             f"invalid {fields}", errors=errors) from None
+
+
+def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
+    if node.op == "input":
+        return Step(node)
+    if node.op == "select":
+        return Step(node, refs=(node.args[0]["ref"],), selector=Selector(*node.select))
+    refs: list[str] = []
+    if node.op == "map":
+        item_refs: list[str] = []
+        items = _compile(plan, node.args[0], item_refs)
+        refs.append(ITEM)
+        build = _compile_call(plan, [{"ref": ITEM}, *node.args[1:]], node.kwargs, refs)
+        return Step(node, tuple(refs), build, items, tuple(item_refs))
+    build = _compile_call(plan, node.args, node.kwargs, refs)
+    return Step(node, tuple(refs), build)
+
+
+def _compile_call(plan: CompiledPipeline, args: list[Any], kwargs: dict[str, Any],
+                  refs: list[str]) -> BuildCall:
+    arg_builds = [_compile(plan, a, refs) for a in args]
+    kw_builds = {k: _compile(plan, v, refs) for k, v in kwargs.items()}
+    plain = not kw_builds and len(refs) == len(args) and all("ref" in a for a in args) \
+        and len(set(refs)) == len(refs)
+    if plain:  # the common case: every argument is a node value, in order
+        return lambda leaves: (tuple(leaves), {})
+    return lambda leaves: (tuple(b(leaves) for b in arg_builds),
+                           {k: b(leaves) for k, b in kw_builds.items()})
+
+
+def _compile(plan: CompiledPipeline, template: dict[str, Any], refs: list[str]) -> Build:
+    """A template -> a function of the leaves; appends the refs it reads to `refs`."""
+    if "ref" in template:
+        if template["ref"] not in refs:
+            refs.append(template["ref"])
+        slot = refs.index(template["ref"])
+        return lambda leaves: leaves[slot]
+    if "list" in template or "tuple" in template:
+        parts = [_compile(plan, t, refs) for t in template.get("list", template.get("tuple"))]
+        kind = list if "list" in template else tuple
+        return lambda leaves: kind(b(leaves) for b in parts)
+    if "dict" in template:
+        fields = {k: _compile(plan, t, refs) for k, t in template["dict"].items()}
+        return lambda leaves: {k: b(leaves) for k, b in fields.items()}
+    constant = plan.decode(template)
+    return lambda leaves: constant
+
+
+class _Deferred:
+    """A node the core itself must wait for (it reads a map's list); holds an asyncio task."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+
+
+async def execute(program: Program, payload: Any, runner: Runner,
+                  request_id: str | None = None) -> Any:
+    """Run one request through the plan with `runner`; return the outputs' values."""
+    values: dict[str, Any] = {}
+    deferred: list[asyncio.Task[Any]] = []
+    try:
+        for step in program.steps:
+            node = step.node
+            if node.op == "input":
+                values[node.id] = program.validate_input(payload)
+            elif node.op == "select":
+                values[node.id] = _select(step, values[step.refs[0]])
+            else:
+                leaves = [values.get(ref) for ref in step.refs]
+                if step.items is not None:
+                    mapped = _map_now(step, values, leaves, runner)
+                    if mapped is not None:
+                        values[node.id] = mapped
+                        continue
+                if step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
+                    task = asyncio.ensure_future(_run_later(step, values, runner))
+                    deferred.append(task)
+                    values[node.id] = _Deferred(task)
+                else:
+                    values[node.id] = runner.call(step, leaves)
+        results = [await _value(values[ref], runner) for ref in program.output_refs]
+        return program.build_outputs(results)
+    except BaseException as exc:
+        for task in deferred:
+            task.cancel()
+        raise runner.on_error(exc, request_id) from None
+
+
+def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],
+             runner: Runner) -> list[Any] | None:
+    """A map over a list already known (e.g. from the request): its calls start now."""
+    item_leaves = [values[ref] for ref in step.item_refs]
+    if any(isinstance(v, _Deferred) for v in (*item_leaves, *leaves[1:])):
+        return None
+    items = step.items(item_leaves)  # type: ignore[misc]
+    if runner.is_future(items):
+        return None
+    rest = leaves[1:]
+    return [runner.call(step, [item, *rest]) for item in items]
+
+
+async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
+    """A call that waits for the core first: a map (its list), or a reader of a deferred."""
+    if step.items is not None:
+        item_leaves = [await _settle(values[ref], runner) for ref in step.item_refs]
+        items = step.items(item_leaves)
+        if runner.is_future(items):
+            items = await runner.resolve(items)
+        rest = [await _settle(values[ref], runner) for ref in step.refs[1:]]
+        return [runner.call(step, [item, *rest]) for item in items]
+    leaves = [await _settle(values[ref], runner) for ref in step.refs]
+    return runner.call(step, leaves)
+
+
+async def _settle(value: Any, runner: Runner) -> Any:
+    """Wait for the core's own deferral only; runner futures pass on unawaited."""
+    return await value.task if isinstance(value, _Deferred) else value
+
+
+async def _value(value: Any, runner: Runner) -> Any:
+    """The concrete value of a leaf: deferrals and runner futures awaited, lists of them too."""
+    value = await _settle(value, runner)
+    if runner.is_future(value):
+        return await runner.resolve(value)
+    if isinstance(value, list) and any(runner.is_future(v) for v in value):
+        return list(await asyncio.gather(*(_value(v, runner) for v in value)))
+    return value
+
+
+def _select(step: Step, value: Any) -> Any:
+    try:
+        return step.selector.apply(value)  # type: ignore[union-attr]
+    except (KeyError, IndexError, AttributeError, TypeError) as exc:
+        field = step.node.label
+        raise InputError(
+            f"request body has no {field.partition('.')[2] or field} ({type(exc).__name__}: "
+            f"{exc})", errors=[{"loc": [field], "msg": "field required", "type": "missing"}],
+        ) from None

@@ -1,0 +1,276 @@
+"""The local runner: stages as Python objects in this process, on asyncio.
+
+Same concurrency as Serve: every async call is its own task, so independent branches overlap;
+a sync stage whose inputs are ready runs inline (as Serve runs sync methods on the replica's
+loop). `sg.batch` is honoured by a small batcher with Serve's semantics. Strict mode checks
+every value crossing an edge against the consumer's annotation (and the producer's return
+annotation) and round-trips it through pickle, as a Ray hop would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..compiler import CompiledPipeline, compile
+from ..compiler.types import parameter_types, return_type, type_name
+from ..dag import BatchSpec, Graph, batch_spec
+from ..errors import EdgeTypeError, PipelineError, StageError
+from .core import Program, Step, execute
+
+
+class LocalExecutor:
+    """Run a graph or plan in-process. `overrides` swaps stages: `{Encoder: FakeEncoder}` (a
+    class or function, or the stage's name as key; a class is built with the stage's own
+    constructor arguments, an object is used as it is)."""
+
+    def __init__(self, graph_or_plan: Graph | CompiledPipeline, *,
+                 overrides: Mapping[Any, Any] | None = None, strict: bool = False) -> None:
+        plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
+            else compile(graph_or_plan)
+        self.plan = plan
+        self.program = Program(plan)
+        self.strict = strict
+        self._runner = _LocalRunner(self.program, _instances(plan, overrides or {}), strict)
+
+    async def run(self, payload: Any = None, *, request_id: str | None = None) -> Any:
+        return await execute(self.program, payload, self._runner, request_id)
+
+    def call(self, payload: Any = None) -> Any:
+        """Blocking `run`, for scripts and sync tests (not from inside a running event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(payload))
+        raise PipelineError("LocalExecutor.call()/sg.run_local() block, and an event loop is "
+                            "running here: use `await sg.LocalExecutor(graph).run(payload)`")
+
+
+def run_local(graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
+              overrides: Mapping[Any, Any] | None = None, strict: bool = False) -> Any:
+    """Run one request in-process, no Ray: what the served pipeline would return."""
+    return LocalExecutor(graph_or_plan, overrides=overrides, strict=strict).call(payload)
+
+
+def _instances(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> dict[str, Any]:
+    """Stage name -> the object its calls go to (a class instance, or a function)."""
+    built: dict[str, Any] = {}
+    for stage in plan.deployments:
+        original = plan.resolve(stage.import_path or "")
+        target = overrides.get(stage.name, overrides.get(original, original))
+        if stage.kind == "class" and isinstance(target, type):
+            args = [plan.decode(a) for a in stage.init_args]
+            kwargs = {k: plan.decode(v) for k, v in stage.init_kwargs.items()}
+            try:
+                target = target(*args, **kwargs)
+            except Exception as exc:
+                raise StageError(stage.name, f"constructor failed: {exc}", site=stage.site,
+                                 error_type=type(exc).__name__) from exc
+        built[stage.name] = target
+    return built
+
+
+class _LocalRunner:
+    def __init__(self, program: Program, instances: dict[str, Any], strict: bool) -> None:
+        self.calls: dict[str, _Call] = {}
+        for step in program.steps:
+            node = step.node
+            if node.stage is None:
+                continue
+            obj = instances[node.stage]
+            fn = getattr(obj, node.method) if node.method else obj
+            self.calls[node.id] = _Call(step, fn, strict)
+
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        call = self.calls[step.node.id]
+        if call.is_async or any(_pending(leaf) for leaf in leaves):
+            return asyncio.ensure_future(call.run_async(leaves))
+        return call.run_sync(leaves)
+
+    def is_future(self, value: Any) -> bool:
+        return isinstance(value, asyncio.Future)
+
+    async def resolve(self, value: Any) -> Any:
+        return await value
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        if isinstance(error, PipelineError) and request_id and hasattr(error, "request_id"):
+            error.request_id = request_id
+        return error
+
+
+def _pending(leaf: Any) -> bool:
+    return isinstance(leaf, asyncio.Future) or (
+        isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf))
+
+
+async def _ready(leaf: Any) -> Any:
+    if isinstance(leaf, asyncio.Future):
+        return await leaf
+    if isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf):
+        return list(await asyncio.gather(*(_ready(v) for v in leaf)))
+    return leaf
+
+
+class _Call:
+    """One call node bound to its stage object: how to invoke it, batched or not, checked or
+    not, and how its failures are named."""
+
+    def __init__(self, step: Step, fn: Callable[..., Any], strict: bool) -> None:
+        self.step = step
+        self.fn = fn
+        self.build = step.build
+        spec = batch_spec(getattr(fn, "__func__", fn))
+        self.batcher = _Batcher(fn, spec) if spec is not None else None
+        self.is_async = self.batcher is not None or inspect.iscoroutinefunction(fn)
+        self.checker = _EdgeChecker(step, fn) if strict else None
+
+    def run_sync(self, leaves: list[Any]) -> Any:
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        try:
+            result = self.fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self.checker.result(result) if self.checker else result
+
+    async def run_async(self, leaves: list[Any]) -> Any:
+        leaves = [await _ready(leaf) for leaf in leaves]
+        if not self.is_async:
+            return self.run_sync(leaves)
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        try:
+            if self.batcher is not None:
+                result = await self.batcher.submit(args, kwargs)
+            else:
+                result = await self.fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self.checker.result(result) if self.checker else result
+
+    def _failed(self, exc: Exception) -> StageError:
+        node = self.step.node
+        if isinstance(exc, StageError):
+            return exc
+        return StageError(node.stage or node.label, str(exc), site=node.site,
+                          error_type=type(exc).__name__)
+
+
+class _EdgeChecker:
+    """Strict mode for one call node: annotations enforced with pydantic in strict mode, and
+    every value pickled and unpickled as a Ray hop would."""
+
+    def __init__(self, step: Step, fn: Callable[..., Any]) -> None:
+        unbound = getattr(fn, "__func__", fn)
+        is_method = unbound is not fn
+        self.node = step.node
+        self.signature = inspect.signature(fn)
+        self.params = {name: TypeAdapter(tp) for name, tp in
+                       parameter_types(unbound, is_method).items()}
+        produced = return_type(unbound)
+        self.returns = None if produced is Any else (TypeAdapter(produced), produced)
+
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+        bound = self.signature.bind_partial(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            adapter = self.params.get(name)
+            if adapter is not None:
+                self._check(adapter, value, f"parameter {name!r}")
+        return args, kwargs
+
+    def result(self, value: Any) -> Any:
+        value = pickle.loads(pickle.dumps(value))
+        if self.returns is not None:
+            self._check(self.returns[0], value, "return value")
+        return value
+
+    def _check(self, adapter: TypeAdapter[Any], value: Any, what: str) -> None:
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise EdgeTypeError(
+                self.node.stage or self.node.label,
+                f"strict mode: {what} of {self.node.label} expects "
+                f"{type_name(adapter._type)}, got {type(value).__name__} {value!r:.80}"
+                f" ({first['msg']})",
+                site=self.node.site, error_type="EdgeTypeError",
+            ) from None
+
+
+
+
+class _Batcher:
+    """Serve's batching semantics for the local runner: concurrent single calls are queued and
+    the method is called on lists (one per positional argument), at `max_batch_size` or after
+    `batch_wait_timeout_s`, with at most `max_concurrent_batches` in flight."""
+
+    def __init__(self, fn: Callable[..., Any], spec: BatchSpec) -> None:
+        self.fn = fn
+        self.spec = spec
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.slots = asyncio.Semaphore(self.spec.max_concurrent_batches)
+
+    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            self._reset(loop)
+        if kwargs:
+            args = (*args, *kwargs.values())
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((args, future))
+        if self._size(self.pending) >= self.spec.max_batch_size:
+            self._flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
+        return future
+
+    def _size(self, pending: list[tuple[tuple[Any, ...], Any]]) -> int:
+        if self.spec.batch_size_fn is None:
+            return len(pending)
+        return self.spec.batch_size_fn([args[0] for args, _ in pending])
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        while self.pending and (not batch or self._size([*batch, self.pending[0]])
+                                <= self.spec.max_batch_size):
+            batch.append(self.pending.pop(0))
+        if batch:
+            asyncio.ensure_future(self._run(batch))
+        if self.pending and self.loop is not None:
+            self.timer = self.loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
+
+    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        async with self.slots:
+            columns = [list(column) for column in zip(*(args for args, _ in batch))]
+            try:
+                results = await self.fn(*columns)
+                if len(results) != len(batch):
+                    raise ValueError(f"a batched method returned {len(results)} results for "
+                                     f"{len(batch)} inputs")
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
