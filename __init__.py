@@ -15,7 +15,7 @@ _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
     "compile": "compiler", "CompiledPipeline": "compiler",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
-    "serve": "executors.serve", "PipelineHandle": "executors.serve",
+    "serve": "executors.serve:serve_pipeline", "PipelineHandle": "executors.serve",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors",
@@ -25,10 +25,11 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'servegraph' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute or name)
     globals()[name] = value
     return value
 

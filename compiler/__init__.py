@@ -16,7 +16,7 @@ from .validate import CheckedGraph, validate
 PASSES = ("validate", "typecheck", "lower")
 
 
-def compile(graph: Graph, cluster: object | None = None) -> CompiledPipeline:  # noqa: A001
+def compile(graph: Graph, cluster: object | None = None) -> CompiledPipeline:
     """Check `graph` and lower it to a plan. `cluster` is reserved for GPU packing."""
     if not isinstance(graph, Graph):
         raise BindError(

@@ -168,5 +168,5 @@ def _sequence_element(tp: Any) -> Any:
     if typing.get_origin(tp) is tuple:
         if args[-1] is Ellipsis:
             return args[0]
-        return typing.Union[args] if len(set(args)) > 1 else args[0]
+        return typing.Union[args] if len(set(args)) > 1 else args[0]  # noqa: UP007
     return args[0]

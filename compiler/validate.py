@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..dag import (
-    CallNode, ClassNode, DeploymentOptions, DeploymentSpec, Graph, SelectNode, batch_spec,
+    CallNode,
+    ClassNode,
+    DeploymentOptions,
+    DeploymentSpec,
+    Graph,
+    SelectNode,
+    batch_spec,
 )
 from ..errors import CompileError, OptionsError
 

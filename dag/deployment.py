@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 from ..errors import BindError, OptionsError, SourceSite
 from .nodes import CallNode, CallTarget, ClassNode, MethodRef, Node, Op, find_nodes, make_call
-from .options import DeploymentOptions
 from .site import user_site
 
 SPEC_ATTR = "__servegraph_deployment__"
@@ -150,7 +149,7 @@ def batch_spec(fn: Any) -> BatchSpec | None:
     return getattr(fn, BATCH_ATTR, None)
 
 
-def map(target: Any, items: Any, *args: Any, **kwargs: Any) -> CallNode:  # noqa: A001
+def map(target: Any, items: Any, *args: Any, **kwargs: Any) -> CallNode:
     """Call `target` once per element of the list `items`, concurrently; results in order.
 
     `target` is a method of an actor group (`enc.encode`) or a function stage. Extra arguments

@@ -30,7 +30,8 @@ def parse_bytes(value: int | float | str) -> int:
         match = _SIZE.match(value)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
-            raise ValueError(f"cannot read {value!r} as a size; write bytes or e.g. '6GiB', '512MB'")
+            raise ValueError(
+                f"cannot read {value!r} as a size; write bytes or e.g. '6GiB', '512MB'")
         size = float(match.group(1)) * _UNITS[unit]
     if size <= 0:
         raise ValueError("a size must be positive")
@@ -91,7 +92,8 @@ class DeploymentOptions(BaseModel):
     num_replicas: int | Literal["auto"] | None = None
     ray_actor_options: ActorOptions | None = None
     placement_group_bundles: list[dict[str, float]] | None = None
-    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    placement_group_strategy: (
+        Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None) = None
     placement_group_bundle_label_selector: list[dict[str, str]] | None = None
     max_replicas_per_node: int | None = Field(default=None, ge=1)
     user_config: Any = None

@@ -225,6 +225,7 @@ class _Batcher:
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.slots = asyncio.Semaphore(self.spec.max_concurrent_batches)
+        self.running: set[asyncio.Task[None]] = set()
 
     def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -254,7 +255,9 @@ class _Batcher:
                                 <= self.spec.max_batch_size):
             batch.append(self.pending.pop(0))
         if batch:
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
         if self.pending and self.loop is not None:
             self.timer = self.loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
 

@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both install everything first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first: the wheel on this machine's disk, not a several-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[all,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the flagship semantic-search pipeline on an embedded local Ray and query it over HTTP.
+demo: install
+	$(BIN)/python -m servegraph.pipelines.search
+
+## Install everything and run the whole test suite (Ray-backed tests included).
+test: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_spine.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

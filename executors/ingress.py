@@ -1,0 +1,78 @@
+"""HTTP for the driver deployment: `POST <route_prefix>` with the request payload as JSON.
+
+A success returns the pipeline's output as JSON with no envelope. An error returns
+`{"error", "stage", "request_id"}` (plus `errors`, the field errors, for a 422): 400 for a body
+that is not JSON, 405 for a method other than POST, 422 for a body that does not fit the input,
+500 naming the stage that failed. Every response carries `x-request-id` (the client's, or one
+made here). A failed request never takes the service down: the next one is served as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import InputError, PipelineError, StageError
+
+Runner = Callable[[Any, str], Awaitable[Any]]
+
+
+def request_id_for(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given:
+        return given[:128]
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        made = _get_serve_request_context().request_id
+        if made:
+            return made
+    except Exception:
+        pass
+    return uuid.uuid4().hex
+
+
+def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body for an error raised while serving a request."""
+    if isinstance(error, InputError):
+        return error.status_code, {"error": error.message, "stage": None,
+                                   "errors": error.errors, "request_id": request_id}
+    if isinstance(error, StageError):
+        return error.status_code, {"error": str(error), "stage": error.stage,
+                                   "request_id": request_id}
+    return 500, {"error": f"{type(error).__name__}: {error}", "stage": None,
+                 "request_id": request_id}
+
+
+async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True
+                      ) -> Response:
+    """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
+
+    `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
+    client's when given) on every response."""
+    request_id = request_id_for(request)
+    headers = {"x-request-id": request_id} if echo_request_id else {}
+    if request.method != "POST":
+        return JSONResponse(
+            {"error": f"{request.method} is not allowed: POST a JSON body",
+             "stage": None, "request_id": request_id},
+            status_code=405, headers={**headers, "allow": "POST"})
+    body = await request.body()
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError as exc:
+        return JSONResponse({"error": f"the request body is not JSON: {exc}",
+                             "stage": None, "request_id": request_id},
+                            status_code=400, headers=headers)
+    try:
+        result = await run(payload, request_id)
+    except PipelineError as exc:
+        status, content = error_body(exc, request_id)
+        return JSONResponse(content, status_code=status, headers=headers)
+    return JSONResponse(to_jsonable_python(result), headers=headers)

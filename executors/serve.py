@@ -1,0 +1,271 @@
+"""The Ray Serve runner: one Serve deployment per actor group, plus the ingress driver.
+
+The driver walks the plan with the one scheduling core. A call becomes
+`handle.remote(node_id, layout, *leaves)` on the stage's deployment, returning a
+`DeploymentResponse` that is passed, unawaited, straight into the calls that read it; Serve
+resolves it where it is needed, so the driver adds no hop of its own. Ray resolves a response
+only as a top-level argument, so a leaf that is a list of responses (a map's results) is
+spread into the arguments and `layout` tells the replica how to gather it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..compiler import CompiledPipeline, compile
+from ..dag import Graph, batch_spec
+from ..errors import PipelineError, StageError
+from .core import Program, Step, execute
+from .ingress import handle_http
+
+Layout = tuple[tuple[int, int], ...]
+
+
+def flatten(leaves: Sequence[Any]) -> tuple[list[Any], Layout]:
+    """Spread every list holding a response into top-level arguments: `(index, length)`."""
+    flat: list[Any] = []
+    layout: list[tuple[int, int]] = []
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
+            layout.append((index, len(leaf)))
+            flat.extend(leaf)
+        else:
+            flat.append(leaf)
+    return flat, tuple(layout)
+
+
+def unflatten(flat: Sequence[Any], layout: Layout) -> list[Any]:
+    if not layout:
+        return list(flat)
+    leaves: list[Any] = []
+    spread = dict(layout)
+    position = 0
+    while position < len(flat):
+        length = spread.get(len(leaves))
+        if length is None:
+            leaves.append(flat[position])
+            position += 1
+        else:
+            leaves.append(list(flat[position:position + length]))
+            position += length
+    while len(leaves) in spread:  # trailing empty lists
+        leaves.append([])
+    return leaves
+
+
+class StageReplica:
+    """A replica of one stage's deployment: the user's object, called by node id."""
+
+    def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
+        stage = plan.stage(stage_name)
+        self.stage = stage
+        target = plan.resolve(stage.import_path or "")
+        if stage.kind == "class":
+            target = target(*[plan.decode(a) for a in stage.init_args],
+                            **{k: plan.decode(v) for k, v in stage.init_kwargs.items()})
+        self.calls: dict[str, tuple[Step, Any, bool]] = {}
+        batched: dict[str, Any] = {}
+        for step in Program(plan).steps:
+            node = step.node
+            if node.stage != stage_name:
+                continue
+            fn = getattr(target, node.method) if node.method else target
+            spec = batch_spec(getattr(fn, "__func__", fn))
+            if spec is not None:
+                if node.method not in batched:
+                    batched[node.method or ""] = serve.batch(
+                        max_batch_size=spec.max_batch_size,
+                        batch_wait_timeout_s=spec.batch_wait_timeout_s,
+                        max_concurrent_batches=spec.max_concurrent_batches,
+                        batch_size_fn=spec.batch_size_fn,
+                    )(fn)
+                fn = batched[node.method or ""]
+            self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn))
+
+    async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:
+        step, fn, is_async = self.calls[node_id]
+        args, kwargs = step.build(unflatten(flat, layout))  # type: ignore[misc]
+        try:
+            result = fn(*args, **kwargs)
+            return await result if is_async else result
+        except StageError:
+            raise
+        except Exception as exc:
+            raise StageError(self.stage.name, str(exc), site=step.node.site,
+                             error_type=type(exc).__name__) from None
+
+
+class _ServeRunner:
+    def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str) -> None:
+        self.handles = handles
+        self.driver_name = driver_name
+
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        flat, layout = flatten(leaves)
+        return self.handles[step.node.stage].remote(step.node.id, layout, *flat)  # type: ignore[index]
+
+    def is_future(self, value: Any) -> bool:
+        return isinstance(value, DeploymentResponse)
+
+    async def resolve(self, value: Any) -> Any:
+        return await value
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        return as_pipeline_error(error, self.driver_name, request_id)
+
+
+def as_pipeline_error(error: BaseException, where: str, request_id: str | None = None
+                      ) -> BaseException:
+    """The servegraph error inside a Ray error (a stage's StageError travels as its cause)."""
+    if isinstance(error, asyncio.CancelledError):
+        return error
+    found = _find_pipeline_error(error)
+    if found is None:
+        found = StageError(where, f"{type(error).__name__}: {error}".splitlines()[0],
+                           error_type=type(error).__name__)
+    if request_id and hasattr(found, "request_id"):
+        found.request_id = request_id
+    return found
+
+
+def _find_pipeline_error(error: BaseException | None) -> PipelineError | None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, PipelineError) and not isinstance(error, RayError):
+            return error
+        cause = getattr(error, "cause", None)
+        error = cause if isinstance(cause, BaseException) else error.__cause__
+    return None
+
+
+class PipelineDriver:
+    """The ingress deployment: walks the plan for each request, over a handle or HTTP."""
+
+    def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle]) -> None:
+        self.program = Program(plan)
+        self.runner = _ServeRunner(handles, plan.driver.name)
+
+    async def run(self, payload: Any, request_id: str | None = None) -> Any:
+        return await execute(self.program, payload, self.runner, request_id)
+
+    async def __call__(self, request: Request) -> Response:
+        return await handle_http(request, self.run, echo_request_id=False)
+
+
+def build_app(plan: CompiledPipeline) -> Any:
+    """The Serve application: a bound driver holding a bound deployment per stage."""
+    stages = {
+        stage.name: serve.deployment(StageReplica).options(**stage.options).bind(plan, stage.name)
+        for stage in plan.deployments
+    }
+    driver = serve.deployment(PipelineDriver).options(name=plan.driver.name,
+                                                      **plan.driver.options)
+    return driver.bind(plan, stages)
+
+
+class PipelineHandle:
+    """A served pipeline: `call()` blocks, `await remote()` does not; HTTP at `url`."""
+
+    def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
+        self._handle = handle
+        self.name = name
+        self.route_prefix = route_prefix
+        self.url = url
+
+    def call(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
+        try:
+            return self._handle.run.remote(payload).result(timeout_s=timeout_s)
+        except Exception as exc:
+            raise as_pipeline_error(exc, self.name) from None
+
+    async def remote(self, payload: Any = None) -> Any:
+        try:
+            return await self._handle.run.remote(payload)
+        except Exception as exc:
+            raise as_pipeline_error(exc, self.name) from None
+
+    def shutdown(self) -> None:
+        """Delete this pipeline's Serve application (Ray and Serve keep running)."""
+        serve.delete(self.name)
+
+    def __enter__(self) -> PipelineHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<PipelineHandle {self.name!r} at {self.url}>"
+
+
+def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
+                   route_prefix: str | None = None, http_port: int | None = None
+                   ) -> PipelineHandle:
+    """Deploy on Ray Serve. Connects to `RAY_ADDRESS` when set, else starts an embedded local
+    Ray sized to hold the plan's replicas; returns once every deployment is running."""
+    plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
+        else compile(graph_or_plan)
+    ensure_ray(plan)
+    if http_port is not None:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    name = name or plan.name
+    route_prefix = route_prefix or f"/{plan.name}"
+    handle = serve.run(build_app(plan), name=name, route_prefix=route_prefix)
+    return PipelineHandle(handle, name, route_prefix, _http_url(route_prefix))
+
+
+
+
+
+# Logical CPUs of an embedded Ray: Serve reserves one per replica by default, and a laptop
+# serving a few pipelines side by side must not leave replicas pending for want of a logical
+# core. Logical CPUs only gate scheduling; processes share the real cores either way.
+EMBEDDED_MIN_CPUS = 16
+
+
+def ensure_ray(plan: CompiledPipeline) -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    ray.init(num_cpus=max(EMBEDDED_MIN_CPUS, os.cpu_count() or 1, cpus_needed(plan)),
+             include_dashboard=False)
+
+
+def cpus_needed(plan: CompiledPipeline) -> int:
+    """Logical CPUs the plan's replicas reserve (Serve's default is one per replica)."""
+    total = 0.0
+    for stage in [*plan.deployments, plan.driver]:
+        options = stage.options
+        replicas = options.get("num_replicas", 1)
+        if replicas == "auto" or "autoscaling_config" in options:
+            auto = options.get("autoscaling_config") or {}
+            replicas = auto.get("max_replicas", 1)
+        cpus = (options.get("ray_actor_options") or {}).get("num_cpus", 1)
+        total += replicas * cpus
+    return int(total + 0.999)
+
+
+def _http_url(route_prefix: str) -> str:
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "", None) else config.host
+        return f"http://{host}:{config.port}{route_prefix}"
+    except Exception:
+        return f"http://127.0.0.1:8000{route_prefix}"
