@@ -7,6 +7,7 @@ validate -> typecheck -> lower. Each pass lives in its own module; a failing pas
 from __future__ import annotations
 
 from ..dag import Graph
+from ..dag.site import user_site
 from ..errors import BindError, CompileError
 from .lower import lower
 from .plan import CompiledPipeline, NodePlan, StagePlan
@@ -20,7 +21,7 @@ def compile(graph: Graph, cluster: object | None = None) -> CompiledPipeline:
     """Check `graph` and lower it to a plan. `cluster` is reserved for GPU packing."""
     if not isinstance(graph, Graph):
         raise BindError(
-            f"sg.compile needs an sg.Graph, got {type(graph).__name__}",
+            f"sg.compile needs an sg.Graph, got {type(graph).__name__}", site=user_site(),
             hint="wrap the output node: sg.compile(sg.Graph(out, name='...'))",
         )
     if cluster is not None:

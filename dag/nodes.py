@@ -176,9 +176,8 @@ class CallTarget:
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Fail at bind time when the arguments cannot bind to the signature."""
-        try:
-            signature = inspect.signature(self.function)
-        except (TypeError, ValueError):
+        signature = signature_of(self.function)
+        if signature is None:
             return
         bound_args = (None, *args) if self.method else args
         try:
@@ -190,6 +189,17 @@ class CallTarget:
                 stage=self.spec.name, site=user_site(),
                 hint="pass one argument per parameter of the stage's method",
             ) from None
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature with string annotations evaluated where possible (for messages)."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:
+        try:
+            return inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
 
 
 def _public_signature(signature: inspect.Signature, is_method: bool) -> str:

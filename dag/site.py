@@ -8,13 +8,18 @@ import sys
 
 from ..errors import SourceSite
 
-_DAG_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# servegraph's own machinery; frames in pipelines/, tests/ and benchmarks/ are user code.
+_INTERNAL = tuple(os.path.join(_PACKAGE, part) for part in
+                  ("dag" + os.sep, "compiler" + os.sep, "executors" + os.sep,
+                   "visualize" + os.sep, "__init__.py", "errors.py", "cli.py"))
 
 
 def user_site() -> SourceSite:
-    """The first frame outside `servegraph/dag`: where the user called bind, map or deployment."""
+    """The first frame outside servegraph's machinery: where the user called bind, map,
+    deployment or compile."""
     frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_DAG_DIR):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
         frame = frame.f_back
     if frame is None:
         return SourceSite("<unknown>", 0, "")

@@ -56,6 +56,9 @@ class Runner(Protocol):
     def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
         """Turn a runner's failure into a servegraph error (a StageError naming the stage)."""
 
+    def discard(self, value: Any) -> None:
+        """The request failed: cancel this future if it still runs, and retrieve its error."""
+
 
 class Program:
     """A plan prepared once for many requests: steps with precompiled argument builders."""
@@ -169,7 +172,16 @@ async def execute(program: Program, payload: Any, runner: Runner,
     except BaseException as exc:
         for task in deferred:
             task.cancel()
+        _discard_all(values.values(), runner)
         raise runner.on_error(exc, request_id) from None
+
+
+def _discard_all(values: Any, runner: Runner) -> None:
+    for value in values:
+        if isinstance(value, list):
+            _discard_all(value, runner)
+        elif runner.is_future(value):
+            runner.discard(value)
 
 
 def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],

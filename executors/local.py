@@ -43,12 +43,18 @@ class LocalExecutor:
 
     def call(self, payload: Any = None) -> Any:
         """Blocking `run`, for scripts and sync tests (not from inside a running event loop)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if not _loop_running():
             return asyncio.run(self.run(payload))
         raise PipelineError("LocalExecutor.call()/sg.run_local() block, and an event loop is "
                             "running here: use `await sg.LocalExecutor(graph).run(payload)`")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def run_local(graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
@@ -102,6 +108,12 @@ class _LocalRunner:
         if isinstance(error, PipelineError) and request_id and hasattr(error, "request_id"):
             error.request_id = request_id
         return error
+
+    def discard(self, value: asyncio.Future[Any]) -> None:
+        if not value.done():
+            value.cancel()
+        elif not value.cancelled():
+            value.exception()
 
 
 def _pending(leaf: Any) -> bool:

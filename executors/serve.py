@@ -124,6 +124,9 @@ class _ServeRunner:
     def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
         return as_pipeline_error(error, self.driver_name, request_id)
 
+    def discard(self, value: DeploymentResponse) -> None:
+        value.cancel()
+
 
 def as_pipeline_error(error: BaseException, where: str, request_id: str | None = None
                       ) -> BaseException:
