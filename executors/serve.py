@@ -125,7 +125,10 @@ class _ServeRunner:
         return as_pipeline_error(error, self.driver_name, request_id)
 
     def discard(self, value: DeploymentResponse) -> None:
-        value.cancel()
+        """Leave it: Serve logs nothing for a response never awaited, and
+        `DeploymentResponse.cancel()` blocks the driver's loop until a replica is assigned,
+        then raises the upstream error. Sibling calls finish on their replicas, unread."""
+        return None
 
 
 def as_pipeline_error(error: BaseException, where: str, request_id: str | None = None

@@ -54,10 +54,9 @@ class Scorer:
         return [self.weight * len(word) for word in words]
 
     def scale(self, value: float, factor: int = 1) -> float:
+        if factor < 0:
+            raise ValueError(f"factor must be >= 0, got {factor}")
         return value * factor
-
-    async def batch_sizes(self, _: Any = None) -> int:
-        return 0
 
 
 @sg.deployment

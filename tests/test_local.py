@@ -109,13 +109,15 @@ def test_batch_size_fn_counts_the_batch() -> None:
 
 def test_stage_error_names_the_stage_and_line() -> None:
     with pytest.raises(sg.StageError) as caught:
-        sg.run_local(scoring(), {**PAYLOAD, "words": ["ok", "boom"]})
+        sg.run_local(scoring(), {**PAYLOAD, "factor": -2})
     error = caught.value
     assert error.stage == "Scorer"
     assert error.error_type == "ValueError"
-    assert error.message == "cannot score 'boom'"
+    assert error.message == "factor must be >= 0, got -2"
     assert error.site is not None and error.site.endswith(
-        "scores = sg.map(scorer.score, inp.words)")
+        "scaled = scorer.scale.bind(query, factor=inp.factor)")
+    with pytest.raises(sg.StageError, match="raised ValueError: cannot score 'boom'"):
+        sg.run_local(scoring(), {**PAYLOAD, "words": ["ok", "boom"]})
 
 
 def test_bad_payload_is_an_input_error_naming_the_field() -> None:

@@ -1,0 +1,112 @@
+"""The Ray Serve runner on one shared Ray: same results as the local executor, over the handle
+and over HTTP; bad input gets a 4xx, a failing stage a 5xx naming it, and serving goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from ray import serve
+
+import servegraph as sg
+from tests.stages import diamond, scoring
+from tests.test_local import EXPECTED, PAYLOAD
+
+pytestmark = pytest.mark.ray
+
+
+def test_diamond_matches_the_local_executor(deploy: Callable[..., Any]) -> None:
+    graph = diamond()
+    handle = deploy(graph, name="diamond", route_prefix="/diamond")
+    for x in range(4):
+        assert handle.call({"x": x}) == sg.run_local(graph, {"x": x}) == 5 * (x + 1)
+    response = httpx.post(handle.url, json={"x": 3}, timeout=30)
+    assert response.status_code == 200
+    assert response.json() == 20
+    assert response.headers["x-request-id"]
+
+
+def test_map_batching_nested_arguments_over_handle_and_http(deploy: Callable[..., Any]) -> None:
+    graph = scoring()
+    handle = deploy(sg.compile(graph), name="scoring", route_prefix="/scoring")
+    assert handle.call(PAYLOAD) == EXPECTED == sg.run_local(graph, PAYLOAD)
+
+    async def concurrent() -> list[Any]:
+        payloads = [{**PAYLOAD, "words": ["x" * n, "y"]} for n in range(1, 9)]
+        return await asyncio.gather(*(handle.remote(p) for p in payloads))
+
+    results = asyncio.run(concurrent())
+    assert [r["report"]["scores"] for r in results] == [[0.5 * n, 0.5] for n in range(1, 9)]
+    with httpx.Client(timeout=30) as client:
+        assert client.post(handle.url, json=PAYLOAD).json() == EXPECTED
+
+
+def test_bad_input_and_failing_stage_keep_the_service_serving(
+        deploy: Callable[..., Any]) -> None:
+    handle = deploy(scoring(), name="errors", route_prefix="/errors")
+    with httpx.Client(timeout=30) as client:
+        bad = client.post(handle.url, json={"query": "q", "words": "nope"},
+                          headers={"x-request-id": "req-422"})
+        assert bad.status_code == 422
+        assert bad.json() == {
+            "error": "request body does not fit tests.stages:Request: invalid words",
+            "stage": None,
+            "errors": [{"loc": ["words"], "msg": "Input should be a valid list",
+                        "type": "list_type"}],
+            "request_id": "req-422",
+        }
+        assert bad.headers["x-request-id"] == "req-422"
+
+        not_json = client.post(handle.url, content=b"{nope", headers={"x-request-id": "r400"})
+        assert not_json.status_code == 400
+        assert not_json.json()["request_id"] == "r400"
+
+        wrong_method = client.get(handle.url)
+        assert wrong_method.status_code == 405
+
+        failed = client.post(handle.url, json={**PAYLOAD, "factor": -1},
+                             headers={"x-request-id": "req-500"})
+        assert failed.status_code == 500
+        body = failed.json()
+        assert body["stage"] == "Scorer"
+        assert body["request_id"] == "req-500"
+        assert body["error"].startswith("stage 'Scorer' (tests/stages.py:")
+        assert body["error"].endswith(
+            "scaled = scorer.scale.bind(query, factor=inp.factor)) raised ValueError: factor "
+            "must be >= 0, got -1")
+
+        good = client.post(handle.url, json=PAYLOAD)
+        assert good.status_code == 200
+        assert good.json() == EXPECTED
+
+    with pytest.raises(sg.StageError) as caught:
+        handle.call({**PAYLOAD, "words": ["boom"]})
+    assert caught.value.stage == "Scorer"
+    assert caught.value.error_type == "ValueError"
+    assert caught.value.message == "cannot score 'boom'"
+    with pytest.raises(sg.InputError) as invalid:
+        handle.call({"query": 1})
+    assert [e["loc"] for e in invalid.value.errors] == [["query"], ["words"]]
+    assert handle.call(PAYLOAD) == EXPECTED
+
+
+def test_one_deployment_per_actor_group_plus_the_driver(deploy: Callable[..., Any]) -> None:
+    plan = sg.compile(scoring())
+    deploy(plan, name="layout", route_prefix="/layout")
+    status = serve.status().applications["layout"]
+    assert sorted(status.deployments) == ["Scorer", "scoring_driver", "summarize"]
+    assert {d.status.value for d in status.deployments.values()} == {"HEALTHY"}
+
+
+def test_a_ray_decorated_class_keeps_its_options(deploy: Callable[..., Any]) -> None:
+    from tests.ray_stages import RayDoubler, ray_doubler_graph
+
+    spec = RayDoubler.__servegraph_deployment__
+    assert spec.raw_options["num_replicas"] == 2
+    handle = deploy(ray_doubler_graph(), name="raydec", route_prefix="/raydec")
+    assert handle.call({"x": 21}) == 42
+    replicas = serve.status().applications["raydec"].deployments["RayDoubler"].replica_states
+    assert replicas == {"RUNNING": 2}
