@@ -117,10 +117,10 @@ def is_assignable(src: Any, dst: Any) -> bool:
         return True
     if isinstance(dst, typing.TypeVar) or isinstance(src, typing.TypeVar):
         return True
-    if _is_union(dst):
-        return any(is_assignable(src, member) for member in typing.get_args(dst))
     if _is_union(src):
         return all(is_assignable(member, dst) for member in typing.get_args(src))
+    if _is_union(dst):
+        return any(is_assignable(src, member) for member in typing.get_args(dst))
     if typing.get_origin(src) is typing.Literal:
         return all(is_assignable(type(value), dst) for value in typing.get_args(src))
     if typing.get_origin(dst) is typing.Literal:

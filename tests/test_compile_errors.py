@@ -6,13 +6,21 @@ from __future__ import annotations
 import os
 
 import pytest
+import servegraph as sg
 from pydantic import BaseModel
 
-import servegraph as sg
 from tests import bad_stages
 from tests.bad_stages import (
-    Encoder, Inverted, TooManyGpus, bad_memory, both_scalings, consume, lengths, no_replicas,
-    produce, typo,
+    Encoder,
+    Inverted,
+    TooManyGpus,
+    bad_memory,
+    both_scalings,
+    consume,
+    lengths,
+    no_replicas,
+    produce,
+    typo,
 )
 
 
@@ -145,8 +153,8 @@ def test_unreadable_gpu_memory() -> None:
         sg.compile(sg.Graph(out))
     line = declared('@sg.deployment(gpu_memory="six gigs")')
     assert str(caught.value) == (
-        f"[validate] stage 'bad_memory' ({line}): option gpu_memory='six gigs': cannot read 'six gigs' as a size; write bytes or e.g. "
-        "'6GiB', '512MB'\n  hint: give bytes or a size such as '6GiB'"
+        f"[validate] stage 'bad_memory' ({line}): option gpu_memory='six gigs': cannot read "
+        "'six gigs' as a size; write bytes or e.g. '6GiB', '512MB'\n  hint: give bytes or a size such as '6GiB'"
     )
 
 

@@ -7,8 +7,8 @@ import gc
 from typing import Any
 
 import pytest
-
 import servegraph as sg
+
 from tests.stages import Inc, Scorer, add, diamond, double, scoring, triple
 
 PAYLOAD = {"query": "hello", "words": ["a", "abcd", "ab"], "factor": 3}
@@ -174,7 +174,7 @@ def test_overrides_swap_a_stage_for_a_fake() -> None:
 
 def test_run_local_inside_a_running_loop_says_what_to_do() -> None:
     async def main() -> None:
-        with pytest.raises(sg.PipelineError, match="await sg.LocalExecutor"):
+        with pytest.raises(sg.PipelineError, match=r"await sg\.LocalExecutor"):
             sg.run_local(diamond(), {"x": 1})
         assert await sg.LocalExecutor(diamond()).run({"x": 1}) == 10
 

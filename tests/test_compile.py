@@ -1,0 +1,108 @@
+"""The compiled plan: deployments, Serve options per role, the schedule, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import servegraph as sg
+from servegraph.compiler import PASSES, CompiledPipeline
+from servegraph.compiler.lower import DRIVER_MAX_ONGOING_REQUESTS
+from servegraph.compiler.types import is_assignable
+
+from tests.stages import diamond, scoring
+
+
+def test_one_deployment_per_actor_group_plus_a_driver() -> None:
+    plan = sg.compile(scoring())
+    assert plan.passes == list(PASSES) == ["validate", "typecheck", "lower"]
+    assert [(s.name, s.kind, s.methods) for s in plan.deployments] == [
+        ("Scorer", "class", ["scale", "score"]), ("summarize", "function", ["__call__"])]
+    scorer = plan.stage("Scorer")
+    assert scorer.import_path == "tests.stages:Scorer"
+    assert scorer.init_args == [{"const": 0.5}]
+    assert scorer.options == {"name": "Scorer", "max_ongoing_requests": 64}
+    assert scorer.batching["score"].max_batch_size == 8
+    assert plan.driver.name == "scoring_driver"
+    assert plan.driver.options == {"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
+                                   "max_queued_requests": -1,
+                                   "ray_actor_options": {"num_cpus": 0}}
+
+
+def test_batched_stage_gets_room_for_two_batches() -> None:
+    @sg.deployment
+    class Batched:
+        @sg.batch(max_batch_size=16)
+        async def run(self, xs: list[int]) -> list[int]:
+            return xs
+
+    with sg.InputNode() as inp:
+        out = Batched.bind().run.bind(inp.x)
+    assert sg.compile(sg.Graph(out)).stage("Batched").options["max_ongoing_requests"] == 32
+
+
+def test_schedule_is_topological_with_argument_templates() -> None:
+    plan = sg.compile(scoring())
+    assert [(n.id, n.op, n.label) for n in plan.nodes] == [
+        ("n0", "input", "input: Request"),
+        ("n1", "select", "input.query"),
+        ("n2", "call", "Scorer.score"),
+        ("n3", "select", "input.words"),
+        ("n4", "map", "map Scorer.score"),
+        ("n5", "select", "input.factor"),
+        ("n6", "call", "Scorer.scale"),
+        ("n7", "select", "input.words"),
+        ("n8", "call", "summarize"),
+    ]
+    summarize = plan.nodes[8]
+    assert summarize.args == [
+        {"ref": "n6"}, {"ref": "n4"},
+        {"dict": {"words": {"ref": "n7"}, "tag": {"const": "v1"}}}]
+    assert plan.nodes[6].kwargs == {"factor": {"ref": "n5"}}
+    assert plan.outputs == {"dict": {"report": {"ref": "n8"},
+                                     "pair": {"list": [{"ref": "n2"}, {"ref": "n6"}]}}}
+
+
+def test_plan_round_trips_through_json_and_runs_from_it() -> None:
+    plan = sg.compile(scoring())
+    text = plan.model_dump_json()
+    loaded = CompiledPipeline.model_validate_json(text)
+    assert loaded.model_dump() == plan.model_dump()
+    assert json.loads(loaded.model_dump_json()) == json.loads(text)
+    payload = {"query": "abc", "words": ["x", "yy"], "factor": 2}
+    assert sg.run_local(loaded, payload) == sg.run_local(plan, payload)
+
+
+def test_plan_from_json_runs_in_a_fresh_process() -> None:
+    text = sg.compile(diamond()).model_dump_json()
+    code = ("import sys, servegraph as sg; from servegraph.compiler import CompiledPipeline; "
+            "plan = CompiledPipeline.model_validate_json(sys.stdin.read()); "
+            "print(sg.run_local(plan, {'x': 4}))")
+    done = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "25"
+
+
+def test_unannotated_edges_pass_and_types_are_compared_like_pydantic() -> None:
+    assert is_assignable(int, float)
+    assert is_assignable(list[int], list[float])
+    assert is_assignable(int | None, float | None)
+    assert not is_assignable(str, int)
+    assert not is_assignable(list[str], list[int])
+    assert is_assignable(dict[str, int], dict[str, float])
+    assert not is_assignable(int | str, int)
+    assert is_assignable(tuple[int, ...], list[float])
+
+    @sg.deployment
+    def loose(x):  # type: ignore[no-untyped-def]
+        return x
+
+    @sg.deployment
+    def strict_int(x: int) -> int:
+        return x
+
+    with sg.InputNode() as inp:
+        out = strict_int.bind(loose.bind(inp.x))
+    assert sg.run_local(sg.compile(sg.Graph(out)), {"x": 3}) == 3

@@ -1,0 +1,124 @@
+"""Building graphs: bind never mutates, sites are recorded, selects, nesting, options."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+import servegraph as sg
+from ray import serve
+from servegraph.dag import CallNode, ClassNode, DeploymentOptions, Op, SelectNode
+
+from tests.stages import Inc, Scorer, add, double
+
+
+def test_bind_returns_new_nodes_and_never_mutates() -> None:
+    with sg.InputNode() as inp:
+        scorer = Scorer.bind(1.0)
+        first = scorer.score.bind(inp.a)
+        before = (scorer.args, dict(scorer.kwargs), first.args)
+        second = scorer.score.bind(inp.b)
+    assert isinstance(scorer, ClassNode) and isinstance(first, CallNode)
+    assert first is not second and first.call.group is second.call.group is scorer
+    assert (scorer.args, dict(scorer.kwargs), first.args) == before
+    with pytest.raises(AttributeError):
+        first.op = Op.MAP  # type: ignore[misc]
+
+
+def test_every_node_records_the_users_line() -> None:
+    with sg.InputNode() as inp:
+        node = double.bind(inp.x)
+    line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+    assert node.site.file == os.path.relpath(__file__)
+    assert node.site.line == line
+    assert node.site.code == "node = double.bind(inp.x)"
+    assert str(node.site) == f"{os.path.relpath(__file__)}:{line}: node = double.bind(inp.x)"
+
+
+def test_input_selects_attribute_key_and_index() -> None:
+    with sg.InputNode() as inp:
+        by_attr, by_key, by_index = inp.query, inp["documents"], inp[0]
+        nested = inp.doc["title"][2]
+    assert [type(n) for n in (by_attr, by_key, by_index)] == [SelectNode] * 3
+    assert [n.label for n in (by_attr, by_key, by_index, nested)] == [
+        "input.query", "input['documents']", "input[0]", "input.doc['title'][2]"]
+    graph = sg.Graph([by_attr, by_key, by_index, nested])
+    payload_dict = {"query": "q", "documents": ["d"], 0: "zero", "doc": {"title": "abcd"}}
+    assert sg.run_local(graph, payload_dict) == ["q", ["d"], "zero", "c"]
+
+
+def test_fan_out_and_fan_in_edges() -> None:
+    with sg.InputNode() as inp:
+        a = Inc.bind().__call__.bind(inp.x)
+        left, right = double.bind(a), double.bind(a)
+        joined = add.bind(left, right)
+    assert joined.upstream() == [left, right]
+    assert left.upstream() == right.upstream() == [a]
+    graph = sg.Graph(joined)
+    assert graph.nodes.index(a) < graph.nodes.index(left) < graph.nodes.index(joined)
+    assert sg.run_local(graph, {"x": 1}) == 8
+
+
+def test_nested_lists_and_dicts_of_nodes_are_edges() -> None:
+    @sg.deployment
+    def pack(items: list[int], table: dict[str, int]) -> int:
+        return sum(items) + sum(table.values())
+
+    with sg.InputNode() as inp:
+        a, b = double.bind(inp.x), double.bind(inp.y)
+        out = pack.bind([a, b, 100], {"a": a, "k": 1})
+    assert out.upstream() == [a, b]
+    assert sg.run_local(sg.Graph(out), {"x": 1, "y": 2}) == 2 + 4 + 100 + 2 + 1
+
+
+def test_outputs_as_node_list_or_dict() -> None:
+    with sg.InputNode() as inp:
+        single = double.bind(inp.x)
+    assert sg.run_local(sg.Graph(single), {"x": 2}) == 4
+    with sg.InputNode() as inp:
+        a = double.bind(inp.x)
+        b = add.bind(a, 1)
+    assert sg.run_local(sg.Graph([a, b, "const"]), {"x": 2}) == [4, 5, "const"]
+    assert sg.run_local(sg.Graph({"a": a, "nested": {"b": b}}), {"x": 2}) == {
+        "a": 4, "nested": {"b": 5}}
+
+
+def test_decorator_keeps_the_class_and_function_plain() -> None:
+    assert isinstance(Scorer, type) and Scorer(2.0).scale(3.0, factor=2) == 6.0
+    assert inspect.iscoroutinefunction(double)
+    spec = Scorer.__servegraph_deployment__
+    assert spec.name == "Scorer" and spec.raw_options == {"max_ongoing_requests": 64}
+    renamed = Scorer.options(name="fast", num_replicas=3)
+    assert renamed.raw_options == {"max_ongoing_requests": 64, "name": "fast", "num_replicas": 3}
+    assert spec.raw_options == {"max_ongoing_requests": 64}
+
+
+def test_options_accept_every_ray_serve_deployment_keyword() -> None:
+    ray_keywords = set(inspect.signature(serve.deployment).parameters) - {"_func_or_class"}
+    ours = set(DeploymentOptions.model_fields)
+    assert ray_keywords <= ours
+    assert ours - ray_keywords == {"gpu_memory", "fuse"}
+
+
+def test_options_validate_and_convert() -> None:
+    options = DeploymentOptions.model_validate(
+        {"num_replicas": "auto", "autoscaling_config": {"min_replicas": 1, "max_replicas": 4,
+                                                        "upscale_delay_s": 2},
+         "ray_actor_options": {"num_gpus": 0.25, "num_cpus": 2}, "gpu_memory": "6GiB",
+         "fuse": False, "max_ongoing_requests": 32})
+    assert options.gpu_memory == 6 * 2**30
+    assert options.serve_options() == {
+        "num_replicas": "auto", "max_ongoing_requests": 32,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "upscale_delay_s": 2},
+        "ray_actor_options": {"num_gpus": 0.25, "num_cpus": 2.0},
+    }
+    assert DeploymentOptions(ray_actor_options={"num_gpus": 2}).ray_actor_options.num_gpus == 2
+
+
+def test_map_builds_a_map_node_on_the_shared_group() -> None:
+    with sg.InputNode() as inp:
+        scorer = Scorer.bind(1.0)
+        mapped = sg.map(scorer.score, inp.words)
+    assert mapped.op is Op.MAP and mapped.call.group is scorer
+    assert mapped.label == "map Scorer.score"
