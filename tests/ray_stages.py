@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ray import serve
-
 import servegraph as sg
+from ray import serve
 
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=7)

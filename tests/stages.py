@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel
-
 import servegraph as sg
+from pydantic import BaseModel
 
 
 @sg.deployment

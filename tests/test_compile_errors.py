@@ -154,7 +154,8 @@ def test_unreadable_gpu_memory() -> None:
     line = declared('@sg.deployment(gpu_memory="six gigs")')
     assert str(caught.value) == (
         f"[validate] stage 'bad_memory' ({line}): option gpu_memory='six gigs': cannot read "
-        "'six gigs' as a size; write bytes or e.g. '6GiB', '512MB'\n  hint: give bytes or a size such as '6GiB'"
+        "'six gigs' as a size; write bytes or e.g. '6GiB', '512MB'\n"
+        "  hint: give bytes or a size such as '6GiB'"
     )
 
 
