@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import pickle
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from ..compiler import CompiledPipeline, compile
 from ..compiler.types import parameter_types, return_type, type_name
@@ -185,10 +186,10 @@ class _EdgeChecker:
         is_method = unbound is not fn
         self.node = step.node
         self.signature = inspect.signature(fn)
-        self.params = {name: TypeAdapter(tp) for name, tp in
+        self.params = {name: _Check(tp) for name, tp in
                        parameter_types(unbound, is_method).items()}
         produced = return_type(unbound)
-        self.returns = None if produced is Any else (TypeAdapter(produced), produced)
+        self.returns = None if produced is Any else _Check(produced)
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -203,21 +204,47 @@ class _EdgeChecker:
     def result(self, value: Any) -> Any:
         value = pickle.loads(pickle.dumps(value))
         if self.returns is not None:
-            self._check(self.returns[0], value, "return value")
+            self._check(self.returns, value, "return value")
         return value
 
-    def _check(self, adapter: TypeAdapter[Any], value: Any, what: str) -> None:
-        try:
-            adapter.validate_python(value, strict=True)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
+    def _check(self, check: _Check, value: Any, what: str) -> None:
+        problem = check.problem(value)
+        if problem is not None:
             raise EdgeTypeError(
                 self.node.stage or self.node.label,
                 f"strict mode: {what} of {self.node.label} expects "
-                f"{type_name(adapter._type)}, got {type(value).__name__} {value!r:.80}"
-                f" ({first['msg']})",
+                f"{type_name(check.annotation)}, got {type(value).__name__} {value!r:.80}"
+                f" ({problem})",
                 site=self.node.site, error_type="EdgeTypeError",
-            ) from None
+            )
+
+
+class _Check:
+    """One annotation enforced: by pydantic in strict mode, or, for a type pydantic has no
+    schema for (a numpy array, a plain TypedDict before Python 3.12), by `isinstance` on its
+    class."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.annotation = annotation
+        self.adapter: TypeAdapter[Any] | None = None
+        origin = typing.get_origin(annotation) or annotation
+        self.fallback: type | None = origin if isinstance(origin, type) else None
+        try:
+            self.adapter = TypeAdapter(annotation)
+        except PydanticUserError:
+            if typing.is_typeddict(annotation):
+                self.fallback = dict
+
+    def problem(self, value: Any) -> str | None:
+        if self.adapter is not None:
+            try:
+                self.adapter.validate_python(value, strict=True)
+            except ValidationError as exc:
+                return str(exc.errors(include_url=False)[0]["msg"])
+            return None
+        if self.fallback is not None and not isinstance(value, self.fallback):
+            return f"not an instance of {self.fallback.__name__}"
+        return None
 
 
 

@@ -248,7 +248,9 @@ def ensure_ray(plan: CompiledPipeline) -> None:
     if address:
         ray.init(address=address)
         return
-    ray.init(num_cpus=max(EMBEDDED_MIN_CPUS, os.cpu_count() or 1, cpus_needed(plan)),
+    # address="local": a new embedded Ray even when `ray start` left a cluster on this machine
+    ray.init(address="local",
+             num_cpus=max(EMBEDDED_MIN_CPUS, os.cpu_count() or 1, cpus_needed(plan)),
              include_dashboard=False)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import servegraph as sg
 from ray import serve
+
+import servegraph as sg
 
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=7)

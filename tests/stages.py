@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import servegraph as sg
 from pydantic import BaseModel
+
+import servegraph as sg
 
 
 @sg.deployment

@@ -10,7 +10,6 @@ import servegraph as sg
 from servegraph.compiler import PASSES, CompiledPipeline
 from servegraph.compiler.lower import DRIVER_MAX_ONGOING_REQUESTS
 from servegraph.compiler.types import is_assignable
-
 from tests.stages import diamond, scoring
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import servegraph as sg
 from pydantic import BaseModel
 
+import servegraph as sg
 from tests import bad_stages
 from tests.bad_stages import (
     Encoder,

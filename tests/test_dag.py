@@ -6,10 +6,10 @@ import inspect
 import os
 
 import pytest
-import servegraph as sg
 from ray import serve
-from servegraph.dag import CallNode, ClassNode, DeploymentOptions, Op, SelectNode
 
+import servegraph as sg
+from servegraph.dag import CallNode, ClassNode, DeploymentOptions, Op, SelectNode
 from tests.stages import Inc, Scorer, add, double
 
 

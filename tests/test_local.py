@@ -6,9 +6,10 @@ import asyncio
 import gc
 from typing import Any
 
+import numpy as np
 import pytest
-import servegraph as sg
 
+import servegraph as sg
 from tests.stages import Inc, Scorer, add, diamond, double, scoring, triple
 
 PAYLOAD = {"query": "hello", "words": ["a", "abcd", "ab"], "factor": 3}
@@ -239,3 +240,24 @@ def test_function_stages_share_one_group_and_classes_get_unique_names() -> None:
     plan = sg.compile(sg.Graph(d))
     assert [s.name for s in plan.deployments] == ["Inc", "Inc_1", "double"]
     assert sg.run_local(plan, {"x": 0}) == 8
+
+
+def test_strict_mode_checks_types_pydantic_has_no_schema_for() -> None:
+    @sg.deployment
+    def zeros(n: int) -> np.ndarray:
+        return np.zeros(n)
+
+    @sg.deployment
+    def not_an_array(n: int) -> np.ndarray:
+        return [0.0] * n  # type: ignore[return-value]
+
+    with sg.InputNode() as inp:
+        good = zeros.bind(inp.n)
+    assert sg.run_local(sg.Graph(good), {"n": 2}, strict=True).tolist() == [0.0, 0.0]
+    with sg.InputNode() as inp:
+        bad = not_an_array.bind(inp.n)
+    with pytest.raises(sg.EdgeTypeError) as caught:
+        sg.run_local(sg.Graph(bad), {"n": 2}, strict=True)
+    assert caught.value.message == (
+        "strict mode: return value of not_an_array expects ndarray, got list [0.0, 0.0] "
+        "(not an instance of ndarray)")

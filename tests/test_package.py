@@ -16,7 +16,7 @@ def test_public_api_is_pinned() -> None:
         "BindError", "CompileError", "CompiledPipeline", "EdgeTypeError", "Graph",
         "InputError", "InputNode", "LocalExecutor", "OptionsError", "PipelineError",
         "PipelineHandle", "StageError", "TypeMismatchError", "batch", "compile", "deployment",
-        "map", "run_local", "serve",
+        "map", "render", "run_local", "serve",
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 import servegraph as sg
 from servegraph.pipelines import search
 from servegraph.pipelines.search import SAMPLE_CORPUS, SAMPLE_QUERIES

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-import servegraph as sg
 from ray import serve
 
+import servegraph as sg
 from tests.stages import diamond, scoring
 from tests.test_local import EXPECTED, PAYLOAD
 

@@ -1,0 +1,5 @@
+"""`python -m servegraph`: the command line."""
+
+from servegraph.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The `servegraph` command (also `python -m servegraph`). Each verb takes `MODULE:ATTR`, an
+`sg.Graph` (or a function returning one) in an importable module.
+
+  check    compile and print diagnostics; exit 1 when the graph does not compile
+  compile  print the plan's deployments, or the plan as JSON (`--json`, `-o plan.json`)
+  render   draw the pipeline (`-o search.svg|.png|.pdf|.dot|.mmd`)
+  run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C
+
+Errors print one message without a traceback unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import PipelineError
+
+
+class UsageError(PipelineError):
+    """The command line names something that cannot be loaded."""
+
+
+def load_graph(target: str) -> Any:
+    """`pkg.module:attr` -> the `sg.Graph` there (a function is called with no arguments)."""
+    from .dag import Graph
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"expected MODULE:ATTR (e.g. servegraph.pipelines.search:graph), "
+                         f"got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(value) and not isinstance(value, Graph):
+        value = value()
+    if not isinstance(value, Graph):
+        raise UsageError(f"{target} is a {type(value).__name__}, not an sg.Graph")
+    return value
+
+
+def _summary(plan: Any) -> str:
+    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, "
+             f"{len(plan.deployments)} stage deployments + driver"]
+    for stage in [*plan.deployments, plan.driver]:
+        options = {k: v for k, v in stage.options.items() if k != "name"}
+        rendered = ", ".join(f"{k}={v}" for k, v in options.items()) or "Serve defaults"
+        batching = "".join(f"; batch {m} <= {b.max_batch_size}"
+                           for m, b in stage.batching.items())
+        lines.append(f"  {stage.name:<24} {stage.kind:<8} {rendered}{batching}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .compiler import compile
+
+    plan = compile(load_graph(args.target))
+    print(f"ok: {plan.name!r} compiles ({', '.join(plan.passes)})")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile
+
+    plan = compile(load_graph(args.target))
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write(plan.model_dump_json(indent=2))
+        print(f"wrote {args.output}")
+    elif args.json:
+        print(plan.model_dump_json(indent=2))
+    else:
+        print(_summary(plan))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .visualize import render
+
+    render(load_graph(args.target), args.output, format=args.format)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .compiler import compile
+
+    plan = compile(load_graph(args.target))
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    from .executors.serve import serve_pipeline
+
+    handle = serve_pipeline(plan, name=args.name, route_prefix=args.route_prefix,
+                            http_port=args.port)
+    print(_summary(plan))
+    print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        handle.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servegraph", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    check = verbs.add_parser("check", help="compile and report errors")
+    check.set_defaults(run=cmd_check)
+
+    compile_ = verbs.add_parser("compile", help="print the compiled plan")
+    compile_.add_argument("--json", action="store_true", help="the plan as JSON")
+    compile_.add_argument("-o", "--output", help="write the plan JSON to this file")
+    compile_.set_defaults(run=cmd_compile)
+
+    render = verbs.add_parser("render", help="draw the pipeline")
+    render.add_argument("-o", "--output", required=True, help=".svg .png .pdf .dot or .mmd")
+    render.add_argument("--format", help="override the format the suffix implies")
+    render.set_defaults(run=cmd_render)
+
+    run = verbs.add_parser("run", help="serve over HTTP on Ray Serve until Ctrl-C")
+    run.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    run.add_argument("--name", help="Serve application name (default: the graph's name)")
+    run.add_argument("--route-prefix", help="HTTP route (default: /<graph name>)")
+    run.add_argument("--port", type=int, help="HTTP port for a Serve instance started here")
+    run.set_defaults(run=cmd_run)
+
+    for sub in (check, compile_, render, run):
+        sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
+                         "servegraph.pipelines.search:graph")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verb == "run":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return int(args.run(args))
+    except PipelineError as exc:
+        if args.debug:
+            raise
+        print(f"servegraph {args.verb}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,80 @@
+"""What a diagram shows, independent of its format: boxes, clusters and edges of a plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..compiler import CompiledPipeline, StagePlan
+
+Shape = Literal["input", "select", "call", "map", "output"]
+
+
+@dataclass(frozen=True)
+class Box:
+    id: str
+    label: str
+    shape: Shape
+    cluster: str | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: str
+    label: str
+
+
+@dataclass
+class Diagram:
+    title: str
+    boxes: list[Box] = field(default_factory=list)
+    clusters: list[Cluster] = field(default_factory=list)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+
+
+def diagram_of(plan: CompiledPipeline) -> Diagram:
+    diagram = Diagram(title=plan.name)
+    cluster_ids = {stage.name: f"d{index}" for index, stage in enumerate(plan.deployments)}
+    for stage in plan.deployments:
+        diagram.clusters.append(Cluster(cluster_ids[stage.name], _stage_label(stage)))
+    for node in plan.nodes:
+        cluster = cluster_ids.get(node.stage) if node.stage else None
+        diagram.boxes.append(Box(node.id, node.label, node.op, cluster))
+        sources = [*node.args, *node.kwargs.values()]
+        for source in dict.fromkeys(_refs(sources)):
+            diagram.edges.append((source, node.id))
+    diagram.boxes.append(Box("out", "output", "output"))
+    for source in dict.fromkeys(_refs([plan.outputs])):
+        diagram.edges.append((source, "out"))
+    return diagram
+
+
+def _stage_label(stage: StagePlan) -> str:
+    options = stage.options
+    auto = options.get("autoscaling_config")
+    if auto:
+        replicas = f"{auto.get('min_replicas', 1)}-{auto.get('max_replicas', 1)} replicas"
+    else:
+        count = options.get("num_replicas", 1)
+        replicas = f"{count} replica{'s' if count != 1 else ''}"
+    gpus = (options.get("ray_actor_options") or {}).get("num_gpus")
+    parts = [stage.name, replicas]
+    if gpus:
+        parts.append(f"{gpus:g} GPU")
+    if stage.batching:
+        sizes = ", ".join(f"{m}≤{b.max_batch_size}" for m, b in stage.batching.items())
+        parts.append(f"batch {sizes}")
+    return " · ".join(parts)
+
+
+def _refs(templates: list[Any]) -> Iterator[str]:
+    for template in templates:
+        if not isinstance(template, dict):
+            continue
+        if "ref" in template:
+            yield template["ref"]
+        elif "list" in template or "tuple" in template:
+            yield from _refs(template.get("list", template.get("tuple")))
+        elif "dict" in template:
+            yield from _refs(list(template["dict"].values()))

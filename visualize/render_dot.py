@@ -1,0 +1,32 @@
+"""Graphviz DOT text of a plan. Every label is a quoted DOT string with quotes, backslashes
+and newlines escaped; SVG output from `dot` escapes `<` and `&` itself."""
+
+from __future__ import annotations
+
+from ..compiler import CompiledPipeline
+from .model import diagram_of
+
+_SHAPES = {"input": "invhouse", "select": "note", "call": "box", "map": "parallelogram",
+           "output": "house"}
+
+
+def quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def to_dot(plan: CompiledPipeline) -> str:
+    diagram = diagram_of(plan)
+    lines = [f"digraph {quote(diagram.title)} {{", "  rankdir=LR;",
+             '  node [fontname="Helvetica", fontsize=11];']
+    for cluster in diagram.clusters:
+        lines.append(f"  subgraph cluster_{cluster.id} {{")
+        lines.append(f"    label={quote(cluster.label)}; style=rounded; color=gray50;")
+        lines.extend(f"    {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
+                     for box in diagram.boxes if box.cluster == cluster.id)
+        lines.append("  }")
+    lines.extend(f"  {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
+                 for box in diagram.boxes if box.cluster is None)
+    lines.extend(f"  {source} -> {target};" for source, target in diagram.edges)
+    lines.append("}")
+    return "\n".join(lines) + "\n"

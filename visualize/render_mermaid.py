@@ -1,0 +1,34 @@
+"""Mermaid flowchart text of a plan (GitHub renders it in Markdown). Labels are quoted and
+use Mermaid's entity codes for characters that would end a label or open HTML."""
+
+from __future__ import annotations
+
+from ..compiler import CompiledPipeline
+from .model import diagram_of
+
+_ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
+             "\n": " ", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
+_SHAPES = {"input": ('[/"', '"/]'), "select": ('["', '"]'), "call": ('["', '"]'),
+           "map": ('[/"', '"\\]'), "output": ('(["', '"])')}
+
+
+def label(text: str) -> str:
+    return "".join(_ENTITIES.get(char, char) for char in text)
+
+
+def to_mermaid(plan: CompiledPipeline) -> str:
+    diagram = diagram_of(plan)
+    lines = ["flowchart LR"]
+    for cluster in diagram.clusters:
+        lines.append(f'  subgraph {cluster.id}["{label(cluster.label)}"]')
+        for box in diagram.boxes:
+            if box.cluster == cluster.id:
+                start, end = _SHAPES[box.shape]
+                lines.append(f"    {box.id}{start}{label(box.label)}{end}")
+        lines.append("  end")
+    for box in diagram.boxes:
+        if box.cluster is None:
+            start, end = _SHAPES[box.shape]
+            lines.append(f"  {box.id}{start}{label(box.label)}{end}")
+    lines.extend(f"  {source} --> {target}" for source, target in diagram.edges)
+    return "\n".join(lines) + "\n"
