@@ -16,6 +16,7 @@ _EXPORTS = {
     "compile": "compiler", "CompiledPipeline": "compiler",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
     "serve": "executors.serve:serve_pipeline", "PipelineHandle": "executors.serve",
+    "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors",
