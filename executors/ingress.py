@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -75,4 +75,10 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
     except PipelineError as exc:
         status, content = error_body(exc, request_id)
         return JSONResponse(content, status_code=status, headers=headers)
-    return JSONResponse(to_jsonable_python(result), headers=headers)
+    try:
+        body = to_jsonable_python(result)
+    except PydanticSerializationError as exc:
+        return JSONResponse({"error": f"the pipeline's output is not JSON: {exc}",
+                             "stage": None, "request_id": request_id},
+                            status_code=500, headers=headers)
+    return JSONResponse(body, headers=headers)

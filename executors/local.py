@@ -39,7 +39,7 @@ class LocalExecutor:
         self.strict = strict
         self._runner = _LocalRunner(self.program, _instances(plan, overrides or {}), strict)
 
-    async def run(self, payload: Any = None, *, request_id: str | None = None) -> Any:
+    async def run(self, payload: Any = None, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self._runner, request_id)
 
     def call(self, payload: Any = None) -> Any:
