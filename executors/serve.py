@@ -185,20 +185,20 @@ class PipelineHandle:
     """A served pipeline: `call()` blocks, `await remote()` does not; HTTP at `url`."""
 
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
-        self._handle = handle
+        self._run = handle.options(method_name="run")  # built once: `handle.run` copies
         self.name = name
         self.route_prefix = route_prefix
         self.url = url
 
     def call(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
         try:
-            return self._handle.run.remote(payload).result(timeout_s=timeout_s)
+            return self._run.remote(payload).result(timeout_s=timeout_s)
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
     async def remote(self, payload: Any = None) -> Any:
         try:
-            return await self._handle.run.remote(payload)
+            return await self._run.remote(payload)
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
