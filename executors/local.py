@@ -96,7 +96,7 @@ class _LocalRunner:
     def call(self, step: Step, leaves: list[Any]) -> Any:
         call = self.calls[step.node.id]
         if call.is_async or any(_pending(leaf) for leaf in leaves):
-            return asyncio.ensure_future(call.run_async(leaves))
+            return asyncio.get_running_loop().create_task(call.run_async(leaves))
         return call.run_sync(leaves)
 
     def is_future(self, value: Any) -> bool:
