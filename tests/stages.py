@@ -80,3 +80,18 @@ def scoring() -> sg.Graph:
         scaled = scorer.scale.bind(query, factor=inp.factor)
         report = summarize.bind(scaled, scores, {"words": inp.words, "tag": "v1"})
     return sg.Graph({"report": report, "pair": [query, scaled]}, name="scoring")
+
+
+@sg.deployment
+class BatchProbe:
+    """Answers each call with the size of the batch it rode in: shows batching happened."""
+
+    @sg.batch(max_batch_size=4, batch_wait_timeout_s=2.0)
+    async def size(self, items: list[int]) -> list[int]:
+        return [len(items)] * len(items)
+
+
+def batch_probe() -> sg.Graph:
+    with sg.InputNode() as inp:
+        sizes = sg.map(BatchProbe.bind().size, inp.items)
+    return sg.Graph(sizes, name="probe")

@@ -12,7 +12,7 @@ import pytest
 from ray import serve
 
 import servegraph as sg
-from tests.stages import diamond, scoring
+from tests.stages import batch_probe, diamond, scoring
 from tests.test_local import EXPECTED, PAYLOAD
 
 pytestmark = pytest.mark.ray
@@ -110,3 +110,11 @@ def test_a_ray_decorated_class_keeps_its_options(deploy: Callable[..., Any]) -> 
     assert handle.call({"x": 21}) == 42
     replicas = serve.status().applications["raydec"].deployments["RayDoubler"].replica_states
     assert replicas == {"RUNNING": 2}
+
+
+def test_sg_batch_becomes_serve_batch(deploy: Callable[..., Any]) -> None:
+    graph = batch_probe()
+    payload = {"items": list(range(8))}
+    assert sg.run_local(graph, payload) == [4] * 8
+    handle = deploy(graph, name="probe", route_prefix="/probe")
+    assert handle.call(payload) == [4] * 8
