@@ -19,7 +19,7 @@ _EXPORTS = {
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
-    "InputError": "errors", "EdgeTypeError": "errors",
+    "InputError": "errors", "EdgeTypeError": "errors", "DeployError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -85,6 +85,10 @@ class TypeMismatchError(CompileError):
         super().__init__(message, **kwargs)
 
 
+class DeployError(PipelineError):
+    """The plan cannot be deployed where it was sent (e.g. the cluster is too small for it)."""
+
+
 class InputError(PipelineError):
     """The request payload does not fit the pipeline's input (HTTP 4xx: the caller's fault)."""
 

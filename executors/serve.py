@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from ..compiler import CompiledPipeline, compile
 from ..dag import Graph, batch_spec
-from ..errors import PipelineError, StageError
+from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute
 from .ingress import handle_http
 
@@ -224,6 +224,7 @@ def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None 
     plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
         else compile(graph_or_plan)
     ensure_ray(plan)
+    check_fits(plan, ray.cluster_resources())
     if http_port is not None:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     name = name or plan.name
@@ -255,17 +256,55 @@ def ensure_ray(plan: CompiledPipeline) -> None:
 
 
 def cpus_needed(plan: CompiledPipeline) -> int:
-    """Logical CPUs the plan's replicas reserve (Serve's default is one per replica)."""
-    total = 0.0
+    """Logical CPUs for every replica the plan may run (autoscaling at `max_replicas`)."""
+    return int(resources_needed(plan, at_most=True)["CPU"] + 0.999)
+
+
+def resources_needed(plan: CompiledPipeline, *, at_most: bool = False) -> dict[str, float]:
+    """CPUs and GPUs the plan's replicas reserve: the replicas `serve.run` waits for, or
+    (`at_most`) the most autoscaling may start."""
+    needed = {"CPU": 0.0, "GPU": 0.0}
     for stage in [*plan.deployments, plan.driver]:
-        options = stage.options
-        replicas = options.get("num_replicas", 1)
-        if replicas == "auto" or "autoscaling_config" in options:
-            auto = options.get("autoscaling_config") or {}
-            replicas = auto.get("max_replicas", 1)
-        cpus = (options.get("ray_actor_options") or {}).get("num_cpus", 1)
-        total += replicas * cpus
-    return int(total + 0.999)
+        for resource in needed:
+            needed[resource] += _replicas(stage.options, at_most) * _per_replica(
+                stage.options, resource)
+    return needed
+
+
+def check_fits(plan: CompiledPipeline, cluster: dict[str, float]) -> None:
+    """Fail now, naming the shortfall, rather than let `serve.run` wait forever for replicas
+    that the cluster cannot hold."""
+    for resource, amount in resources_needed(plan).items():
+        available = cluster.get(resource, 0.0)
+        if amount <= available + 1e-9:
+            continue
+        option = _OPTION[resource]
+        per_stage = ", ".join(
+            f"{stage.name} {_replicas(stage.options, False)} x {each:g}"
+            for stage in plan.deployments if (each := _per_replica(stage.options, resource)))
+        raise DeployError(
+            f"pipeline {plan.name!r} needs {amount:g} {resource} for its replicas ({per_stage}), "
+            f"but the Ray cluster has {available:g}; lower num_replicas or {option}, or give "
+            f"Ray more (ray.init({option}=...))")
+
+
+_OPTION = {"CPU": "num_cpus", "GPU": "num_gpus"}
+
+
+def _replicas(options: dict[str, Any], at_most: bool) -> int:
+    auto = options.get("autoscaling_config")
+    if options.get("num_replicas") == "auto" or auto:
+        auto = auto or {}
+        if at_most:
+            return int(auto.get("max_replicas", 1))
+        return int(auto.get("initial_replicas", auto.get("min_replicas", 1)))
+    return int(options.get("num_replicas", 1))
+
+
+def _per_replica(options: dict[str, Any], resource: str) -> float:
+    """Serve's default is one CPU and no GPU per replica."""
+    default = 1.0 if resource == "CPU" else 0.0
+    return float((options.get("ray_actor_options") or {}).get(_OPTION[resource], default))
 
 
 def _http_url(route_prefix: str) -> str:

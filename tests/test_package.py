@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_public_api_is_pinned() -> None:
     assert sg.__all__ == sorted([
-        "BindError", "CompileError", "CompiledPipeline", "EdgeTypeError", "Graph",
+        "BindError", "CompileError", "CompiledPipeline", "DeployError", "EdgeTypeError", "Graph",
         "InputError", "InputNode", "LocalExecutor", "OptionsError", "PipelineError",
         "PipelineHandle", "StageError", "TypeMismatchError", "batch", "compile", "deployment",
         "map", "render", "run_local", "serve",

@@ -118,3 +118,17 @@ def test_sg_batch_becomes_serve_batch(deploy: Callable[..., Any]) -> None:
     assert sg.run_local(graph, payload) == [4] * 8
     handle = deploy(graph, name="probe", route_prefix="/probe")
     assert handle.call(payload) == [4] * 8
+
+
+def test_a_plan_too_big_for_the_cluster_fails_at_once(ray_serve: int) -> None:
+    @sg.deployment(num_replicas=5, ray_actor_options={"num_gpus": 1, "num_cpus": 0.5})
+    def on_gpu(x: int) -> int:
+        return x
+
+    with sg.InputNode() as inp:
+        out = on_gpu.bind(inp.x)
+    with pytest.raises(sg.DeployError) as caught:
+        sg.serve(sg.Graph(out, name="toobig"))
+    assert str(caught.value) == (
+        "pipeline 'toobig' needs 5 GPU for its replicas (on_gpu 5 x 1), but the Ray cluster "
+        "has 4; lower num_replicas or num_gpus, or give Ray more (ray.init(num_gpus=...))")
