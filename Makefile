@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: install demo test bench lint clean
 
 $(STAMP): pyproject.toml
+	# Graphviz's `dot` draws .svg/.png diagrams (.dot and .mmd need nothing); root installs it.
+	command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; } || \
+		echo "note: install Graphviz (apt-get install -y graphviz) for .svg/.png diagrams"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: the wheel on this machine's disk, not a several-GB CUDA build.

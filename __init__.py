@@ -15,7 +15,7 @@ _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
     "compile": "compiler", "CompiledPipeline": "compiler",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
-    "serve": "executors.serve:serve_pipeline", "PipelineHandle": "executors.serve",
+    "serve": "serving", "PipelineHandle": "executors.serve",
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",

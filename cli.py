@@ -100,10 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = compile(load_graph(args.target))
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
-    from .executors.serve import serve_pipeline
+    from .serving import serve
 
-    handle = serve_pipeline(plan, name=args.name, route_prefix=args.route_prefix,
-                            http_port=args.port)
+    handle = serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
     print(_summary(plan))
     print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
     try:

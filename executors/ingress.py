@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -50,14 +51,27 @@ def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, An
                  "request_id": request_id}
 
 
-async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True
-                      ) -> Response:
+@dataclass(frozen=True)
+class View:
+    """A read-only page the ingress serves on GET below its route, e.g. `/-/plan`."""
+
+    body: bytes
+    media_type: str
+
+
+async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True,
+                      views: Mapping[str, View] | None = None) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
+    `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
     `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
     client's when given) on every response."""
     request_id = request_id_for(request)
     headers = {"x-request-id": request_id} if echo_request_id else {}
+    if request.method == "GET" and views:
+        for suffix, view in views.items():
+            if request.url.path.rstrip("/").endswith(suffix):
+                return Response(view.body, media_type=view.media_type, headers=headers)
     if request.method != "POST":
         return JSONResponse(
             {"error": f"{request.method} is not allowed: POST a JSON body",

@@ -27,7 +27,7 @@ from ..compiler import CompiledPipeline, compile
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute
-from .ingress import handle_http
+from .ingress import View, handle_http
 
 Layout = tuple[tuple[int, int], ...]
 
@@ -159,18 +159,28 @@ def _find_pipeline_error(error: BaseException | None) -> PipelineError | None:
 class PipelineDriver:
     """The ingress deployment: walks the plan for each request, over a handle or HTTP."""
 
-    def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle],
+                 diagram_svg: bytes | None = None) -> None:
         self.program = Program(plan)
         self.runner = _ServeRunner(handles, plan.driver.name)
+        self.views = plan_views(plan, diagram_svg)
 
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)
 
     async def __call__(self, request: Request) -> Response:
-        return await handle_http(request, self.run, echo_request_id=False)
+        return await handle_http(request, self.run, echo_request_id=False, views=self.views)
 
 
-def build_app(plan: CompiledPipeline) -> Any:
+def plan_views(plan: CompiledPipeline, diagram_svg: bytes | None) -> dict[str, View]:
+    """`GET <route>/-/plan` (the plan as JSON) and, when rendered, `GET <route>/-/graph.svg`."""
+    views = {"/-/plan": View(plan.model_dump_json(indent=2).encode(), "application/json")}
+    if diagram_svg is not None:
+        views["/-/graph.svg"] = View(diagram_svg, "image/svg+xml")
+    return views
+
+
+def build_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
     """The Serve application: a bound driver holding a bound deployment per stage."""
     stages = {
         stage.name: serve.deployment(StageReplica).options(**stage.options).bind(plan, stage.name)
@@ -178,7 +188,7 @@ def build_app(plan: CompiledPipeline) -> Any:
     }
     driver = serve.deployment(PipelineDriver).options(name=plan.driver.name,
                                                       **plan.driver.options)
-    return driver.bind(plan, stages)
+    return driver.bind(plan, stages, diagram_svg)
 
 
 class PipelineHandle:
@@ -217,10 +227,11 @@ class PipelineHandle:
 
 
 def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
-                   route_prefix: str | None = None, http_port: int | None = None
-                   ) -> PipelineHandle:
+                   route_prefix: str | None = None, http_port: int | None = None,
+                   diagram_svg: bytes | None = None) -> PipelineHandle:
     """Deploy on Ray Serve. Connects to `RAY_ADDRESS` when set, else starts an embedded local
-    Ray sized to hold the plan's replicas; returns once every deployment is running."""
+    Ray sized to hold the plan's replicas; returns once every deployment is running.
+    `diagram_svg`, rendered by the caller, is served at `GET <route>/-/graph.svg`."""
     plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
         else compile(graph_or_plan)
     ensure_ray(plan)
@@ -229,7 +240,7 @@ def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None 
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     name = name or plan.name
     route_prefix = route_prefix or f"/{plan.name}"
-    handle = serve.run(build_app(plan), name=name, route_prefix=route_prefix)
+    handle = serve.run(build_app(plan, diagram_svg), name=name, route_prefix=route_prefix)
     return PipelineHandle(handle, name, route_prefix, _http_url(route_prefix))
 
 

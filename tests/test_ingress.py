@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import servegraph as sg
-from servegraph.executors.ingress import handle_http
+from servegraph.executors.ingress import View, handle_http
 from tests.stages import scoring
 from tests.test_local import EXPECTED, PAYLOAD
 
@@ -74,3 +74,20 @@ def test_an_output_that_is_not_json_is_a_500_not_a_crash() -> None:
         response = test_client.post("/p", json={"x": 1})
     assert response.status_code == 500
     assert response.json()["error"].startswith("the pipeline's output is not JSON: ")
+
+
+def test_get_views_below_the_route() -> None:
+    executor = sg.LocalExecutor(scoring())
+    views = {"/-/plan": View(b'{"name": "scoring"}', "application/json")}
+
+    async def endpoint(request: Request) -> Response:
+        return await handle_http(request, executor.run, views=views)
+
+    app = Starlette(routes=[Route("/p", endpoint, methods=["GET", "POST"]),
+                            Route("/p/-/plan", endpoint, methods=["GET", "POST"])])
+    with TestClient(app) as test_client:
+        shown = test_client.get("/p/-/plan")
+        assert (shown.status_code, shown.json()) == (200, {"name": "scoring"})
+        assert shown.headers["content-type"] == "application/json"
+        assert test_client.get("/p").status_code == 405
+        assert test_client.post("/p", json=PAYLOAD).json() == EXPECTED

@@ -4,6 +4,8 @@ and over HTTP; bad input gets a 4xx, a failing stage a 5xx naming it, and servin
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,21 @@ def test_diamond_matches_the_local_executor(deploy: Callable[..., Any]) -> None:
     assert response.status_code == 200
     assert response.json() == 20
     assert response.headers["x-request-id"]
+
+
+def test_the_service_shows_its_plan_and_diagram(deploy: Callable[..., Any]) -> None:
+    plan = sg.compile(diamond())
+    handle = deploy(plan, name="shown", route_prefix="/shown")
+    served = httpx.get(f"{handle.url}/-/plan", timeout=30)
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "application/json"
+    assert served.json() == json.loads(plan.model_dump_json())
+    if shutil.which("dot"):
+        diagram = httpx.get(f"{handle.url}/-/graph.svg", timeout=30)
+        assert diagram.status_code == 200
+        assert diagram.headers["content-type"] == "image/svg+xml"
+        assert diagram.content == sg.render(plan, format="svg")
+    assert httpx.post(handle.url, json={"x": 0}, timeout=30).json() == 5
 
 
 def test_map_batching_nested_arguments_over_handle_and_http(deploy: Callable[..., Any]) -> None:

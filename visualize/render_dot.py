@@ -18,6 +18,7 @@ def quote(text: str) -> str:
 def to_dot(plan: CompiledPipeline) -> str:
     diagram = diagram_of(plan)
     lines = [f"digraph {quote(diagram.title)} {{", "  rankdir=LR;",
+             '  graph [fontname="Helvetica", fontsize=11];',
              '  node [fontname="Helvetica", fontsize=11];']
     for cluster in diagram.clusters:
         lines.append(f"  subgraph cluster_{cluster.id} {{")

@@ -1,0 +1,32 @@
+"""`sg.serve`: deploy a pipeline on Ray Serve with its own diagram.
+
+The public API renders the diagram and hands the driver the bytes, so `executors/` never
+imports `visualize/`. Without Graphviz's `dot` program the service still runs, and
+`GET <route>/-/graph.svg` is simply absent (`/-/plan` always answers).
+"""
+
+from __future__ import annotations
+
+from .compiler import CompiledPipeline, compile
+from .dag import Graph
+from .errors import PipelineError
+from .executors.serve import PipelineHandle, serve_pipeline
+
+
+def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
+          route_prefix: str | None = None, http_port: int | None = None) -> PipelineHandle:
+    """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
+    `executors.serve.serve_pipeline`. Returns once every deployment is running."""
+    plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
+        else compile(graph_or_plan)
+    return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
+                          diagram_svg=_diagram(plan))
+
+
+def _diagram(plan: CompiledPipeline) -> bytes | None:
+    from .visualize import render
+
+    try:
+        return render(plan, format="svg")
+    except PipelineError:
+        return None

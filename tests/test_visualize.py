@@ -1,0 +1,87 @@
+"""Diagrams: Mermaid and DOT text always; SVG and PNG through Graphviz; labels escaped."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import servegraph as sg
+from servegraph.visualize import to_dot, to_mermaid
+from tests.stages import scoring
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
+                               reason="Graphviz's dot is not installed (make install adds it)")
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def hostile() -> sg.Graph:
+    @sg.deployment
+    def quoted(text: str) -> str:
+        return text
+
+    evil = quoted.options(name="<script>alert(1)</script>")
+    odd = quoted.options(name='a"b')
+    with sg.InputNode() as inp:
+        out = odd.bind(evil.bind(inp.text))
+    return sg.Graph(out, name="hostile")
+
+
+def test_mermaid_has_every_deployment_node_and_edge() -> None:
+    text = to_mermaid(sg.compile(scoring()))
+    lines = text.splitlines()
+    assert lines[0] == "flowchart LR"
+    assert '  subgraph d0["Scorer · 1 replica · batch score≤8"]' in lines
+    assert '    n4[/"map Scorer.score"\\]' in lines
+    assert '  subgraph d1["summarize · 1 replica"]' in lines
+    assert [line for line in lines if "-->" in line] == [
+        "  n0 --> n1", "  n1 --> n2", "  n0 --> n3", "  n3 --> n4", "  n0 --> n5",
+        "  n2 --> n6", "  n5 --> n6", "  n0 --> n7", "  n6 --> n8", "  n4 --> n8",
+        "  n7 --> n8", "  n8 --> out", "  n2 --> out", "  n6 --> out"]
+
+
+def test_labels_are_escaped_in_text_formats() -> None:
+    plan = sg.compile(hostile())
+    mermaid = to_mermaid(plan)
+    assert "<script>" not in mermaid and 'a"b' not in mermaid
+    assert '#lt;script#gt;alert(1)#lt;/script#gt;' in mermaid
+    assert 'a#quot;b' in mermaid
+    dot = to_dot(plan)
+    assert 'label="a\\"b"' in dot
+    assert 'label="<script>alert(1)</script>"' in dot  # DOT strings are data, not markup
+
+
+@needs_dot
+def test_svg_is_well_formed_with_every_stage_and_no_injected_markup(tmp_path: Path) -> None:
+    path = tmp_path / "hostile.svg"
+    data = sg.render(hostile(), path)
+    assert path.read_bytes() == data
+    root = ET.fromstring(data)
+    assert not [el for el in root.iter() if el.tag.endswith("script")]
+    texts = [el.text for el in root.iter(f"{SVG}text") if el.text]
+    assert "<script>alert(1)</script>" in texts and 'a"b' in texts
+    titles = {el.text for el in root.iter(f"{SVG}title")}
+    assert {"n0", "n1", "n2", "n3", "out", "n0->n1", "n1->n2", "n2->n3", "n3->out"} <= titles
+
+
+@needs_dot
+def test_flagship_renders_to_svg_and_png(tmp_path: Path) -> None:
+    from servegraph.pipelines import search
+
+    svg = sg.render(search.graph, tmp_path / "search.svg")
+    texts = [el.text for el in ET.fromstring(svg).iter(f"{SVG}text")]
+    for label in ("Encoder.encode", "map Encoder.encode", "Ranker.rank", "input.query",
+                  "input.documents", "output"):
+        assert label in texts
+    png = sg.render(search.graph, tmp_path / "search.png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_unknown_format_says_which_work() -> None:
+    with pytest.raises(sg.PipelineError) as caught:
+        sg.render(scoring(), "diagram.gif")
+    assert str(caught.value) == ("cannot render format 'gif': use one of .svg .png .pdf .dot "
+                                 ".mmd, or pass format=")
