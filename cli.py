@@ -4,7 +4,9 @@
   check    compile and print diagnostics; exit 1 when the graph does not compile
   compile  print the plan's deployments, or the plan as JSON (`--json`, `-o plan.json`)
   render   draw the pipeline (`-o search.svg|.png|.pdf|.dot|.mmd`)
-  run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C
+  run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C;
+           `--local` serves it in-process (no Ray) behind the same HTTP API
+  bench    load a running route at a concurrency; print p50/p99/throughput and statuses
 
 Errors print one message without a traceback unless `--debug`.
 """
@@ -98,6 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .compiler import compile
 
     plan = compile(load_graph(args.target))
+    if args.local:
+        return _run_local(plan, args)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     from .serving import serve
@@ -110,6 +115,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         handle.shutdown()
     return 0
+
+
+def _run_local(plan: Any, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .executors.http_local import local_app
+    from .serving import diagram_svg
+
+    route = args.route_prefix or f"/{plan.name}"
+    port = args.port or 8000
+    url = f"http://{args.host}:{port}{route}"
+
+    def announce() -> None:
+        print(_summary(plan))
+        print(f"serving {plan.name!r} in-process (no Ray): POST JSON to {url} (Ctrl-C stops)",
+              flush=True)
+
+    app = local_app(plan, route, diagram_svg=diagram_svg(plan), on_startup=announce)
+    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .bench import load
+
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise UsageError(f"--payload is not JSON: {exc}") from None
+    report = asyncio.run(load(args.url, payload, requests=args.requests,
+                              concurrency=args.concurrency, timeout_s=args.timeout))
+    print(report.render())
+    return 0 if report.answered == args.requests else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="Serve application name (default: the graph's name)")
     run.add_argument("--route-prefix", help="HTTP route (default: /<graph name>)")
     run.add_argument("--port", type=int, help="HTTP port for a Serve instance started here")
+    run.add_argument("--local", action="store_true",
+                     help="serve with the in-process local executor behind the same HTTP API")
+    run.add_argument("--host", default="127.0.0.1", help="with --local: the address to bind")
     run.set_defaults(run=cmd_run)
+
+    bench = verbs.add_parser("bench", help="load a running route: p50/p99/throughput")
+    bench.add_argument("url", help="the route, e.g. http://127.0.0.1:8000/search")
+    bench.add_argument("--payload", required=True, help="the JSON body of every request")
+    bench.add_argument("-n", "--requests", type=int, default=1000)
+    bench.add_argument("-c", "--concurrency", type=int, default=32)
+    bench.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    bench.set_defaults(run=cmd_bench)
 
     for sub in (check, compile_, render, run):
         sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
@@ -146,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verb == "run":
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         return int(args.run(args))
     except PipelineError as exc:

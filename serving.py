@@ -20,10 +20,11 @@ def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
     plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
         else compile(graph_or_plan)
     return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
-                          diagram_svg=_diagram(plan))
+                          diagram_svg=diagram_svg(plan))
 
 
-def _diagram(plan: CompiledPipeline) -> bytes | None:
+def diagram_svg(plan: CompiledPipeline) -> bytes | None:
+    """The plan's SVG, or None where Graphviz is not installed."""
     from .visualize import render
 
     try:

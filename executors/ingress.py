@@ -19,6 +19,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..compiler import CompiledPipeline
 from ..errors import InputError, PipelineError, StageError
 
 Runner = Callable[[Any, str], Awaitable[Any]]
@@ -96,3 +97,11 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
                              "stage": None, "request_id": request_id},
                             status_code=500, headers=headers)
     return JSONResponse(body, headers=headers)
+
+
+def plan_views(plan: CompiledPipeline, diagram_svg: bytes | None) -> dict[str, View]:
+    """`GET <route>/-/plan` (the plan as JSON) and, when rendered, `GET <route>/-/graph.svg`."""
+    views = {"/-/plan": View(plan.model_dump_json(indent=2).encode(), "application/json")}
+    if diagram_svg is not None:
+        views["/-/graph.svg"] = View(diagram_svg, "image/svg+xml")
+    return views

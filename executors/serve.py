@@ -27,7 +27,7 @@ from ..compiler import CompiledPipeline, compile
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute
-from .ingress import View, handle_http
+from .ingress import handle_http, plan_views
 
 Layout = tuple[tuple[int, int], ...]
 
@@ -170,14 +170,6 @@ class PipelineDriver:
 
     async def __call__(self, request: Request) -> Response:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views)
-
-
-def plan_views(plan: CompiledPipeline, diagram_svg: bytes | None) -> dict[str, View]:
-    """`GET <route>/-/plan` (the plan as JSON) and, when rendered, `GET <route>/-/graph.svg`."""
-    views = {"/-/plan": View(plan.model_dump_json(indent=2).encode(), "application/json")}
-    if diagram_svg is not None:
-        views["/-/graph.svg"] = View(diagram_svg, "image/svg+xml")
-    return views
 
 
 def build_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:

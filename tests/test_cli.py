@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,5 +76,31 @@ def test_render_text_formats(tmp_path: Path) -> None:
 
 def test_help_lists_every_verb() -> None:
     text = servegraph("--help").stdout
-    for verb in ("check", "compile", "render", "run"):
+    for verb in ("check", "compile", "render", "run", "bench"):
         assert verb in text
+
+
+def test_run_local_serves_http_and_bench_loads_it() -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "servegraph", "run", "--local", "tests.cli_graphs:good",
+         "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(7)]
+        url = f"http://127.0.0.1:{port}/diamond"
+        assert lines[0] == "pipeline 'diamond': 6 nodes, 4 stage deployments + driver\n"
+        assert lines[-1] == (f"serving 'diamond' in-process (no Ray): POST JSON to {url} "
+                             "(Ctrl-C stops)\n")
+        assert httpx.post(url, json={"x": 3}).json() == 20
+        assert httpx.post(url, json={"y": 3}).status_code == 422
+        assert httpx.get(f"{url}/-/plan").json()["name"] == "diamond"
+        bench = servegraph("bench", url, "--payload", '{"x": 1}', "-n", "40", "-c", "4")
+        assert bench.returncode == 0, bench.stderr
+        report = bench.stdout.splitlines()
+        assert report[0].startswith(f"{url}: 40 requests at concurrency 4 in ")
+        assert report[-1] == "  responses: 200: 40"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
