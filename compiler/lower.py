@@ -15,6 +15,7 @@ from typing import Any
 from ..dag import CallNode, ClassNode, Graph, InputNode, Node, Op, SelectNode, batch_spec
 from .graphview import schedule
 from .plan import BatchPlan, CompiledPipeline, NodePlan, StagePlan
+from .types import output_type, type_name
 from .validate import CheckedGraph, spec_of_group
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000
@@ -92,7 +93,9 @@ def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encod
 
 def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
                encoder: _Encoder) -> NodePlan:
-    common = {"id": ids[node.id], "label": node.label, "site": str(node.site)}
+    produced = output_type(node)
+    common = {"id": ids[node.id], "label": node.label, "site": str(node.site),
+              "output_type": None if produced is Any else type_name(produced)}
     if isinstance(node, InputNode):
         return NodePlan(op="input", **common)
     if isinstance(node, SelectNode):

@@ -61,6 +61,7 @@ class NodePlan(BaseModel):
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     select: tuple[Literal["attr", "item"], str | int] | None = None
+    output_type: str | None = None  # the annotated type of its value, for diagrams
     site: str = ""
 
 

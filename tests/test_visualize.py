@@ -34,13 +34,26 @@ def test_mermaid_has_every_deployment_node_and_edge() -> None:
     text = to_mermaid(sg.compile(scoring()))
     lines = text.splitlines()
     assert lines[0] == "flowchart LR"
-    assert '  subgraph d0["Scorer · 1 replica · batch score≤8"]' in lines
+    assert '  subgraph d0["Scorer · 1 replica · 1 CPU · batch score≤8"]' in lines
     assert '    n4[/"map Scorer.score"\\]' in lines
-    assert '  subgraph d1["summarize · 1 replica"]' in lines
+    assert '  subgraph d1["summarize · 1 replica · 1 CPU"]' in lines
     assert [line for line in lines if "-->" in line] == [
-        "  n0 --> n1", "  n1 --> n2", "  n0 --> n3", "  n3 --> n4", "  n0 --> n5",
-        "  n2 --> n6", "  n5 --> n6", "  n0 --> n7", "  n6 --> n8", "  n4 --> n8",
-        "  n7 --> n8", "  n8 --> out", "  n2 --> out", "  n6 --> out"]
+        "  n0 -->|Request| n1", "  n1 -->|str| n2", "  n0 -->|Request| n3",
+        "  n3 -->|list#91;str#93;| n4", "  n0 -->|Request| n5", "  n2 -->|float| n6",
+        "  n5 -->|int| n6", "  n0 -->|Request| n7", "  n6 -->|float| n8",
+        "  n4 -->|list#91;float#93;| n8", "  n7 -->|list#91;str#93;| n8",
+        "  n8 -->|dict#91;str, Any#93;| out", "  n2 -->|float| out", "  n6 -->|float| out"]
+
+
+def test_edges_without_annotations_carry_no_label() -> None:
+    @sg.deployment
+    def untyped(x):  # type: ignore[no-untyped-def]
+        return x
+
+    with sg.InputNode() as inp:
+        out = untyped.bind(inp.x)
+    assert to_dot(sg.compile(sg.Graph(out))).splitlines()[-4:-1] == [
+        "  n0 -> n1;", "  n1 -> n2;", "  n2 -> out;"]
 
 
 def test_labels_are_escaped_in_text_formats() -> None:

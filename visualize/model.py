@@ -30,12 +30,13 @@ class Diagram:
     title: str
     boxes: list[Box] = field(default_factory=list)
     clusters: list[Cluster] = field(default_factory=list)
-    edges: list[tuple[str, str]] = field(default_factory=list)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # source, target, type
 
 
 def diagram_of(plan: CompiledPipeline) -> Diagram:
     diagram = Diagram(title=plan.name)
     cluster_ids = {stage.name: f"d{index}" for index, stage in enumerate(plan.deployments)}
+    types = {node.id: node.output_type or "" for node in plan.nodes}
     for stage in plan.deployments:
         diagram.clusters.append(Cluster(cluster_ids[stage.name], _stage_label(stage)))
     for node in plan.nodes:
@@ -43,10 +44,10 @@ def diagram_of(plan: CompiledPipeline) -> Diagram:
         diagram.boxes.append(Box(node.id, node.label, node.op, cluster))
         sources = [*node.args, *node.kwargs.values()]
         for source in dict.fromkeys(_refs(sources)):
-            diagram.edges.append((source, node.id))
+            diagram.edges.append((source, node.id, types[source]))
     diagram.boxes.append(Box("out", "output", "output"))
     for source in dict.fromkeys(_refs([plan.outputs])):
-        diagram.edges.append((source, "out"))
+        diagram.edges.append((source, "out", types[source]))
     return diagram
 
 
@@ -58,8 +59,9 @@ def _stage_label(stage: StagePlan) -> str:
     else:
         count = options.get("num_replicas", 1)
         replicas = f"{count} replica{'s' if count != 1 else ''}"
-    gpus = (options.get("ray_actor_options") or {}).get("num_gpus")
-    parts = [stage.name, replicas]
+    actor = options.get("ray_actor_options") or {}
+    gpus = actor.get("num_gpus")
+    parts = [stage.name, replicas, f"{actor.get('num_cpus', 1):g} CPU"]
     if gpus:
         parts.append(f"{gpus:g} GPU")
     if stage.batching:

@@ -28,6 +28,7 @@ def to_dot(plan: CompiledPipeline) -> str:
         lines.append("  }")
     lines.extend(f"  {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
                  for box in diagram.boxes if box.cluster is None)
-    lines.extend(f"  {source} -> {target};" for source, target in diagram.edges)
+    lines.extend(f"  {source} -> {target}" + (f" [label={quote(kind)}];" if kind else ";")
+                 for source, target, kind in diagram.edges)
     lines.append("}")
     return "\n".join(lines) + "\n"

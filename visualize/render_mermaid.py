@@ -30,5 +30,6 @@ def to_mermaid(plan: CompiledPipeline) -> str:
         if box.cluster is None:
             start, end = _SHAPES[box.shape]
             lines.append(f"  {box.id}{start}{label(box.label)}{end}")
-    lines.extend(f"  {source} --> {target}" for source, target in diagram.edges)
+    lines.extend(f"  {source} -->|{label(kind)}| {target}" if kind else f"  {source} --> {target}"
+                 for source, target, kind in diagram.edges)
     return "\n".join(lines) + "\n"
