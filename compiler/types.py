@@ -25,9 +25,23 @@ _NUMERIC_WIDENING = {(int, float), (int, complex), (float, complex), (bool, int)
 
 
 def type_name(tp: Any) -> str:
+    """A short readable name: `list[Hit]`, `int | None`, not module paths."""
     if tp is Any:
         return "Any"
-    if isinstance(tp, type) and not typing.get_args(tp):
+    if tp is None or tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        return " | ".join(type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is not None and args:
+        return f"{type_name(origin)}[{', '.join(type_name(arg) for arg in args)}]"
+    if isinstance(tp, type):
         return tp.__qualname__
     return repr(tp).replace("typing.", "")
 

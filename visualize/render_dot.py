@@ -19,7 +19,8 @@ def to_dot(plan: CompiledPipeline) -> str:
     diagram = diagram_of(plan)
     lines = [f"digraph {quote(diagram.title)} {{", "  rankdir=LR;",
              '  graph [fontname="Helvetica", fontsize=11];',
-             '  node [fontname="Helvetica", fontsize=11];']
+             '  node [fontname="Helvetica", fontsize=11];',
+             '  edge [fontname="Helvetica", fontsize=9, fontcolor=gray30];']
     for cluster in diagram.clusters:
         lines.append(f"  subgraph cluster_{cluster.id} {{")
         lines.append(f"    label={quote(cluster.label)}; style=rounded; color=gray50;")
