@@ -6,6 +6,9 @@
   render   draw the pipeline (`-o search.svg|.png|.pdf|.dot|.mmd`)
   run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C;
            `--local` serves it in-process (no Ray) behind the same HTTP API
+  deploy   deploy onto a running Ray cluster (`--address` or RAY_ADDRESS) and return
+  status   list Serve applications, deployments and replica states
+  shutdown delete one application (`shutdown NAME`) or stop Serve
   bench    load a running route at a concurrency; print p50/p99/throughput and statuses
 
 Errors print one message without a traceback unless `--debug`.
@@ -117,6 +120,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(address: str | None) -> None:
+    """Attach to an existing Ray cluster (`--address`, else `RAY_ADDRESS`)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UsageError("no cluster to talk to: pass --address (e.g. 127.0.0.1:6379) or set "
+                         "RAY_ADDRESS")
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise UsageError(f"cannot connect to Ray at {address}: {exc}") from exc
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .compiler import compile
+    from .serving import serve
+
+    plan = compile(load_graph(args.target))
+    _connect(args.address)
+    handle = serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
+    print(_summary(plan))
+    print(f"deployed {handle.name!r}: POST JSON to {handle.url}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    _connect(args.address)
+    applications = serve.status().applications
+    if args.name and args.name not in applications:
+        raise UsageError(f"no Serve application named {args.name!r} "
+                         f"(running: {', '.join(sorted(applications)) or 'none'})")
+    for name, app in sorted(applications.items()):
+        if args.name and name != args.name:
+            continue
+        print(f"{name}  {app.status.value}")
+        for deployment, state in sorted(app.deployments.items()):
+            replicas = ", ".join(f"{k} {v}" for k, v in sorted(state.replica_states.items()))
+            print(f"  {deployment:<24} {state.status.value:<10} {replicas}")
+    if not applications:
+        print("no Serve applications")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    _connect(args.address)
+    if args.name:
+        serve.delete(args.name)
+        print(f"deleted {args.name!r}")
+    else:
+        serve.shutdown()
+        print("Serve shut down")
+    return 0
+
+
 def _run_local(plan: Any, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -182,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="with --local: the address to bind")
     run.set_defaults(run=cmd_run)
 
+    deploy = verbs.add_parser("deploy", help="deploy onto a running Ray cluster and return")
+    deploy.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
+    deploy.add_argument("--name", help="Serve application name (default: the graph's name)")
+    deploy.add_argument("--route-prefix", help="HTTP route (default: /<graph name>)")
+    deploy.add_argument("--port", type=int, help="HTTP port when Serve is not yet running")
+    deploy.set_defaults(run=cmd_deploy)
+
+    status = verbs.add_parser("status", help="Serve applications and their replicas")
+    status.add_argument("name", nargs="?", help="one application (default: all)")
+    status.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
+    status.set_defaults(run=cmd_status)
+
+    shutdown = verbs.add_parser("shutdown", help="delete an application, or stop Serve")
+    shutdown.add_argument("name", nargs="?", help="the application (default: all of Serve)")
+    shutdown.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
+    shutdown.set_defaults(run=cmd_shutdown)
+
     bench = verbs.add_parser("bench", help="load a running route: p50/p99/throughput")
     bench.add_argument("url", help="the route, e.g. http://127.0.0.1:8000/search")
     bench.add_argument("--payload", required=True, help="the JSON body of every request")
@@ -190,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     bench.set_defaults(run=cmd_bench)
 
-    for sub in (check, compile_, render, run):
+    for sub in (check, compile_, render, run, deploy):
         sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
                          "servegraph.pipelines.search:graph")
     return parser

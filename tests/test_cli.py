@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def _free_port() -> int:
@@ -21,8 +22,9 @@ def _free_port() -> int:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def servegraph(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "servegraph", *args], cwd=ROOT,
+def servegraph(*args: str, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "servegraph", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -76,7 +78,7 @@ def test_render_text_formats(tmp_path: Path) -> None:
 
 def test_help_lists_every_verb() -> None:
     text = servegraph("--help").stdout
-    for verb in ("check", "compile", "render", "run", "bench"):
+    for verb in ("check", "compile", "render", "run", "deploy", "status", "shutdown", "bench"):
         assert verb in text
 
 
@@ -104,3 +106,58 @@ def test_run_local_serves_http_and_bench_loads_it() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.ray
+def test_deploy_status_shutdown_on_a_real_ray_head() -> None:
+    """`ray start --head` in a subprocess (stopped afterwards, even on failure), then the CLI
+    deploys onto it, lists it, serves HTTP from it and deletes it."""
+    gcs_port, http_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{gcs_port}"
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    # Ray 2.60 turns on token authentication for `ray start`; the token file in ~/.ray is
+    # shared with the other Ray instances of this test run, so this private cluster opts out.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert head.stdout is not None
+        started: list[str] = []
+        while not started or ("Ray runtime started" not in started[-1] and started[-1]):
+            started.append(head.stdout.readline())
+        assert "Ray runtime started" in started[-1], "".join(started)
+
+        deployed = servegraph("deploy", "tests.cli_graphs:good", "--address", address,
+                              "--port", str(http_port), env=env)
+        assert deployed.returncode == 0, deployed.stderr
+        url = f"http://127.0.0.1:{http_port}/diamond"
+        assert deployed.stdout.splitlines()[-1] == f"deployed 'diamond': POST JSON to {url}"
+        assert httpx.post(url, json={"x": 1}, timeout=60).json() == 10
+
+        status = servegraph("status", "--address", address, env=env)
+        assert status.returncode == 0, status.stderr
+        lines = status.stdout.splitlines()
+        assert lines[0] == "diamond  RUNNING"
+        assert sorted(line.split()[0] for line in lines[1:]) == [
+            "Inc", "add", "diamond_driver", "double", "triple"]
+        assert all(line.split()[1:] == ["HEALTHY", "RUNNING", "1"] for line in lines[1:])
+        missing = servegraph("status", "nope", "--address", address, env=env)
+        assert missing.stderr == ("servegraph status: error: no Serve application named "
+                                  "'nope' (running: diamond)\n")
+
+        shut = servegraph("shutdown", "diamond", "--address", address, env=env)
+        assert (shut.returncode, shut.stdout) == (0, "deleted 'diamond'\n")
+        after = servegraph("status", "--address", address, env=env)
+        assert after.stdout == "no Serve applications\n"
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+
+
+def test_cluster_verbs_need_an_address() -> None:
+    env_free = servegraph("status")
+    assert env_free.returncode == 1
+    assert env_free.stderr == ("servegraph status: error: no cluster to talk to: pass "
+                               "--address (e.g. 127.0.0.1:6379) or set RAY_ADDRESS\n")
