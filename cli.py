@@ -245,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run=cmd_run)
 
     deploy = verbs.add_parser("deploy", help="deploy onto a running Ray cluster and return")
-    deploy.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
     deploy.add_argument("--name", help="Serve application name (default: the graph's name)")
     deploy.add_argument("--route-prefix", help="HTTP route (default: /<graph name>)")
     deploy.add_argument("--port", type=int, help="HTTP port when Serve is not yet running")
@@ -253,12 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="Serve applications and their replicas")
     status.add_argument("name", nargs="?", help="one application (default: all)")
-    status.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
     status.set_defaults(run=cmd_status)
 
     shutdown = verbs.add_parser("shutdown", help="delete an application, or stop Serve")
     shutdown.add_argument("name", nargs="?", help="the application (default: all of Serve)")
-    shutdown.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
     shutdown.set_defaults(run=cmd_shutdown)
 
     bench = verbs.add_parser("bench", help="load a running route: p50/p99/throughput")
@@ -269,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     bench.set_defaults(run=cmd_bench)
 
+    for sub in (deploy, status, shutdown):
+        sub.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
     for sub in (check, compile_, render, run, deploy):
         sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
                          "servegraph.pipelines.search:graph")

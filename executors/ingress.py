@@ -31,13 +31,10 @@ def request_id_for(request: Request) -> str:
         return given[:128]
     try:
         from ray.serve.context import _get_serve_request_context
-
-        made = _get_serve_request_context().request_id
-        if made:
-            return made
-    except Exception:
-        pass
-    return uuid.uuid4().hex
+    except ImportError:  # the in-process server runs without Ray
+        return uuid.uuid4().hex
+    # Serve's proxy made one for this request; outside Serve the context holds "".
+    return _get_serve_request_context().request_id or uuid.uuid4().hex
 
 
 def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:

@@ -207,7 +207,8 @@ def test_bind_on_an_already_bound_class() -> None:
 
 def test_input_node_used_outside_its_with_block() -> None:
     with sg.InputNode() as inp:
-        pass
+        assert inp.is_open
+    assert not inp.is_open
     with pytest.raises(sg.BindError) as caught:
         produce.bind(inp.late)
     assert str(caught.value) == (
