@@ -170,8 +170,11 @@ async def execute(program: Program, payload: Any, runner: Runner,
         results = [await _value(values[ref], runner) for ref in program.output_refs]
         return program.build_outputs(results)
     except BaseException as exc:
-        for task in deferred:
-            task.cancel()
+        for task in deferred:  # stop the core's own waits; retrieve the errors of finished ones
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()
         _discard_all(values.values(), runner)
         raise runner.on_error(exc, request_id) from None
 
