@@ -163,7 +163,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {deployment:<24} {state.status.value:<10} {replicas}")
     if not applications:
         print("no Serve applications")
+    if args.render:
+        _render_live(args.name, applications, args.render)
     return 0
+
+
+def _render_live(name: str | None, applications: dict[str, Any], path: str) -> None:
+    """Draw one application's plan, each deployment coloured by its live Serve status."""
+    from ray import serve
+
+    from .compiler import CompiledPipeline
+    from .visualize import LiveStatus, render
+
+    if name is None:
+        raise UsageError("--render draws one application: name it (servegraph status NAME "
+                         "--render out.svg)")
+    plan = CompiledPipeline.model_validate_json(
+        serve.get_app_handle(name).plan.remote().result(timeout_s=60))
+    live = {deployment: LiveStatus(state.status.value, dict(state.replica_states))
+            for deployment, state in applications[name].deployments.items()}
+    render(plan, path, live=live)
+    print(f"wrote {path}")
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
@@ -252,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="Serve applications and their replicas")
     status.add_argument("name", nargs="?", help="one application (default: all)")
+    status.add_argument("--render", metavar="FILE",
+                        help="draw the application's plan coloured by live status (.svg ...)")
     status.set_defaults(run=cmd_status)
 
     shutdown = verbs.add_parser("shutdown", help="delete an application, or stop Serve")

@@ -168,6 +168,10 @@ class PipelineDriver:
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)
 
+    def plan(self) -> str:
+        """The compiled plan as JSON (for `servegraph status --render`)."""
+        return self.program.plan.model_dump_json()
+
     async def __call__(self, request: Request) -> Response:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views)
 

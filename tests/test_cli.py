@@ -109,7 +109,7 @@ def test_run_local_serves_http_and_bench_loads_it() -> None:
 
 
 @pytest.mark.ray
-def test_deploy_status_shutdown_on_a_real_ray_head() -> None:
+def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
     """`ray start --head` in a subprocess (stopped afterwards, even on failure), then the CLI
     deploys onto it, lists it, serves HTTP from it and deletes it."""
     gcs_port, http_port = _free_port(), _free_port()
@@ -143,6 +143,13 @@ def test_deploy_status_shutdown_on_a_real_ray_head() -> None:
         assert sorted(line.split()[0] for line in lines[1:]) == [
             "Inc", "add", "diamond_driver", "double", "triple"]
         assert all(line.split()[1:] == ["HEALTHY", "RUNNING", "1"] for line in lines[1:])
+        drawn = tmp_path / "live.dot"
+        rendered = servegraph("status", "diamond", "--address", address, "--render",
+                              str(drawn), env=env)
+        assert rendered.returncode == 0, rendered.stderr
+        assert rendered.stdout.splitlines()[-1] == f"wrote {drawn}"
+        assert drawn.read_text().count('fillcolor="#d9f2d9"') == 4  # four HEALTHY stages
+        assert 'label="Inc · 1 replica · 1 CPU · HEALTHY: RUNNING 1"' in drawn.read_text()
         missing = servegraph("status", "nope", "--address", address, env=env)
         assert missing.stderr == ("servegraph status: error: no Serve application named "
                                   "'nope' (running: diamond)\n")

@@ -98,3 +98,20 @@ def test_unknown_format_says_which_work() -> None:
         sg.render(scoring(), "diagram.gif")
     assert str(caught.value) == ("cannot render format 'gif': use one of .svg .png .pdf .dot "
                                  ".mmd, or pass format=")
+
+
+def test_live_status_labels_and_colours_each_deployment() -> None:
+    from servegraph.visualize import LiveStatus
+    from tests.stages import diamond
+
+    plan = sg.compile(diamond())
+    live = {"Inc": LiveStatus("HEALTHY", {"RUNNING": 1}),
+            "add": LiveStatus("UNHEALTHY", {"STARTING": 1})}
+    mermaid = to_mermaid(plan, live).splitlines()
+    assert '  subgraph d0["Inc · 1 replica · 1 CPU · HEALTHY: RUNNING 1"]' in mermaid
+    assert '  subgraph d3["add · 1 replica · 1 CPU · UNHEALTHY: STARTING 1"]' in mermaid
+    assert [line for line in mermaid if line.startswith("  style")] == [
+        "  style d0 fill:#d9f2d9", "  style d3 fill:#f8d0d0"]
+    dot = to_dot(plan, live)
+    assert dot.count('style="rounded,filled"') == 2
+    assert 'fillcolor="#d9f2d9"' in dot and 'fillcolor="#f8d0d0"' in dot

@@ -14,27 +14,28 @@ import os
 from ..compiler import CompiledPipeline, compile
 from ..dag import Graph
 from ..errors import PipelineError
-from .model import Diagram, diagram_of
+from .model import Diagram, LiveStatus, diagram_of
 from .render_dot import to_dot
 from .render_mermaid import to_mermaid
 
-__all__ = ["Diagram", "diagram_of", "render", "to_dot", "to_mermaid"]
+__all__ = ["Diagram", "LiveStatus", "diagram_of", "render", "to_dot", "to_mermaid"]
 
 _TEXT_FORMATS = {"mmd": to_mermaid, "mermaid": to_mermaid, "dot": to_dot, "gv": to_dot}
 _BINARY_FORMATS = {"svg", "png", "pdf"}
 
 
 def render(graph_or_plan: Graph | CompiledPipeline, path: str | os.PathLike[str] | None = None,
-           format: str | None = None) -> bytes:
+           format: str | None = None, live: dict[str, LiveStatus] | None = None) -> bytes:
     """Draw the pipeline; write it to `path` when given. The format comes from `format` or
-    the path's suffix (.svg .png .pdf .dot .mmd). Returns the bytes written."""
+    the path's suffix (.svg .png .pdf .dot .mmd). `live` colours each deployment by the
+    status Serve reports for it. Returns the bytes written."""
     plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
         else compile(graph_or_plan)
     fmt = (format or (os.path.splitext(os.fspath(path))[1].lstrip(".") if path else "")).lower()
     if fmt in _TEXT_FORMATS:
-        data = _TEXT_FORMATS[fmt](plan).encode()
+        data = _TEXT_FORMATS[fmt](plan, live).encode()
     elif fmt in _BINARY_FORMATS:
-        data = _pipe_through_dot(to_dot(plan), fmt)
+        data = _pipe_through_dot(to_dot(plan, live), fmt)
     else:
         raise PipelineError(f"cannot render format {fmt or '(none)'!r}: use one of "
                             ".svg .png .pdf .dot .mmd, or pass format=")

@@ -23,6 +23,23 @@ class Box:
 class Cluster:
     id: str
     label: str
+    status: str | None = None  # live Serve status (HEALTHY, UPDATING, UNHEALTHY, ...)
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    """What Serve reports for one deployment, to colour the plan with."""
+
+    status: str
+    replicas: dict[str, int]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{state} {n}" for state, n in sorted(self.replicas.items()))
+        return f"{self.status}: {counts}" if counts else self.status
+
+
+STATUS_COLOURS = {"HEALTHY": "#d9f2d9", "UPDATING": "#fff2cc", "UPSCALING": "#fff2cc",
+                  "DOWNSCALING": "#fff2cc", "UNHEALTHY": "#f8d0d0", "DEPLOY_FAILED": "#f8d0d0"}
 
 
 @dataclass
@@ -33,12 +50,18 @@ class Diagram:
     edges: list[tuple[str, str, str]] = field(default_factory=list)  # source, target, type
 
 
-def diagram_of(plan: CompiledPipeline) -> Diagram:
+def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> Diagram:
+    """The plan as boxes; with `live`, each deployment labelled and coloured by its status."""
     diagram = Diagram(title=plan.name)
+    live = live or {}
     cluster_ids = {stage.name: f"d{index}" for index, stage in enumerate(plan.deployments)}
     types = {node.id: node.output_type or "" for node in plan.nodes}
     for stage in plan.deployments:
-        diagram.clusters.append(Cluster(cluster_ids[stage.name], _stage_label(stage)))
+        label, state = _stage_label(stage), live.get(stage.name)
+        if state is not None:
+            label = f"{label} · {state.summary()}"
+        diagram.clusters.append(Cluster(cluster_ids[stage.name], label,
+                                        state.status if state else None))
     for node in plan.nodes:
         cluster = cluster_ids.get(node.stage) if node.stage else None
         diagram.boxes.append(Box(node.id, node.label, node.op, cluster))

@@ -4,7 +4,7 @@ and newlines escaped; SVG output from `dot` escapes `<` and `&` itself."""
 from __future__ import annotations
 
 from ..compiler import CompiledPipeline
-from .model import diagram_of
+from .model import STATUS_COLOURS, LiveStatus, diagram_of
 
 _SHAPES = {"input": "invhouse", "select": "note", "call": "box", "map": "parallelogram",
            "output": "house"}
@@ -15,8 +15,8 @@ def quote(text: str) -> str:
     return f'"{escaped}"'
 
 
-def to_dot(plan: CompiledPipeline) -> str:
-    diagram = diagram_of(plan)
+def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> str:
+    diagram = diagram_of(plan, live)
     lines = [f"digraph {quote(diagram.title)} {{", "  rankdir=LR;",
              '  graph [fontname="Helvetica", fontsize=11];',
              '  node [fontname="Helvetica", fontsize=11];',
@@ -24,6 +24,9 @@ def to_dot(plan: CompiledPipeline) -> str:
     for cluster in diagram.clusters:
         lines.append(f"  subgraph cluster_{cluster.id} {{")
         lines.append(f"    label={quote(cluster.label)}; style=rounded; color=gray50;")
+        if cluster.status is not None:
+            fill = STATUS_COLOURS.get(cluster.status, "#eeeeee")
+            lines.append(f'    style="rounded,filled"; fillcolor="{fill}";')
         lines.extend(f"    {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
                      for box in diagram.boxes if box.cluster == cluster.id)
         lines.append("  }")

@@ -4,7 +4,7 @@ use Mermaid's entity codes for characters that would end a label or open HTML.""
 from __future__ import annotations
 
 from ..compiler import CompiledPipeline
-from .model import diagram_of
+from .model import STATUS_COLOURS, LiveStatus, diagram_of
 
 _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
              "\n": " ", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
@@ -16,8 +16,8 @@ def label(text: str) -> str:
     return "".join(_ENTITIES.get(char, char) for char in text)
 
 
-def to_mermaid(plan: CompiledPipeline) -> str:
-    diagram = diagram_of(plan)
+def to_mermaid(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> str:
+    diagram = diagram_of(plan, live)
     lines = ["flowchart LR"]
     for cluster in diagram.clusters:
         lines.append(f'  subgraph {cluster.id}["{label(cluster.label)}"]')
@@ -30,6 +30,8 @@ def to_mermaid(plan: CompiledPipeline) -> str:
         if box.cluster is None:
             start, end = _SHAPES[box.shape]
             lines.append(f"  {box.id}{start}{label(box.label)}{end}")
+    lines.extend(f"  style {cluster.id} fill:{STATUS_COLOURS.get(cluster.status, '#eeeeee')}"
+                 for cluster in diagram.clusters if cluster.status is not None)
     lines.extend(f"  {source} -->|{label(kind)}| {target}" if kind else f"  {source} --> {target}"
                  for source, target, kind in diagram.edges)
     return "\n".join(lines) + "\n"
