@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: install demo test bench lint clean
 
 $(STAMP): pyproject.toml
-	# Graphviz's `dot` draws .svg/.png diagrams (.dot and .mmd need nothing); root installs it.
-	command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; } || \
-		echo "note: install Graphviz (apt-get install -y graphviz) for .svg/.png diagrams"
+	# Graphviz's `dot` draws .svg/.png diagrams (.dot and .mmd need nothing); Chromium checks
+	# in a test that the SVG draws in a browser. Root installs both; others get a note.
+	{ command -v dot >/dev/null && command -v chromium >/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq graphviz chromium >/dev/null; } || \
+		echo "note: apt-get install -y graphviz chromium (diagrams as .svg/.png, browser test)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: the wheel on this machine's disk, not a several-GB CUDA build.

@@ -110,7 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["RAY_ADDRESS"] = args.address
     from .serving import serve
 
-    handle = serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
+    with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
+        handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
+                       http_port=args.port)
     print(_summary(plan))
     print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
     try:
@@ -118,6 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         handle.shutdown()
     return 0
+
+
+def _waiting(message: str) -> Any:
+    """A spinner on stderr while Serve brings deployments up (silent when not a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
 
 
 def _connect(address: str | None) -> None:
@@ -140,7 +149,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     plan = compile(load_graph(args.target))
     _connect(args.address)
-    handle = serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
+    with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
+        handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
+                       http_port=args.port)
     print(_summary(plan))
     print(f"deployed {handle.name!r}: POST JSON to {handle.url}")
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import struct
+import subprocess
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,46 @@ def test_live_status_labels_and_colours_each_deployment() -> None:
     dot = to_dot(plan, live)
     assert dot.count('style="rounded,filled"') == 2
     assert 'fillcolor="#d9f2d9"' in dot and 'fillcolor="#f8d0d0"' in dot
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _screenshot(page: Path, out: Path, profile: Path) -> bytes:
+    """Headless Chromium, flags as this machine needs them (no sandbox as root, no network)."""
+    done = subprocess.run(
+        [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+         "--window-size=1600,400", f"--screenshot={out}", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.exists(), done.stderr
+    return out.read_bytes()
+
+
+def _distinct_pixel_bytes(png: bytes) -> int:
+    """How many distinct byte values the decompressed image data holds (a blank page: few)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    data, position = b"", 8
+    while position < len(png):
+        length = struct.unpack(">I", png[position:position + 4])[0]
+        kind = png[position + 4:position + 8]
+        if kind == b"IDAT":
+            data += png[position + 8:position + 8 + length]
+        position += 12 + length
+    return len(set(zlib.decompress(data)))
+
+
+@needs_dot
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                    "(make install adds it)")
+def test_the_flagship_svg_draws_in_a_browser(tmp_path: Path) -> None:
+    from servegraph.pipelines import search
+
+    drawn_svg, blank_svg = tmp_path / "search.svg", tmp_path / "blank.svg"
+    sg.render(search.graph, drawn_svg)
+    blank_svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="1600" height="400"/>')
+    drawn = _screenshot(drawn_svg, tmp_path / "drawn.png", tmp_path / "profile")
+    blank = _screenshot(blank_svg, tmp_path / "blank.png", tmp_path / "profile")
+    assert _distinct_pixel_bytes(blank) < 8
+    assert _distinct_pixel_bytes(drawn) > 64
