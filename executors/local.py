@@ -85,13 +85,19 @@ def _instances(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> dict[str
 class _LocalRunner:
     def __init__(self, program: Program, instances: dict[str, Any], strict: bool) -> None:
         self.calls: dict[str, _Call] = {}
+        batchers: dict[tuple[str, str], _Batcher] = {}  # one per method, as on Serve
         for step in program.steps:
             node = step.node
             if node.stage is None:
                 continue
             obj = instances[node.stage]
             fn = getattr(obj, node.method) if node.method else obj
-            self.calls[node.id] = _Call(step, fn, strict)
+            spec = batch_spec(getattr(fn, "__func__", fn))
+            batcher = None
+            if spec is not None:
+                batcher = batchers.setdefault((node.stage, node.method or ""),
+                                              _Batcher(fn, spec))
+            self.calls[node.id] = _Call(step, fn, strict, batcher)
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         call = self.calls[step.node.id]
@@ -134,12 +140,12 @@ class _Call:
     """One call node bound to its stage object: how to invoke it, batched or not, checked or
     not, and how its failures are named."""
 
-    def __init__(self, step: Step, fn: Callable[..., Any], strict: bool) -> None:
+    def __init__(self, step: Step, fn: Callable[..., Any], strict: bool,
+                 batcher: _Batcher | None) -> None:
         self.step = step
         self.fn = fn
         self.build = step.build
-        spec = batch_spec(getattr(fn, "__func__", fn))
-        self.batcher = _Batcher(fn, spec) if spec is not None else None
+        self.batcher = batcher
         self.is_async = self.batcher is not None or inspect.iscoroutinefunction(fn)
         self.checker = _EdgeChecker(step, fn) if strict else None
 

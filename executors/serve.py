@@ -82,15 +82,16 @@ class StageReplica:
                 continue
             fn = getattr(target, node.method) if node.method else target
             spec = batch_spec(getattr(fn, "__func__", fn))
-            if spec is not None:
-                if node.method not in batched:
-                    batched[node.method or ""] = serve.batch(
+            if spec is not None:  # one queue per method: every call node on it shares it
+                key = node.method or ""
+                if key not in batched:
+                    batched[key] = serve.batch(
                         max_batch_size=spec.max_batch_size,
                         batch_wait_timeout_s=spec.batch_wait_timeout_s,
                         max_concurrent_batches=spec.max_concurrent_batches,
                         batch_size_fn=spec.batch_size_fn,
                     )(fn)
-                fn = batched[node.method or ""]
+                fn = batched[key]
             self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn))
 
     async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:

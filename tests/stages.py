@@ -92,6 +92,9 @@ class BatchProbe:
 
 
 def batch_probe() -> sg.Graph:
+    """One call and a map on the same batched method: all of them share one batch queue."""
     with sg.InputNode() as inp:
-        sizes = sg.map(BatchProbe.bind().size, inp.items)
-    return sg.Graph(sizes, name="probe")
+        probe = BatchProbe.bind()
+        one = probe.size.bind(inp.first)
+        sizes = sg.map(probe.size, inp.items)
+    return sg.Graph({"one": one, "sizes": sizes}, name="probe")

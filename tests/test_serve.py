@@ -131,10 +131,11 @@ def test_a_ray_decorated_class_keeps_its_options(deploy: Callable[..., Any]) -> 
 
 def test_sg_batch_becomes_serve_batch(deploy: Callable[..., Any]) -> None:
     graph = batch_probe()
-    payload = {"items": list(range(8))}
-    assert sg.run_local(graph, payload) == [4] * 8
+    payload = {"first": 0, "items": list(range(7))}
+    expected = {"one": 4, "sizes": [4] * 7}
+    assert sg.run_local(graph, payload) == expected
     handle = deploy(graph, name="probe", route_prefix="/probe")
-    assert handle.call(payload) == [4] * 8
+    assert handle.call(payload) == expected
 
 
 def test_a_plan_too_big_for_the_cluster_fails_at_once(ray_serve: int) -> None:
