@@ -7,7 +7,7 @@ imports `visualize/`. Without Graphviz's `dot` program the service still runs, a
 
 from __future__ import annotations
 
-from .compiler import CompiledPipeline, compile
+from .compiler import CompiledPipeline, as_plan
 from .dag import Graph
 from .errors import PipelineError
 from .executors.serve import PipelineHandle, serve_pipeline
@@ -17,8 +17,7 @@ def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
           route_prefix: str | None = None, http_port: int | None = None) -> PipelineHandle:
     """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
     `executors.serve.serve_pipeline`. Returns once every deployment is running."""
-    plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
-        else compile(graph_or_plan)
+    plan = as_plan(graph_or_plan)
     return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
                           diagram_svg=diagram_svg(plan))
 

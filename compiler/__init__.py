@@ -34,4 +34,11 @@ def compile(graph: Graph, cluster: object | None = None) -> CompiledPipeline:
     return lower(checked, list(PASSES))
 
 
-__all__ = ["PASSES", "CompiledPipeline", "NodePlan", "StagePlan", "compile"]
+def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
+    """A plan as it is, a graph compiled: what every entry point taking either needs."""
+    if isinstance(graph_or_plan, CompiledPipeline):
+        return graph_or_plan
+    return compile(graph_or_plan)
+
+
+__all__ = ["PASSES", "CompiledPipeline", "NodePlan", "StagePlan", "as_plan", "compile"]

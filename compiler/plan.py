@@ -104,6 +104,11 @@ class CompiledPipeline(BaseModel):
             ) from exc
         return value
 
+    def init_arguments(self, stage: StagePlan) -> tuple[list[Any], dict[str, Any]]:
+        """The constructor arguments of a class stage, decoded."""
+        return ([self.decode(a) for a in stage.init_args],
+                {k: self.decode(v) for k, v in stage.init_kwargs.items()})
+
     def input_type(self) -> Any:
         return self.resolve(self.input_model) if self.input_model else None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
-from ..compiler import CompiledPipeline, compile
+from ..compiler import CompiledPipeline, as_plan
 from ..compiler.types import parameter_types, return_type, type_name
 from ..dag import BatchSpec, Graph, batch_spec
 from ..errors import EdgeTypeError, PipelineError, StageError
@@ -32,8 +32,7 @@ class LocalExecutor:
 
     def __init__(self, graph_or_plan: Graph | CompiledPipeline, *,
                  overrides: Mapping[Any, Any] | None = None, strict: bool = False) -> None:
-        plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
-            else compile(graph_or_plan)
+        plan = as_plan(graph_or_plan)
         self.plan = plan
         self.program = Program(plan)
         self.strict = strict
@@ -71,8 +70,7 @@ def _instances(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> dict[str
         original = plan.resolve(stage.import_path or "")
         target = overrides.get(stage.name, overrides.get(original, original))
         if stage.kind == "class" and isinstance(target, type):
-            args = [plan.decode(a) for a in stage.init_args]
-            kwargs = {k: plan.decode(v) for k, v in stage.init_kwargs.items()}
+            args, kwargs = plan.init_arguments(stage)
             try:
                 target = target(*args, **kwargs)
             except Exception as exc:

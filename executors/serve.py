@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..compiler import CompiledPipeline, compile
+from ..compiler import CompiledPipeline, as_plan
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute
@@ -72,8 +72,8 @@ class StageReplica:
         self.stage = stage
         target = plan.resolve(stage.import_path or "")
         if stage.kind == "class":
-            target = target(*[plan.decode(a) for a in stage.init_args],
-                            **{k: plan.decode(v) for k, v in stage.init_kwargs.items()})
+            args, kwargs = plan.init_arguments(stage)
+            target = target(*args, **kwargs)
         self.calls: dict[str, tuple[Step, Any, bool]] = {}
         batched: dict[str, Any] = {}
         for step in Program(plan).steps:
@@ -229,8 +229,7 @@ def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None 
     """Deploy on Ray Serve. Connects to `RAY_ADDRESS` when set, else starts an embedded local
     Ray sized to hold the plan's replicas; returns once every deployment is running.
     `diagram_svg`, rendered by the caller, is served at `GET <route>/-/graph.svg`."""
-    plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
-        else compile(graph_or_plan)
+    plan = as_plan(graph_or_plan)
     ensure_ray(plan)
     check_fits(plan, ray.cluster_resources())
     if http_port is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..compiler import CompiledPipeline, compile
+from ..compiler import CompiledPipeline, as_plan
 from ..dag import Graph
 from ..errors import PipelineError
 from .model import Diagram, LiveStatus, diagram_of
@@ -29,8 +29,7 @@ def render(graph_or_plan: Graph | CompiledPipeline, path: str | os.PathLike[str]
     """Draw the pipeline; write it to `path` when given. The format comes from `format` or
     the path's suffix (.svg .png .pdf .dot .mmd). `live` colours each deployment by the
     status Serve reports for it. Returns the bytes written."""
-    plan = graph_or_plan if isinstance(graph_or_plan, CompiledPipeline) \
-        else compile(graph_or_plan)
+    plan = as_plan(graph_or_plan)
     fmt = (format or (os.path.splitext(os.fspath(path))[1].lstrip(".") if path else "")).lower()
     if fmt in _TEXT_FORMATS:
         data = _TEXT_FORMATS[fmt](plan, live).encode()
