@@ -13,13 +13,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
-    "compile": "compiler", "CompiledPipeline": "compiler",
+    "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
+    "NodeSpec": "compiler", "detect_cluster": "executors.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
     "serve": "serving", "PipelineHandle": "executors.serve",
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors", "DeployError": "errors",
+    "PackingError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

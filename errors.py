@@ -85,6 +85,14 @@ class TypeMismatchError(CompileError):
         super().__init__(message, **kwargs)
 
 
+class PackingError(CompileError):
+    """The GPU replicas do not fit the cluster spec (the message says what would)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("pass_name", "pack")
+        super().__init__(message, **kwargs)
+
+
 class DeployError(PipelineError):
     """The plan cannot be deployed where it was sent (e.g. the cluster is too small for it)."""
 

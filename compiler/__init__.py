@@ -1,36 +1,42 @@
 """The compiler: an ordered list of pure passes from a `sg.Graph` to a `CompiledPipeline`.
 
-validate -> typecheck -> lower. Each pass lives in its own module; a failing pass raises a
-`CompileError` that names itself, the stage and the user's source line.
+validate -> typecheck -> resources -> pack -> lower. Each pass lives in its own module; a
+failing pass raises a `CompileError` that names itself, the stage and the user's source line.
 """
 
 from __future__ import annotations
 
 from ..dag import Graph
 from ..dag.site import user_site
-from ..errors import BindError, CompileError
+from ..errors import BindError
+from .cluster import ClusterSpec, NodeSpec
 from .lower import lower
-from .plan import CompiledPipeline, NodePlan, StagePlan
+from .pack import pack_pass
+from .plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
+from .resources import resources
 from .typecheck import typecheck
 from .validate import CheckedGraph, validate
 
-PASSES = ("validate", "typecheck", "lower")
+PASSES = ("validate", "typecheck", "resources", "pack", "lower")
 
 
-def compile(graph: Graph, cluster: object | None = None) -> CompiledPipeline:
-    """Check `graph` and lower it to a plan. `cluster` is reserved for GPU packing."""
+def compile(graph: Graph, cluster: ClusterSpec | None = None) -> CompiledPipeline:
+    """Check `graph`, derive each stage's resources, pack its GPU replicas onto `cluster`
+    (or count the GPUs it needs without one) and lower it to a plan."""
     if not isinstance(graph, Graph):
         raise BindError(
             f"sg.compile needs an sg.Graph, got {type(graph).__name__}", site=user_site(),
             hint="wrap the output node: sg.compile(sg.Graph(out, name='...'))",
         )
-    if cluster is not None:
-        raise CompileError(
-            "cluster specs and GPU packing are not built yet", pass_name="pack",
-            hint="compile without `cluster=`; GPU fractions are taken from ray_actor_options",
+    if cluster is not None and not isinstance(cluster, ClusterSpec):
+        raise BindError(
+            f"cluster= needs an sg.ClusterSpec, got {type(cluster).__name__}", site=user_site(),
+            hint="sg.compile(graph, cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB'))",
         )
     checked: CheckedGraph = validate(graph)
     checked = typecheck(checked)
+    checked = resources(checked, cluster)
+    checked = pack_pass(checked)
     return lower(checked, list(PASSES))
 
 
@@ -41,4 +47,5 @@ def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
     return compile(graph_or_plan)
 
 
-__all__ = ["PASSES", "CompiledPipeline", "NodePlan", "StagePlan", "as_plan", "compile"]
+__all__ = ["PASSES", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan", "NodeSpec",
+           "StagePlan", "as_plan", "compile"]

@@ -46,7 +46,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
     plan = CompiledPipeline(
         name=graph.name, input_model=input_model, nodes=nodes,
         outputs=encoder.encode(graph.outputs), deployments=stages, driver=driver,
-        passes=passes,
+        passes=passes, cluster=checked.cluster, gpu_layout=checked.layout,
     )
     plan._objects.update(objects)
     plan._constants.extend(constants)
@@ -63,6 +63,11 @@ def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encod
     options = checked.options[id(group)]
     serve_options = options.serve_options()
     serve_options["name"] = checked.name_of(group)
+    needs = checked.resources.get(id(group))
+    if needs is not None and needs.derived:  # the fraction the resources pass derived
+        actor = dict(serve_options.get("ray_actor_options") or {})
+        actor["num_gpus"] = needs.gpus
+        serve_options["ray_actor_options"] = actor
     calls = [node for node in graph.nodes
              if isinstance(node, CallNode) and node.call.group is group]
     methods = sorted({node.call.method or "__call__" for node in calls})
@@ -88,6 +93,7 @@ def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encod
         init_kwargs={k: encoder.encode(v) for k, v in kwargs.items()},
         methods=methods, batching=batching, options=serve_options,
         gpu_memory=options.gpu_memory, fuse=options.fuse, site=str(spec.site),
+        gpus_from_memory=needs is not None and needs.derived,
     )
 
 

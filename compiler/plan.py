@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from ..errors import CompileError
+from .cluster import ClusterSpec
 
 NodeOp = Literal["input", "select", "call", "map"]
 
@@ -44,8 +45,64 @@ class StagePlan(BaseModel):
     batching: dict[str, BatchPlan] = {}
     options: dict[str, Any] = {}
     gpu_memory: int | None = None
+    gpus_from_memory: bool = False  # num_gpus derived from gpu_memory by the resources pass
     fuse: bool | None = None
     site: str = ""
+
+
+class PlacedReplica(BaseModel):
+    """One GPU replica on a GPU: its stage, its index among the stage's replicas, its share."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    replica: int
+    gpus: float                # the fraction (or 1.0 per GPU of a multi-GPU replica)
+    memory: int | None = None  # bytes it may use on this GPU
+
+
+class GpuSlot(BaseModel):
+    """One GPU of the cluster and the replicas the plan puts on it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    index: int
+    memory: int | None = None
+    replicas: list[PlacedReplica] = []
+    fraction_used: float = 0.0
+    memory_used: int | None = None
+
+
+class Headroom(BaseModel):
+    """An autoscaled GPU stage: replicas placed at deploy time, its maximum, and how many more
+    fit on the GPUs left over."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    placed: int
+    max_replicas: int
+    fits: int
+
+
+class GpuLayout(BaseModel):
+    """The pack pass's output: which replicas share which GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bounded: bool                 # False: no cluster spec, GPUs counted as needed
+    gpus: list[GpuSlot]
+    headroom: list[Headroom] = []
+    lower_bound: int = 0          # ceil(sum of GPU shares): no packing can use fewer
+
+    @property
+    def used(self) -> int:
+        return sum(1 for gpu in self.gpus if gpu.replicas)
+
+    def sharing(self) -> list[list[str]]:
+        """Per used GPU, the sorted stage names of its replicas: the planned sharing."""
+        return [sorted(r.stage for r in gpu.replicas) for gpu in self.gpus if gpu.replicas]
 
 
 class NodePlan(BaseModel):
@@ -77,9 +134,15 @@ class CompiledPipeline(BaseModel):
     deployments: list[StagePlan]
     driver: StagePlan
     passes: list[str]
+    cluster: ClusterSpec | None = None
+    gpu_layout: GpuLayout | None = None
 
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
     _constants: list[Any] = PrivateAttr(default_factory=list)
+
+    def explain(self) -> str:
+        """What the compiler decided: deployments, resources, the GPU layout, headroom."""
+        return explain(self)
 
     def stage(self, name: str) -> StagePlan:
         for stage in self.deployments:
@@ -137,3 +200,60 @@ class CompiledPipeline(BaseModel):
         if tag == "dict":
             return {key: self.decode(item, values) for key, item in body.items()}
         raise ValueError(f"unknown template tag {tag!r}")
+
+
+def explain(plan: CompiledPipeline) -> str:
+    """What the compiler decided, as text: deployments, their resources, the GPU layout."""
+    from .cluster import format_bytes
+
+    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, {len(plan.deployments)} "
+             f"stage deployments + driver; passes: {', '.join(plan.passes)}"]
+    if plan.cluster is not None:
+        lines.append(f"cluster: {plan.cluster.describe()}")
+    lines.append("deployments:")
+    for stage in [*plan.deployments, plan.driver]:
+        options = stage.options
+        actor = options.get("ray_actor_options") or {}
+        auto = options.get("autoscaling_config")
+        if auto is not None or options.get("num_replicas") == "auto":
+            auto = auto or {}
+            low = auto.get("min_replicas", 1)
+            replicas = (f"autoscaling {low}..{auto.get('max_replicas', 1)}, "
+                        f"{auto.get('initial_replicas', low)} at start")
+        else:
+            count = options.get("num_replicas", 1)
+            replicas = f"{count} replica{'s' if count != 1 else ''}"
+        parts = [replicas, f"{actor.get('num_cpus', 1):g} CPU"]
+        gpus = actor.get("num_gpus")
+        if gpus:
+            how = "declared"
+            if stage.gpus_from_memory and plan.cluster is not None:
+                how = (f"from gpu_memory {format_bytes(stage.gpu_memory)} of "
+                       f"{format_bytes(plan.cluster.smallest_gpu_memory)}")
+            parts.append(f"{gpus:g} GPU ({how})")
+        for method, batch in stage.batching.items():
+            parts.append(f"batch {method} <= {batch.max_batch_size} "
+                         f"within {batch.batch_wait_timeout_s * 1000:g} ms")
+        limit = options.get("max_ongoing_requests")
+        if limit is not None:
+            parts.append(f"max_ongoing_requests={limit}")
+        lines.append(f"  {stage.name:<20} {stage.kind:<8} {', '.join(parts)}")
+    layout = plan.gpu_layout
+    if layout is None:
+        lines.append("GPU layout: no GPU stages")
+        return "\n".join(lines)
+    where = "on the cluster" if layout.bounded else "(no cluster spec: GPUs counted as needed)"
+    lines.append(f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} used, "
+                 f"lower bound {layout.lower_bound}")
+    for gpu in layout.gpus:
+        size = f" of {format_bytes(gpu.memory)}" if gpu.memory else ""
+        memory = f", {format_bytes(gpu.memory_used)}{size}" if gpu.memory_used is not None \
+            else ""
+        held = ", ".join(f"{r.stage}#{r.replica} {r.gpus:g}" for r in gpu.replicas) or "free"
+        lines.append(f"  {gpu.node} GPU {gpu.index}: {gpu.fraction_used:.0%}{memory}: {held}")
+    for room in layout.headroom:
+        lines.append(f"  headroom: {room.stage} starts {room.placed}, may scale to "
+                     f"{room.max_replicas}; {room.fits} more fit on the GPUs left"
+                     + ("" if room.placed + room.fits >= room.max_replicas
+                        else " (the rest would stay pending)"))
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -44,6 +44,10 @@ class CheckedGraph:
     groups: tuple[Group, ...]                  # actor groups, in schedule order
     names: Mapping[int, str]                   # id(group) -> unique deployment name
     options: Mapping[int, DeploymentOptions]   # id(group) -> validated options
+    # filled in by later passes
+    cluster: Any = None                        # ClusterSpec | None (resources)
+    resources: Mapping[int, Any] = field(default_factory=dict)  # id(group) -> StageResources
+    layout: Any = None                         # GpuLayout | None (pack)
 
     def group_of(self, node: CallNode) -> Group:
         return node.call.group

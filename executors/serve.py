@@ -178,14 +178,23 @@ class PipelineDriver:
 
 
 def build_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
-    """The Serve application: a bound driver holding a bound deployment per stage."""
+    """The Serve application: a bound driver holding a bound deployment per stage.
+
+    Stages are bound largest GPU share first: Serve creates replicas in that order, so Ray's
+    best-fit placement meets them in the decreasing order the pack pass planned with."""
     stages = {
         stage.name: serve.deployment(StageReplica).options(**stage.options).bind(plan, stage.name)
-        for stage in plan.deployments
+        for stage in deploy_order(plan)
     }
     driver = serve.deployment(PipelineDriver).options(name=plan.driver.name,
                                                       **plan.driver.options)
     return driver.bind(plan, stages, diagram_svg)
+
+
+def deploy_order(plan: CompiledPipeline) -> list[Any]:
+    """The stages, whole GPUs and larger fractions first (stable otherwise)."""
+    return sorted(plan.deployments, key=lambda stage: -float(
+        (stage.options.get("ray_actor_options") or {}).get("num_gpus") or 0))
 
 
 class PipelineHandle:

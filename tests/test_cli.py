@@ -31,7 +31,7 @@ def servegraph(*args: str, env: dict[str, str] | None = None
 def test_check_ok_and_failing() -> None:
     ok = servegraph("check", "tests.cli_graphs:good")
     assert (ok.returncode, ok.stdout, ok.stderr) == (
-        0, "ok: 'diamond' compiles (validate, typecheck, lower)\n", "")
+        0, "ok: 'diamond' compiles (validate, typecheck, resources, pack, lower)\n", "")
     bad = servegraph("check", "tests.cli_graphs:broken")
     assert bad.returncode == 1
     assert bad.stdout == ""

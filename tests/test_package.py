@@ -13,10 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_public_api_is_pinned() -> None:
     assert sg.__all__ == sorted([
-        "BindError", "CompileError", "CompiledPipeline", "DeployError", "EdgeTypeError", "Graph",
-        "InputError", "InputNode", "LocalExecutor", "OptionsError", "PipelineError",
-        "PipelineHandle", "StageError", "TypeMismatchError", "batch", "compile", "deployment",
-        "map", "render", "run_local", "serve",
+        "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeployError",
+        "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
+        "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
+        "TypeMismatchError", "batch", "compile", "deployment", "detect_cluster", "map",
+        "render", "run_local", "serve",
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None

@@ -1,0 +1,252 @@
+"""The pack pass: put every GPU replica on a GPU of the cluster spec.
+
+The packer is best-fit decreasing in Ray's own terms, so that Ray's scheduler lands where the
+plan says: Ray gives a fractional request the GPU instance on its node with the least room left
+that still fits (best fit, lowest index on a tie) and a whole-GPU request the first fully free
+instances; the Serve runner creates the deployments largest fraction first, which makes Ray's
+arrival order the decreasing order packed here. Fractions are integers in Ray's 1/10000 unit,
+so "sums to 1 or less" is exact.
+
+A fraction the user declared (`num_gpus=0.25`) is what Ray schedules by, whatever memory the
+stage says it needs; when that memory does not fit beside a GPU's other replicas the pass fails
+naming both stages. Without a cluster spec the pass counts the GPUs the plan needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import PackingError
+from .cluster import ClusterSpec, format_bytes
+from .plan import GpuLayout, GpuSlot, Headroom, PlacedReplica
+from .resources import RESOLUTION, StageResources
+from .validate import CheckedGraph
+
+PASS = "pack"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One replica to place: `units` of a GPU (multiples of RESOLUTION: whole GPUs)."""
+
+    stage: str
+    replica: int
+    units: int
+    memory: int | None = None
+    order: int = 0  # the stage's position, for a stable result
+
+    @property
+    def whole(self) -> int:
+        return self.units // RESOLUTION if self.units >= RESOLUTION else 0
+
+
+@dataclass
+class Bin:
+    """A GPU during packing."""
+
+    node: str
+    index: int
+    memory: int | None
+    free: int = RESOLUTION
+    items: list[tuple[Demand, int]] = field(default_factory=list)  # (demand, units here)
+
+
+def decreasing(demands: Iterable[Demand]) -> list[Demand]:
+    return sorted(demands, key=lambda d: (-d.units, -(d.memory or 0), d.order, d.replica))
+
+
+def make_bins(cluster: ClusterSpec) -> list[Bin]:
+    return [Bin(node.name, index, node.gpu_memory)
+            for node in cluster.nodes for index in range(node.gpus)]
+
+
+def place(demand: Demand, bins: list[Bin]) -> bool:
+    """Place one replica as Ray would; False when nothing fits."""
+    if demand.whole:
+        by_node: dict[str, list[Bin]] = {}
+        for gpu in bins:
+            if gpu.free == RESOLUTION:
+                by_node.setdefault(gpu.node, []).append(gpu)
+        for free in by_node.values():
+            if len(free) >= demand.whole:
+                for gpu in free[:demand.whole]:
+                    gpu.free = 0
+                    gpu.items.append((demand, RESOLUTION))
+                return True
+        return False
+    best: Bin | None = None
+    for gpu in bins:
+        if gpu.free >= demand.units and (best is None or gpu.free < best.free):
+            best = gpu
+    if best is None:
+        return False
+    best.free -= demand.units
+    best.items.append((demand, demand.units))
+    return True
+
+
+def pack(demands: Sequence[Demand], bins: list[Bin], *,
+         grow: Bin | None = None) -> list[Demand]:
+    """Best-fit decreasing into `bins` (in place); returns what did not fit. With `grow`, a
+    template GPU, new GPUs are added as needed instead (one new node per whole-GPU replica)."""
+    unplaced = []
+    for demand in decreasing(demands):
+        if place(demand, bins):
+            continue
+        if grow is None:
+            unplaced.append(demand)
+            continue
+        node = f"{grow.node}{len(bins)}" if demand.whole else grow.node
+        new = [Bin(node, i if demand.whole else len(bins), grow.memory)
+               for i in range(max(demand.whole, 1))]
+        bins.extend(new)
+        place(demand, new)
+    return unplaced
+
+
+def gpus_needed(demands: Sequence[Demand], memory: int | None) -> int:
+    bins: list[Bin] = []
+    pack(demands, bins, grow=Bin("gpu", 0, memory))
+    return len(bins)
+
+
+def lower_bound(demands: Iterable[Demand], memory: int | None) -> int:
+    """ceil(sum of shares): memory over GPU memory where both are known, else fractions."""
+    total = 0.0
+    for demand in demands:
+        if demand.memory is not None and memory:
+            total += max(demand.memory / memory, demand.whole)
+        else:
+            total += demand.units / RESOLUTION
+    return math.ceil(total - 1e-9)
+
+
+def pack_pass(checked: CheckedGraph) -> CheckedGraph:
+    table: dict[int, StageResources] = dict(checked.resources)
+    stages = [table[id(group)] for group in checked.groups]
+    demands = [Demand(s.stage, i, s.gpu_units, s.gpu_memory, order)
+               for order, s in enumerate(stages) if s.gpu_units
+               for i in range(s.replicas)]
+    cluster: ClusterSpec | None = checked.cluster
+    if cluster is not None:
+        _check_cpus(stages, cluster)
+    if not demands and not any(s.gpu_units for s in stages):
+        return dataclasses.replace(checked, layout=None)
+    if cluster is None:
+        bins: list[Bin] = []
+        pack(demands, bins, grow=Bin("gpu", 0, None))
+        return dataclasses.replace(checked, layout=_layout(bins, False, [], demands, None))
+    bins = make_bins(cluster)
+    unplaced = pack(demands, bins)
+    if unplaced:
+        raise _packing_error(unplaced, demands, cluster)
+    _check_memory(bins, stages)
+    headroom = _headroom(stages, bins)
+    return dataclasses.replace(
+        checked, layout=_layout(bins, True, headroom, demands, cluster.smallest_gpu_memory))
+
+
+def _layout(bins: list[Bin], bounded: bool, headroom: list[Headroom],
+            demands: list[Demand], memory: int | None) -> GpuLayout:
+    slots = []
+    for gpu in bins:
+        replicas = [PlacedReplica(stage=d.stage, replica=d.replica, gpus=units / RESOLUTION,
+                                  memory=_memory_here(d, units, gpu.memory))
+                    for d, units in gpu.items]
+        used = [r.memory for r in replicas]
+        slots.append(GpuSlot(
+            node=gpu.node, index=gpu.index, memory=gpu.memory, replicas=replicas,
+            fraction_used=(RESOLUTION - gpu.free) / RESOLUTION,
+            memory_used=None if None in used else sum(m or 0 for m in used)))
+    return GpuLayout(bounded=bounded, gpus=slots, headroom=headroom,
+                     lower_bound=lower_bound(demands, memory))
+
+
+def _memory_here(demand: Demand, units: int, gpu_memory: int | None) -> int | None:
+    """The memory a replica uses on one GPU: declared (split over a multi-GPU replica's GPUs),
+    else its fraction of the GPU."""
+    if demand.memory is not None:
+        return demand.memory // max(demand.whole, 1)
+    return None if gpu_memory is None else gpu_memory * units // RESOLUTION
+
+
+def _check_memory(bins: list[Bin], stages: list[StageResources]) -> None:
+    by_name = {s.stage: s for s in stages}
+    for gpu in bins:
+        if gpu.memory is None or len(gpu.items) < 2:
+            continue
+        used = [(d, _memory_here(d, units, gpu.memory) or 0) for d, units in gpu.items]
+        total = sum(memory for _, memory in used)
+        if total <= gpu.memory:
+            continue
+        # the culprit: the declared fraction furthest below its memory
+        culprit, _ = max(used, key=lambda dm: dm[1] - gpu.memory * dm[0].units / RESOLUTION)
+        other = max((dm for dm in used if dm[0].stage != culprit.stage), key=lambda dm: dm[1],
+                    default=next(dm for dm in used if dm[0] is not culprit))
+        share = math.ceil((culprit.memory or 0) * 100 / gpu.memory) / 100
+        stage = by_name[culprit.stage]
+        raise PackingError(
+            f"num_gpus={culprit.units / RESOLUTION:g} with gpu_memory="
+            f"{format_bytes(culprit.memory)} does not fit beside stage '{other[0].stage}' "
+            f"(num_gpus={other[0].units / RESOLUTION:g}, {format_bytes(other[1])}): together "
+            f"they need {format_bytes(total)} on {gpu.node} GPU {gpu.index} "
+            f"({format_bytes(gpu.memory)})",
+            stage=culprit.stage, site=stage.site,
+            hint=f"raise num_gpus of '{culprit.stage}' to at least {share:g}, or drop num_gpus "
+            "and let gpu_memory derive it",
+        )
+
+
+def _packing_error(unplaced: list[Demand], demands: list[Demand],
+                   cluster: ClusterSpec) -> PackingError:
+    shapes = [n for n in cluster.nodes if n.gpus] or cluster.nodes
+    memory = max((n.gpu_memory for n in shapes if n.gpu_memory), default=None)
+    needed = gpus_needed(demands, memory)
+    size = f" of {format_bytes(memory)}" if memory else ""
+    widest = max((d.whole for d in demands), default=0)
+    counts: dict[str, int] = {}
+    for demand in unplaced:
+        counts[demand.stage] = counts.get(demand.stage, 0) + 1
+    missing = ", ".join(f"{stage} x{count}" for stage, count in counts.items())
+    message = (f"cannot place {len(unplaced)} GPU replica(s) ({missing}) on the cluster "
+               f"({cluster.describe()}): the plan needs {needed} GPUs{size}, "
+               f"the cluster has {cluster.gpus}")
+    if widest > max((n.gpus for n in cluster.nodes), default=0):
+        message += f", and a replica needs {widest} GPUs on one node"
+    return PackingError(
+        message, stage=unplaced[0].stage,
+        hint=f"give the cluster {needed} GPUs{size} (--gpus {needed}x{format_bytes(memory)}), "
+        "or lower num_replicas, num_gpus or gpu_memory" if memory else
+        f"give the cluster {needed} GPUs, or lower num_replicas or num_gpus",
+    )
+
+
+def _check_cpus(stages: list[StageResources], cluster: ClusterSpec) -> None:
+    total = cluster.cpus
+    if total is None:
+        return
+    needed = sum(s.cpus * s.replicas for s in stages)
+    if needed > total + 1e-9:
+        per_stage = ", ".join(f"{s.stage} {s.replicas} x {s.cpus:g}" for s in stages if s.cpus)
+        raise PackingError(
+            f"the replicas need {needed:g} CPUs ({per_stage}), the cluster has {total:g}",
+            stage=max(stages, key=lambda s: s.cpus * s.replicas).stage,
+            hint="lower num_cpus or num_replicas, or give the cluster more CPUs (--cpus)",
+        )
+
+
+def _headroom(stages: list[StageResources], bins: list[Bin]) -> list[Headroom]:
+    result = []
+    for order, stage in enumerate(stages):
+        if not stage.gpu_units or stage.max_replicas <= stage.replicas:
+            continue
+        spare = [dataclasses.replace(gpu, items=list(gpu.items)) for gpu in bins]
+        extra = [Demand(stage.stage, i, stage.gpu_units, stage.gpu_memory, order)
+                 for i in range(stage.replicas, stage.max_replicas)]
+        left = pack(extra, spare)
+        result.append(Headroom(stage=stage.stage, placed=stage.replicas,
+                               max_replicas=stage.max_replicas, fits=len(extra) - len(left)))
+    return result
