@@ -7,6 +7,8 @@ imports `visualize/`. Without Graphviz's `dot` program the service still runs, a
 
 from __future__ import annotations
 
+from typing import Any
+
 from .compiler import CompiledPipeline, as_plan
 from .dag import Graph
 from .errors import PipelineError
@@ -30,3 +32,17 @@ def diagram_svg(plan: CompiledPipeline) -> bytes | None:
         return render(plan, format="svg")
     except PipelineError:
         return None
+
+
+def application(args: dict[str, Any]) -> Any:
+    """The application builder a `serve deploy` config names (`plan.to_serve_config()`):
+    `args.graph` is the graph's `module:attr`, `args.cluster` the cluster spec it was packed
+    for. Compiles the graph again, for the same cluster, and returns the Serve application."""
+    from .cli import load_graph
+    from .compiler import ClusterSpec, compile
+    from .executors.serve import build_app
+
+    cluster = args.get("cluster")
+    plan = compile(load_graph(args["graph"]),
+                   cluster=ClusterSpec.model_validate(cluster) if cluster else None)
+    return build_app(plan, diagram_svg(plan))

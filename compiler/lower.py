@@ -49,6 +49,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
         passes=passes, cluster=checked.cluster, gpu_layout=checked.layout,
     )
     plan._objects.update(objects)
+    plan._graph = graph
     plan._constants.extend(constants)
     return plan
 

@@ -139,6 +139,15 @@ class CompiledPipeline(BaseModel):
 
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
     _constants: list[Any] = PrivateAttr(default_factory=list)
+    _graph: Any = PrivateAttr(default=None)  # the sg.Graph compiled, when compiled here
+
+    def to_serve_config(self, graph: str | None = None, **options: Any) -> dict[str, Any]:
+        """A `serve deploy` config (dict) for this pipeline. `graph` is the `module:attr` its
+        application builder imports (found by itself when the graph is a module variable);
+        `host`, `port` and `runtime_env` go into the config."""
+        from .serve_config import serve_config
+
+        return serve_config(self, graphs=[graph], **options)
 
     def explain(self) -> str:
         """What the compiler decided: deployments, resources, the GPU layout, headroom."""

@@ -1,0 +1,95 @@
+"""A plan as a `serve deploy` config: Ray Serve's multi-application YAML schema.
+
+The application's `import_path` is servegraph's application builder, which imports the graph
+from its module path (`args.graph`), compiles it again for the same cluster spec and builds
+the Serve application; the deployments are listed with their compiled options so operators
+override replicas or resources in YAML as they would for hand-written Serve.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..errors import CompileError
+from .plan import CompiledPipeline
+
+APP_BUILDER = "servegraph.serving:application"
+
+# DeploymentSchema's fields in Ray 2.60: what a config may set per deployment.
+DEPLOYMENT_FIELDS = (
+    "name", "num_replicas", "max_ongoing_requests", "max_queued_requests",
+    "backpressure_config", "user_config", "autoscaling_config", "graceful_shutdown_wait_loop_s",
+    "graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s",
+    "ray_actor_options", "placement_group_bundles", "placement_group_strategy",
+    "placement_group_bundle_label_selector", "max_replicas_per_node", "logging_config",
+    "request_router_config", "gang_scheduling_config", "deployment_actors",
+    "rolling_update_percentage", "max_surge_percent",
+)
+
+
+def find_graph_path(graph: Any) -> str | None:
+    """`module:attr` of a module-level variable holding `graph`, if one does (not __main__)."""
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        for attr, value in list(namespace.items()):
+            if value is graph and not attr.startswith("_"):
+                return f"{name}:{attr}"
+    return None
+
+
+def application(plan: CompiledPipeline, graph: str | None = None, *,
+                name: str | None = None, route_prefix: str | None = None,
+                runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of the config's `applications` list."""
+    source = graph or find_graph_path(plan._graph)
+    if source is None:
+        raise CompileError(
+            f"cannot tell which module holds the graph {plan.name!r}, so a Serve config "
+            "cannot import it", pass_name="serve-config",
+            hint="keep the graph in a module-level variable and pass graph='package.module:attr'"
+            " (the CLI passes its MODULE:ATTR)",
+        )
+    args: dict[str, Any] = {"graph": source}
+    if plan.cluster is not None:
+        args["cluster"] = plan.cluster.model_dump(mode="json")
+    app: dict[str, Any] = {
+        "name": name or plan.name,
+        "route_prefix": route_prefix or f"/{plan.name}",
+        "import_path": APP_BUILDER,
+        "args": args,
+    }
+    if runtime_env:
+        app["runtime_env"] = runtime_env
+    app["deployments"] = [
+        {"name": stage.name}
+        | {key: stage.options[key] for key in DEPLOYMENT_FIELDS if key in stage.options}
+        for stage in [*plan.deployments, plan.driver]
+    ]
+    return app
+
+
+def serve_config(plans: list[CompiledPipeline] | CompiledPipeline, *,
+                 graphs: list[str | None] | None = None, host: str = "0.0.0.0",
+                 port: int = 8000, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Serve config (`ServeDeploySchema`) holding one application per plan."""
+    plans = [plans] if isinstance(plans, CompiledPipeline) else list(plans)
+    graphs = graphs or [None] * len(plans)
+    apps = [application(plan, graph, runtime_env=runtime_env)
+            for plan, graph in zip(plans, graphs, strict=True)]
+    for key in ("name", "route_prefix"):
+        seen = [app[key] for app in apps]
+        if len(set(seen)) != len(seen):
+            raise CompileError(f"two applications share the {key} {seen}",
+                               pass_name="serve-config",
+                               hint="give each graph its own name: sg.Graph(out, name='...')")
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": apps,
+    }
