@@ -1,0 +1,247 @@
+"""The resources and pack passes: GPU fractions derived from memory, the GPU layout, the
+errors that say what would fit, and cluster specs from Python and from CLI flags."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+import servegraph as sg
+from servegraph.compiler.pack import Bin, Demand, pack
+from servegraph.dag.deployment import spec_of
+
+GiB = 2**30
+
+
+def at(code: str) -> str:
+    with open(__file__) as handle:
+        lines = [n for n, text in enumerate(handle, 1) if text.strip() == code]
+    assert len(lines) == 1, code
+    return f"{os.path.relpath(__file__)}:{lines[0]}: {code}"
+
+
+@sg.deployment(num_replicas=2, gpu_memory="30GiB")
+class Big:
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@sg.deployment(num_replicas=3, gpu_memory="20GiB")
+class Mid:
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@sg.deployment(autoscaling_config={"min_replicas": 1, "max_replicas": 4},
+               ray_actor_options={"num_gpus": 0.25})
+class Scaled:
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@sg.deployment(ray_actor_options={"num_cpus": 0.5})
+def post(x: int) -> int:
+    return x
+
+
+def chain(*stages: Any, name: str = "g") -> sg.Graph:
+    """inp -> each stage in turn (a class stage is bound, then called)."""
+    with sg.InputNode() as inp:
+        value = inp
+        for stage in stages:
+            spec = spec_of(stage)
+            value = stage.bind(value) if spec.is_function else stage.bind().__call__.bind(value)
+    return sg.Graph(value, name=name)
+
+
+def mixed() -> sg.Graph:
+    with sg.InputNode() as inp:
+        out = post.bind(Scaled.bind().__call__.bind(Mid.bind().__call__.bind(
+            Big.bind().__call__.bind(inp))))
+    return sg.Graph(out, name="mixed")
+
+
+def test_fractions_are_derived_from_memory_on_a_grid_and_packed_best_fit() -> None:
+    plan = sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    assert plan.stage("Big").options["ray_actor_options"] == {"num_gpus": 0.38}  # 30/80 up
+    assert plan.stage("Mid").options["ray_actor_options"] == {"num_gpus": 0.25}
+    assert plan.stage("Scaled").options["ray_actor_options"] == {"num_gpus": 0.25}
+    assert plan.stage("post").options["ray_actor_options"] == {"num_cpus": 0.5}
+    layout = plan.gpu_layout
+    assert layout is not None and layout.bounded and layout.used == 2
+    assert layout.lower_bound == 2
+    assert layout.sharing() == [["Big", "Big"], ["Mid", "Mid", "Mid", "Scaled"]]
+    assert [gpu.fraction_used for gpu in layout.gpus] == [0.76, 1.0]
+    assert [gpu.memory_used for gpu in layout.gpus] == [60 * GiB, 80 * GiB]
+    assert [(h.stage, h.placed, h.max_replicas, h.fits) for h in layout.headroom] == [
+        ("Scaled", 1, 4, 0)]
+    assert plan.explain() == "\n".join([
+        "pipeline 'mixed': 5 nodes, 4 stage deployments + driver; passes: validate, "
+        "typecheck, resources, pack, lower",
+        "cluster: node0: 2 x 80GiB GPU",
+        "deployments:",
+        "  Big                  class    2 replicas, 1 CPU, 0.38 GPU (from gpu_memory 30GiB of "
+        "80GiB)",
+        "  Mid                  class    3 replicas, 1 CPU, 0.25 GPU (from gpu_memory 20GiB of "
+        "80GiB)",
+        "  Scaled               class    autoscaling 1..4, 1 at start, 1 CPU, 0.25 GPU "
+        "(declared)",
+        "  post                 function 1 replica, 0.5 CPU",
+        "  mixed_driver         driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "GPU layout on the cluster: 2 GPUs used, lower bound 2",
+        "  node0 GPU 0: 76%, 60GiB of 80GiB: Big#0 0.38, Big#1 0.38",
+        "  node0 GPU 1: 100%, 80GiB of 80GiB: Mid#0 0.25, Mid#1 0.25, Mid#2 0.25, Scaled#0 0.25",
+        "  headroom: Scaled starts 1, may scale to 4; 0 more fit on the GPUs left (the rest "
+        "would stay pending)",
+    ])
+
+
+def test_the_plan_with_its_layout_round_trips_through_json() -> None:
+    plan = sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=3, gpu_memory="80GiB"))
+    again = sg.CompiledPipeline.model_validate_json(plan.model_dump_json())
+    assert again.gpu_layout == plan.gpu_layout
+    assert again.cluster == plan.cluster
+    assert again.explain() == plan.explain()
+    assert [(h.stage, h.fits) for h in plan.gpu_layout.headroom] == [("Scaled", 3)]
+
+
+def test_too_few_gpus_says_how_many_it_would_need() -> None:
+    with pytest.raises(sg.PackingError) as caught:
+        sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=1, gpu_memory="80GiB"))
+    assert str(caught.value) == (
+        "[pack] stage 'Mid': cannot place 4 GPU replica(s) (Mid x3, Scaled x1) on the cluster "
+        "(node0: 1 x 80GiB GPU): the plan needs 2 GPUs of 80GiB, the cluster has 1\n"
+        "  hint: give the cluster 2 GPUs of 80GiB (--gpus 2x80GiB), or lower num_replicas, "
+        "num_gpus or gpu_memory")
+    assert isinstance(caught.value, sg.CompileError)
+
+
+def test_a_declared_fraction_whose_memory_does_not_fit_names_both_stages() -> None:
+    @sg.deployment(ray_actor_options={"num_gpus": 0.25}, gpu_memory="40GiB")
+    class Greedy:
+        def __call__(self, x: int) -> int:
+            return x
+
+    @sg.deployment(ray_actor_options={"num_gpus": 0.75}, gpu_memory="60GiB")
+    class Honest:
+        def __call__(self, x: int) -> int:
+            return x
+
+    with sg.InputNode() as inp:
+        out = Honest.bind().__call__.bind(Greedy.bind().__call__.bind(inp))
+    with pytest.raises(sg.PackingError) as caught:
+        sg.compile(sg.Graph(out), cluster=sg.ClusterSpec(gpus=1, gpu_memory="80GiB"))
+    error = caught.value
+    assert error.stage == "Greedy"
+    assert error.message == (
+        "num_gpus=0.25 with gpu_memory=40GiB does not fit beside stage 'Honest' "
+        "(num_gpus=0.75, 60GiB): together they need 100GiB on node0 GPU 0 (80GiB)")
+    assert error.hint == ("raise num_gpus of 'Greedy' to at least 0.5, or drop num_gpus and "
+                          "let gpu_memory derive it")
+    assert error.site == at('@sg.deployment(ray_actor_options={"num_gpus": 0.25}, '
+                            'gpu_memory="40GiB")')
+
+
+def test_gpu_memory_needs_a_gpu_size() -> None:
+    with pytest.raises(sg.CompileError) as caught:
+        sg.compile(mixed())
+    assert caught.value.pass_name == "resources"
+    assert caught.value.stage == "Big"
+    assert caught.value.message == ("gpu_memory=30GiB needs the GPUs' memory size to derive a "
+                                    "GPU fraction, and no cluster spec was given")
+    with pytest.raises(sg.CompileError, match="the cluster spec does not give it"):
+        sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2))
+
+
+def test_more_memory_than_one_gpu_holds() -> None:
+    @sg.deployment(gpu_memory="100GiB")
+    class Huge:
+        def __call__(self, x: int) -> int:
+            return x
+
+    @sg.deployment(gpu_memory="100GiB", ray_actor_options={"num_gpus": 1})
+    class TooFew:
+        def __call__(self, x: int) -> int:
+            return x
+
+    spec = sg.ClusterSpec(gpus=2, gpu_memory="80GiB")
+    with pytest.raises(sg.CompileError) as caught:
+        sg.compile(chain(Huge), cluster=spec)
+    assert caught.value.message == ("gpu_memory=100GiB is more than one GPU holds (80GiB, the "
+                                    "smallest in the cluster spec)")
+    with pytest.raises(sg.CompileError) as caught:
+        sg.compile(chain(TooFew), cluster=spec)
+    assert caught.value.message == "gpu_memory=100GiB does not fit on num_gpus=1 GPUs of 80GiB"
+    assert caught.value.hint == "raise num_gpus to 2 or lower gpu_memory"
+
+
+def test_whole_gpu_replicas_take_free_gpus_on_one_node() -> None:
+    @sg.deployment(num_replicas=2, ray_actor_options={"num_gpus": 2})
+    class Sharded:
+        def __call__(self, x: int) -> int:
+            return x
+
+    two_by_two = sg.ClusterSpec(nodes=[sg.NodeSpec(gpus=2), sg.NodeSpec(gpus=2)],
+                                gpu_memory="24GiB")
+    plan = sg.compile(chain(Sharded), cluster=two_by_two)
+    assert [(g.node, g.index, [r.replica for r in g.replicas]) for g in plan.gpu_layout.gpus] \
+        == [("node0", 0, [0]), ("node0", 1, [0]), ("node1", 0, [1]), ("node1", 1, [1])]
+    four_by_one = sg.ClusterSpec(nodes=[sg.NodeSpec(gpus=1) for _ in range(4)],
+                                 gpu_memory="24GiB")
+    with pytest.raises(sg.PackingError) as caught:
+        sg.compile(chain(Sharded), cluster=four_by_one)
+    assert caught.value.message.endswith(
+        "the plan needs 4 GPUs of 24GiB, the cluster has 4, and a replica needs 2 GPUs on "
+        "one node")
+
+
+def test_without_a_cluster_the_layout_counts_the_gpus_needed() -> None:
+    @sg.deployment(num_replicas=3, ray_actor_options={"num_gpus": 0.5})
+    class Half:
+        def __call__(self, x: int) -> int:
+            return x
+
+    plan = sg.compile(chain(Half))
+    assert not plan.gpu_layout.bounded
+    assert plan.gpu_layout.sharing() == [["Half", "Half"], ["Half"]]
+    assert plan.gpu_layout.lower_bound == 2
+    assert sg.compile(chain(post)).gpu_layout is None
+
+
+def test_cpus_of_the_cluster_are_checked() -> None:
+    with pytest.raises(sg.PackingError) as caught:
+        sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB", cpus=4))
+    assert caught.value.message == (
+        "the replicas need 6.5 CPUs (Big 2 x 1, Mid 3 x 1, Scaled 1 x 1, post 1 x 0.5), "
+        "the cluster has 4")
+
+
+def test_cluster_specs_from_cli_flags() -> None:
+    assert sg.ClusterSpec.parse(gpus="4x80GiB") == sg.ClusterSpec(gpus=4, gpu_memory="80GiB")
+    spec = sg.ClusterSpec.parse(nodes=2, gpus_per_node=8, gpu_memory="40GiB", cpus=32)
+    assert [(n.name, n.gpus, n.gpu_memory, n.cpus) for n in spec.nodes] == [
+        ("node0", 8, 40 * GiB, 32), ("node1", 8, 40 * GiB, 32)]
+    assert spec.gpus == 16 and spec.cpus == 64
+    assert sg.ClusterSpec.parse(gpus="8x24GiB", nodes=2).nodes[1].gpus == 4
+    for flags, message in [
+        ({"gpus": "lots"}, "cannot read --gpus 'lots'; write e.g. 4x80GiB or 4"),
+        ({"gpus": "3", "nodes": 2}, "3 GPUs do not split evenly over 2 nodes; give "
+                                    "--gpus-per-node"),
+        ({"gpus": "2x80GiB", "gpu_memory": "40GiB"}, "--gpus 2x80GiB disagrees with "
+                                                     "--gpu-memory 40GiB"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            sg.ClusterSpec.parse(**flags)
+        assert str(caught.value) == message
+    with pytest.raises(ValueError, match="disagrees with the nodes' GPUs"):
+        sg.ClusterSpec(gpus=3, nodes=[sg.NodeSpec(gpus=2)])
+
+
+def test_pack_mimics_rays_best_fit() -> None:
+    """Ray gives a fraction the GPU with the least room that still fits, lowest index first."""
+    bins = [Bin("n", 0, None, free=5000), Bin("n", 1, None, free=3000), Bin("n", 2, None)]
+    left = pack([Demand("a", 0, 2500), Demand("b", 0, 6000)], bins)
+    assert left == []
+    assert [(b.index, b.free) for b in bins] == [(0, 5000), (1, 500), (2, 4000)]
