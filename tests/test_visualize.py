@@ -96,6 +96,40 @@ def test_flagship_renders_to_svg_and_png(tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
 
+def gpu_plan() -> sg.CompiledPipeline:
+    from tests.test_pack import mixed
+
+    return sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+
+
+def test_the_gpu_layout_is_drawn_beside_the_plan_in_mermaid() -> None:
+    lines = to_mermaid(gpu_plan()).splitlines()
+    start = lines.index('  subgraph gpus["GPU layout: 2 GPUs used, lower bound 2"]')
+    assert lines[start:] == [
+        '  subgraph gpus["GPU layout: 2 GPUs used, lower bound 2"]',
+        '    gpu0[["node0 GPU 0 · 76% · 60GiB of 80GiB<br/>Big#35;0 0.38<br/>Big#35;1 0.38"]]',
+        '    gpu1[["node0 GPU 1 · 100% · 80GiB of 80GiB<br/>Mid#35;0 0.25<br/>Mid#35;1 0.25'
+        '<br/>Mid#35;2 0.25<br/>Scaled#35;0 0.25"]]',
+        "  end", "  n1 -.- gpu0", "  n2 -.- gpu1", "  n3 -.- gpu1"]
+    assert '  subgraph d0["Big · 2 replicas · 1 CPU · 0.38 GPU"]' in lines
+
+
+@needs_dot
+def test_a_plan_with_gpu_sharing_renders_to_svg_and_png(tmp_path: Path) -> None:
+    plan = gpu_plan()
+    root = ET.fromstring(sg.render(plan, tmp_path / "gpus.svg"))
+    texts = [el.text for el in root.iter(f"{SVG}text")]
+    for label in ("Big · 2 replicas · 1 CPU · 0.38 GPU", "Mid · 3 replicas · 1 CPU · 0.25 GPU",
+                  "GPU layout: 2 GPUs used, lower bound 2",
+                  "node0 GPU 0 · 76% · 60GiB of 80GiB", "Big#0 0.38", "Big#1 0.38",
+                  "node0 GPU 1 · 100% · 80GiB of 80GiB", "Mid#2 0.25", "Scaled#0 0.25"):
+        assert label in texts
+    titles = {el.text for el in root.iter(f"{SVG}title")}
+    assert {"cluster_gpus", "gpu0", "gpu1", "n0->n1", "n3->n4", "n4->out"} <= titles
+    png = sg.render(plan, tmp_path / "gpus.png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
 def test_unknown_format_says_which_work() -> None:
     with pytest.raises(sg.PipelineError) as caught:
         sg.render(scoring(), "diagram.gif")

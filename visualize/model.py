@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..compiler import CompiledPipeline, StagePlan
+from ..compiler.cluster import format_bytes
 
 Shape = Literal["input", "select", "call", "map", "output"]
 
@@ -42,12 +43,23 @@ STATUS_COLOURS = {"HEALTHY": "#d9f2d9", "UPDATING": "#fff2cc", "UPSCALING": "#ff
                   "DOWNSCALING": "#fff2cc", "UNHEALTHY": "#f8d0d0", "DEPLOY_FAILED": "#f8d0d0"}
 
 
+@dataclass(frozen=True)
+class GpuBox:
+    """One GPU of the plan's layout: where it is, how full, and the replicas sharing it."""
+
+    id: str
+    label: str
+
+
 @dataclass
 class Diagram:
     title: str
     boxes: list[Box] = field(default_factory=list)
     clusters: list[Cluster] = field(default_factory=list)
     edges: list[tuple[str, str, str]] = field(default_factory=list)  # source, target, type
+    gpu_title: str = ""
+    gpus: list[GpuBox] = field(default_factory=list)
+    gpu_edges: list[tuple[str, str]] = field(default_factory=list)  # a stage's box -> its GPU
 
 
 def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> Diagram:
@@ -71,7 +83,34 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
     diagram.boxes.append(Box("out", "output", "output"))
     for source in dict.fromkeys(_refs([plan.outputs])):
         diagram.edges.append((source, "out", types[source]))
+    _add_gpu_layout(diagram, plan)
     return diagram
+
+
+def _add_gpu_layout(diagram: Diagram, plan: CompiledPipeline) -> None:
+    """The GPU layout beside the graph: a box per GPU listing the replicas that share it,
+    with a dashed line from each stage's first call node to the GPUs its replicas use."""
+    layout = plan.gpu_layout
+    if layout is None:
+        return
+    where = "" if layout.bounded else " (no cluster spec)"
+    diagram.gpu_title = (f"GPU layout{where}: {layout.used} GPU{'s' if layout.used != 1 else ''}"
+                         f" used, lower bound {layout.lower_bound}")
+    first_box = {}
+    for node in plan.nodes:
+        if node.stage is not None:
+            first_box.setdefault(node.stage, node.id)
+    for index, gpu in enumerate(layout.gpus):
+        gpu_id = f"gpu{index}"
+        memory = ""
+        if gpu.memory_used is not None and gpu.memory:
+            memory = f" · {format_bytes(gpu.memory_used)} of {format_bytes(gpu.memory)}"
+        held = [f"{r.stage}#{r.replica} {r.gpus:g}" for r in gpu.replicas] or ["free"]
+        diagram.gpus.append(GpuBox(gpu_id, "\n".join(
+            [f"{gpu.node} GPU {gpu.index} · {gpu.fraction_used:.0%}{memory}", *held])))
+        for stage in dict.fromkeys(r.stage for r in gpu.replicas):
+            if stage in first_box:
+                diagram.gpu_edges.append((first_box[stage], gpu_id))
 
 
 def _stage_label(stage: StagePlan) -> str:

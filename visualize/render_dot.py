@@ -34,5 +34,14 @@ def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) ->
                  for box in diagram.boxes if box.cluster is None)
     lines.extend(f"  {source} -> {target}" + (f" [label={quote(kind)}];" if kind else ";")
                  for source, target, kind in diagram.edges)
+    if diagram.gpus:
+        lines.append("  subgraph cluster_gpus {")
+        lines.append(f'    label={quote(diagram.gpu_title)}; style="rounded,dashed"; '
+                     "color=gray50;")
+        lines.extend(f'    {gpu.id} [label={quote(gpu.label)}, shape=box3d, style=filled, '
+                     'fillcolor="#e8eefc"];' for gpu in diagram.gpus)
+        lines.append("  }")
+        # beside the graph, after the output; each GPU's label names the replicas it holds
+        lines.extend(f"  out -> {gpu.id} [style=invis];" for gpu in diagram.gpus)
     lines.append("}")
     return "\n".join(lines) + "\n"

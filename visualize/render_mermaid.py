@@ -7,7 +7,7 @@ from ..compiler import CompiledPipeline
 from .model import STATUS_COLOURS, LiveStatus, diagram_of
 
 _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
-             "\n": " ", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
+             "\n": "<br/>", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
 _SHAPES = {"input": ('[/"', '"/]'), "select": ('["', '"]'), "call": ('["', '"]'),
            "map": ('[/"', '"\\]'), "output": ('(["', '"])')}
 
@@ -34,4 +34,9 @@ def to_mermaid(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
                  for cluster in diagram.clusters if cluster.status is not None)
     lines.extend(f"  {source} -->|{label(kind)}| {target}" if kind else f"  {source} --> {target}"
                  for source, target, kind in diagram.edges)
+    if diagram.gpus:
+        lines.append(f'  subgraph gpus["{label(diagram.gpu_title)}"]')
+        lines.extend(f'    {gpu.id}[["{label(gpu.label)}"]]' for gpu in diagram.gpus)
+        lines.append("  end")
+        lines.extend(f"  {box} -.- {gpu}" for box, gpu in diagram.gpu_edges)
     return "\n".join(lines) + "\n"
