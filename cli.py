@@ -2,7 +2,9 @@
 `sg.Graph` (or a function returning one) in an importable module.
 
   check    compile and print diagnostics; exit 1 when the graph does not compile
-  compile  print the plan's deployments, or the plan as JSON (`--json`, `-o plan.json`)
+  compile  explain the plan (deployments, resources, GPU layout); `-o serve.yaml` writes a
+           `serve deploy` config, `-o plan.json` (or `--json`) the plan, `--rayservice
+           rayservice.yaml` a KubeRay RayService
   render   draw the pipeline (`-o search.svg|.png|.pdf|.dot|.mmd`)
   run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C;
            `--local` serves it in-process (no Ray) behind the same HTTP API
@@ -11,20 +13,29 @@
   shutdown delete one application (`shutdown NAME`) or stop Serve
   bench    load a running route at a concurrency; print p50/p99/throughput and statuses
 
-Errors print one message without a traceback unless `--debug`.
+check, compile, run and deploy pack GPU stages onto a cluster: `--gpus 4x80GiB` (or `--gpus 4
+--gpu-memory 80GiB`), `--nodes 2 --gpus-per-node 8`, `--cpus` per node, or `--detect-cluster`
+to read it from the running Ray cluster at `--address`.
+
+Errors print one message without a traceback unless `--debug`; a bad flag is a usage error
+(exit 2), a graph that does not compile or fit exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from .compiler import ClusterSpec
 
 
 class UsageError(PipelineError):
@@ -56,39 +67,74 @@ def load_graph(target: str) -> Any:
     return value
 
 
-def _summary(plan: Any) -> str:
-    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, "
-             f"{len(plan.deployments)} stage deployments + driver"]
-    for stage in [*plan.deployments, plan.driver]:
-        options = {k: v for k, v in stage.options.items() if k != "name"}
-        rendered = ", ".join(f"{k}={v}" for k, v in options.items()) or "Serve defaults"
-        batching = "".join(f"; batch {m} <= {b.max_batch_size}"
-                           for m, b in stage.batching.items())
-        lines.append(f"  {stage.name:<24} {stage.kind:<8} {rendered}{batching}")
-    return "\n".join(lines)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from .compiler import compile
 
-    plan = compile(load_graph(args.target))
+    plan = compile(load_graph(args.target), cluster=_cluster(args))
     print(f"ok: {plan.name!r} compiles ({', '.join(plan.passes)})")
     return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    """Explain the plan, or write it: `-o x.yaml` a Serve config, `-o x.json` (or `--json`)
+    the plan, `--rayservice x.yaml` a KubeRay RayService. With `--json` the "wrote" notes go
+    to stderr so stdout stays JSON."""
     from .compiler import compile
 
-    plan = compile(load_graph(args.target))
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(plan.model_dump_json(indent=2))
-        print(f"wrote {args.output}")
-    elif args.json:
+    plan = compile(load_graph(args.target), cluster=_cluster(args))
+    if args.json:
         print(plan.model_dump_json(indent=2))
-    else:
-        print(_summary(plan))
+    elif not args.output:
+        print(plan.explain())
+    notes = sys.stderr if args.json else sys.stdout
+    if args.output:
+        if args.output.endswith(".json"):
+            text = plan.model_dump_json(indent=2)
+        else:
+            text = _yaml(plan.to_serve_config(graph=args.target, host=args.host,
+                                              port=args.port))
+        _write(args.output, text)
+        print(f"wrote {args.output}", file=notes)
+    if args.rayservice:
+        _write(args.rayservice, _yaml(plan.to_rayservice(
+            graph=args.target, image=args.image, ray_version=args.ray_version)))
+        print(f"wrote {args.rayservice}", file=notes)
     return 0
+
+
+def _yaml(document: dict[str, Any]) -> str:
+    """YAML in the document's key order; a multi-line string (a RayService's embedded Serve
+    config) as a `|` block, as people write it by hand."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                       style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(document, Dumper=Dumper, sort_keys=False)
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _cluster(args: argparse.Namespace) -> ClusterSpec | None:
+    """The `ClusterSpec` the flags give (parsed by `main`), or read from the running Ray
+    cluster with `--detect-cluster`; None when neither."""
+    if not args.detect_cluster:
+        return args.cluster
+    from .executors.cluster import detect_cluster
+
+    _connect(args.address, quiet=args.verb != "run")
+    return detect_cluster(gpu_memory=args.gpu_memory)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -102,18 +148,21 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .compiler import compile
 
-    plan = compile(load_graph(args.target))
+    graph = load_graph(args.target)
+    if not args.local:
+        # before Ray starts a thread (`--detect-cluster` connects): only sigwait gets these
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if args.address:
+            os.environ["RAY_ADDRESS"] = args.address
+    plan = compile(graph, cluster=_cluster(args))
     if args.local:
         return _run_local(plan, args)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
     from .serving import serve
 
     with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
         handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
                        http_port=args.port)
-    print(_summary(plan))
+    print(plan.explain())
     print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -129,16 +178,22 @@ def _waiting(message: str) -> Any:
     return Console(stderr=True).status(message)
 
 
-def _connect(address: str | None) -> None:
-    """Attach to an existing Ray cluster (`--address`, else `RAY_ADDRESS`)."""
+def _connect(address: str | None, *, quiet: bool = True) -> None:
+    """Attach to an existing Ray cluster (`--address`, else `RAY_ADDRESS`), once; `quiet`
+    keeps Ray's and the replicas' logs off this terminal."""
     import ray
 
+    if ray.is_initialized():
+        return
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise UsageError("no cluster to talk to: pass --address (e.g. 127.0.0.1:6379) or set "
                          "RAY_ADDRESS")
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        if quiet:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(address=address)
     except (ConnectionError, RuntimeError) as exc:
         raise UsageError(f"cannot connect to Ray at {address}: {exc}") from exc
 
@@ -147,12 +202,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .compiler import compile
     from .serving import serve
 
-    plan = compile(load_graph(args.target))
+    plan = compile(load_graph(args.target), cluster=_cluster(args))
     _connect(args.address)
     with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
         handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
                        http_port=args.port)
-    print(_summary(plan))
+    print(plan.explain())
     print(f"deployed {handle.name!r}: POST JSON to {handle.url}")
     return 0
 
@@ -221,7 +276,7 @@ def _run_local(plan: Any, args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{port}{route}"
 
     def announce() -> None:
-        print(_summary(plan))
+        print(plan.explain())
         print(f"serving {plan.name!r} in-process (no Ray): POST JSON to {url} (Ctrl-C stops)",
               flush=True)
 
@@ -255,9 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check", help="compile and report errors")
     check.set_defaults(run=cmd_check)
 
-    compile_ = verbs.add_parser("compile", help="print the compiled plan")
-    compile_.add_argument("--json", action="store_true", help="the plan as JSON")
-    compile_.add_argument("-o", "--output", help="write the plan JSON to this file")
+    compile_ = verbs.add_parser("compile", help="explain the plan, or write it as a file")
+    compile_.add_argument("--json", action="store_true", help="print the plan as JSON")
+    compile_.add_argument("-o", "--output", type=_output_file, metavar="FILE",
+                          help="a .yaml/.yml `serve deploy` config, or the plan as .json")
+    compile_.add_argument("--host", default="0.0.0.0", help="HTTP host in the Serve config")
+    compile_.add_argument("--port", type=_count(1), default=8000,
+                          help="HTTP port in the Serve config (default: 8000)")
+    compile_.add_argument("--rayservice", metavar="FILE",
+                          help="write a KubeRay RayService manifest (YAML) to FILE")
+    compile_.add_argument("--image", help="the RayService's container image")
+    compile_.add_argument("--ray-version", help="the RayService's rayVersion")
     compile_.set_defaults(run=cmd_compile)
 
     render = verbs.add_parser("render", help="draw the pipeline")
@@ -301,14 +364,104 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (deploy, status, shutdown):
         sub.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS)")
+    for sub in (check, compile_):
+        sub.add_argument("--address", help="with --detect-cluster: the Ray cluster to read "
+                         "(default: RAY_ADDRESS)")
+    for sub in (check, compile_, run, deploy):
+        _add_cluster_flags(sub)
     for sub in (check, compile_, render, run, deploy):
         sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
                          "servegraph.pipelines.search:graph")
     return parser
 
 
+def _add_cluster_flags(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("cluster (GPU packing)")
+    group.add_argument("--gpus", help="GPUs in all, with their memory: 4x80GiB (or 4)")
+    group.add_argument("--gpu-memory", type=_size, help="memory of each GPU, e.g. 80GiB")
+    group.add_argument("--nodes", type=_count(1), help="nodes the GPUs are spread over")
+    group.add_argument("--gpus-per-node", type=_count(0), help="GPUs on each node")
+    group.add_argument("--cpus", type=_cpus, help="CPUs on each node")
+    group.add_argument("--detect-cluster", action="store_true",
+                       help="read nodes, GPUs and CPUs from the running Ray cluster at "
+                       "--address (GPU memory from this machine's GPU, or --gpu-memory)")
+    sub.set_defaults(subparser=sub)
+
+
+def _output_file(value: str) -> str:
+    if not value.endswith((".yaml", ".yml", ".json")):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: write a Serve config (.yaml or .yml) or the plan (.json)")
+    return value
+
+
+def _size(value: str) -> str:
+    from .dag.options import parse_bytes
+
+    try:
+        parse_bytes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`."""
+    def count(value: str) -> int:
+        if not value.strip().isdigit() or int(value) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, "
+                                             f"got {value!r}")
+        return int(value)
+
+    return count
+
+
+def _cpus(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs >= 0, got {value!r}")
+    return number
+
+
+def _cluster_flags(args: argparse.Namespace) -> None:
+    """Check the cluster flags together and set `args.cluster` (a ClusterSpec, or None with
+    no flags or with `--detect-cluster`, read later); a bad combination is a usage error."""
+    from pydantic import ValidationError
+
+    from .compiler import ClusterSpec
+
+    sizes = {"--gpus": args.gpus, "--nodes": args.nodes, "--gpus-per-node": args.gpus_per_node,
+             "--cpus": args.cpus}
+    given = [flag for flag, value in sizes.items() if value is not None]
+    args.cluster = None
+    if args.detect_cluster:
+        if given:
+            args.subparser.error(f"--detect-cluster reads the cluster from Ray; drop "
+                                 f"{', '.join(given)} (or drop --detect-cluster)")
+        return
+    if not given:
+        if args.gpu_memory is not None:
+            args.subparser.error("--gpu-memory sizes the cluster's GPUs: give --gpus too "
+                                 "(e.g. --gpus 4 --gpu-memory 80GiB) or --detect-cluster")
+        return
+    try:
+        args.cluster = ClusterSpec.parse(gpus=args.gpus, nodes=args.nodes,
+                                         gpus_per_node=args.gpus_per_node,
+                                         gpu_memory=args.gpu_memory, cpus=args.cpus)
+    except ValidationError as exc:
+        args.subparser.error("; ".join(str(error["msg"]).removeprefix("Value error, ")
+                                       for error in exc.errors()))
+    except ValueError as exc:
+        args.subparser.error(str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "detect_cluster"):
+        _cluster_flags(args)
     try:
         return int(args.run(args))
     except PipelineError as exc:

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compiler import CompiledPipeline, as_plan
+from .compiler import ClusterSpec, CompiledPipeline, as_plan, compile
 from .dag import Graph
-from .errors import PipelineError
+from .errors import DeployError, PipelineError
 from .executors.serve import PipelineHandle, serve_pipeline
 
 
 def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
-          route_prefix: str | None = None, http_port: int | None = None) -> PipelineHandle:
+          route_prefix: str | None = None, http_port: int | None = None,
+          cluster: ClusterSpec | None = None) -> PipelineHandle:
     """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
-    `executors.serve.serve_pipeline`. Returns once every deployment is running."""
-    plan = as_plan(graph_or_plan)
+    `executors.serve.serve_pipeline`. A graph is compiled for `cluster` (its GPU stages packed
+    onto it); a plan was packed when it was compiled, so a `cluster` given with one must be
+    the plan's own. Returns once every deployment is running."""
+    if cluster is not None and isinstance(graph_or_plan, Graph):
+        plan = compile(graph_or_plan, cluster=cluster)
+    else:
+        plan = as_plan(graph_or_plan)
+    if cluster is not None and plan.cluster != cluster:
+        packed = plan.cluster.describe() if plan.cluster is not None else "no cluster spec"
+        raise DeployError(
+            f"sg.serve got the plan {plan.name!r}, compiled for {packed}, with cluster="
+            f"{cluster.describe()}; pass the graph to compile it for that cluster, or "
+            f"sg.compile(graph, cluster=...) and serve that plan without cluster=")
     return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
                           diagram_svg=diagram_svg(plan))
 
@@ -39,7 +51,6 @@ def application(args: dict[str, Any]) -> Any:
     `args.graph` is the graph's `module:attr`, `args.cluster` the cluster spec it was packed
     for. Compiles the graph again, for the same cluster, and returns the Serve application."""
     from .cli import load_graph
-    from .compiler import ClusterSpec, compile
     from .executors.serve import build_app
 
     cluster = args.get("cluster")

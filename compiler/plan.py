@@ -149,6 +149,18 @@ class CompiledPipeline(BaseModel):
 
         return serve_config(self, graphs=[graph], **options)
 
+    def to_rayservice(self, graph: str | None = None, *, name: str | None = None,
+                      image: str | None = None, ray_version: str | None = None,
+                      **options: Any) -> dict[str, Any]:
+        """A KubeRay `RayService` manifest (dict): this pipeline's Serve config and a Ray cluster
+        sized from the GPU layout. `image` must contain servegraph and the graph's module; the
+        other options (`gpu_image`, `namespace`, `runtime_env`, `worker_cpus`, ...) are
+        `compiler.rayservice.rayservice`'s."""
+        from .rayservice import rayservice
+
+        return rayservice(self, graph, name=name, image=image, ray_version=ray_version,
+                          **options)
+
     def explain(self) -> str:
         """What the compiler decided: deployments, resources, the GPU layout, headroom."""
         return explain(self)

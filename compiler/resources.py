@@ -21,6 +21,7 @@ from .validate import CheckedGraph, spec_of_group
 PASS = "resources"
 RESOLUTION = 10_000  # Ray's resource unit: FixedPoint keeps 1/10000
 GRID = 100           # derived fractions are multiples of 1/GRID of a GPU
+AUTO_MAX_REPLICAS = 100  # Serve's max_replicas for num_replicas="auto"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,11 @@ def replica_counts(options: DeploymentOptions) -> tuple[int, int]:
     if auto is not None or options.num_replicas == "auto":
         low = 1 if auto is None else auto.min_replicas
         initial = low if auto is None or auto.initial_replicas is None else auto.initial_replicas
-        return initial, 1 if auto is None else max(auto.max_replicas, initial)
+        # num_replicas="auto" starts from Serve's AutoscalingConfig.default(): max 100
+        explicit = auto is not None and "max_replicas" in auto.model_fields_set
+        most = auto.max_replicas if explicit or options.num_replicas != "auto" else \
+            AUTO_MAX_REPLICAS
+        return initial, max(most, initial)
     count = options.num_replicas if isinstance(options.num_replicas, int) else 1
     return count, count
 

@@ -11,6 +11,7 @@ spread into the arguments and `layout` tells the replica how to gather it back.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..compiler import CompiledPipeline, as_plan
+from ..compiler.resources import AUTO_MAX_REPLICAS
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute
@@ -183,11 +185,13 @@ def build_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
     Stages are bound largest GPU share first: Serve creates replicas in that order, so Ray's
     best-fit placement meets them in the decreasing order the pack pass planned with."""
     stages = {
-        stage.name: serve.deployment(StageReplica).options(**stage.options).bind(plan, stage.name)
+        # a copy: Ray fills Serve's defaults into the ray_actor_options dict it is given
+        stage.name: serve.deployment(StageReplica).options(**copy.deepcopy(stage.options))
+        .bind(plan, stage.name)
         for stage in deploy_order(plan)
     }
     driver = serve.deployment(PipelineDriver).options(name=plan.driver.name,
-                                                      **plan.driver.options)
+                                                      **copy.deepcopy(plan.driver.options))
     return driver.bind(plan, stages, diagram_svg)
 
 
@@ -311,8 +315,9 @@ def _replicas(options: dict[str, Any], at_most: bool) -> int:
     auto = options.get("autoscaling_config")
     if options.get("num_replicas") == "auto" or auto:
         auto = auto or {}
-        if at_most:
-            return int(auto.get("max_replicas", 1))
+        if at_most:  # num_replicas="auto" defaults to Serve's max of 100
+            return int(auto.get("max_replicas", AUTO_MAX_REPLICAS
+                                if options.get("num_replicas") == "auto" else 1))
         return int(auto.get("initial_replicas", auto.get("min_replicas", 1)))
     return int(options.get("num_replicas", 1))
 

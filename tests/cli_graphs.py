@@ -1,4 +1,4 @@
-"""Graphs for the command-line tests: one that compiles, one that does not."""
+"""Graphs for the command-line tests: one that compiles, one that does not, one GPU-sized."""
 
 from __future__ import annotations
 
@@ -24,3 +24,25 @@ def broken() -> sg.Graph:
 
 good = diamond()
 not_a_graph = 42
+
+
+@sg.deployment(num_replicas=2, gpu_memory="16GiB")
+class WordLengths:
+    """A GPU stage sized by memory: 0.2 of an 80 GiB GPU; two replicas overfill a 24 GiB one."""
+
+    def __call__(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+
+@sg.deployment
+def total(lengths: list[int]) -> int:
+    return sum(lengths)
+
+
+def _lengths() -> sg.Graph:
+    with sg.InputNode() as inp:
+        out = total.bind(WordLengths.bind().__call__.bind(inp.text))
+    return sg.Graph(out, name="lengths")
+
+
+lengths = _lengths()

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+
+import servegraph as sg
+from tests import cli_graphs
 
 
 def _free_port() -> int:
@@ -56,16 +64,141 @@ def test_bad_targets() -> None:
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
-def test_compile_summary_and_json(tmp_path: Path) -> None:
-    summary = servegraph("compile", "tests.cli_graphs:good")
-    assert summary.returncode == 0
-    assert summary.stdout.splitlines()[0] == (
-        "pipeline 'diamond': 6 nodes, 4 stage deployments + driver")
+DIAMOND_EXPLAINED = """\
+pipeline 'diamond': 6 nodes, 4 stage deployments + driver; passes: validate, typecheck, \
+resources, pack, lower
+deployments:
+  Inc                  class    1 replica, 1 CPU
+  double               function 1 replica, 1 CPU
+  triple               function 1 replica, 1 CPU
+  add                  function 1 replica, 1 CPU
+  diamond_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000
+GPU layout: no GPU stages
+"""
+
+
+def test_compile_explains_or_writes_the_plan_json(tmp_path: Path) -> None:
+    explained = servegraph("compile", "tests.cli_graphs:good")
+    assert (explained.returncode, explained.stdout, explained.stderr) == (
+        0, DIAMOND_EXPLAINED, "")
     target = tmp_path / "plan.json"
     written = servegraph("compile", "tests.cli_graphs:good", "-o", str(target))
     assert written.stdout == f"wrote {target}\n"
     plan = json.loads(target.read_text())
     assert [d["name"] for d in plan["deployments"]] == ["Inc", "double", "triple", "add"]
+    printed = servegraph("compile", "tests.cli_graphs:good", "--json")
+    assert json.loads(printed.stdout) == plan
+
+
+def test_compile_writes_the_serve_config_for_a_cluster(tmp_path: Path) -> None:
+    target = tmp_path / "serve.yaml"
+    done = servegraph("compile", "tests.cli_graphs:lengths", "-o", str(target),
+                      "--gpus", "2x80GiB")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"wrote {target}\n", "")
+    plan = sg.compile(cli_graphs.lengths, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    assert yaml.safe_load(target.read_text()) == plan.to_serve_config(
+        graph="tests.cli_graphs:lengths")
+    assert plan.to_serve_config()["applications"][0]["deployments"][0] == {
+        "name": "WordLengths", "num_replicas": 2, "ray_actor_options": {"num_gpus": 0.2}}
+    # the same cluster from --nodes/--gpus-per-node/--gpu-memory, and the HTTP address
+    again = tmp_path / "serve.yml"
+    done = servegraph("compile", "tests.cli_graphs:lengths", "-o", str(again), "--nodes", "1",
+                      "--gpus-per-node", "2", "--gpu-memory", "80GiB", "--host", "127.0.0.1",
+                      "--port", "8123")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(again.read_text()) == plan.to_serve_config(
+        graph="tests.cli_graphs:lengths", host="127.0.0.1", port=8123)
+
+
+def test_compile_writes_a_rayservice(tmp_path: Path) -> None:
+    target = tmp_path / "rayservice.yaml"
+    done = servegraph("compile", "tests.cli_graphs:lengths", "--gpus", "2x80GiB",
+                      "--rayservice", str(target), "--image", "registry.example/search:1",
+                      "--ray-version", "2.60.0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"wrote {target}"
+    plan = sg.compile(cli_graphs.lengths, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    assert yaml.safe_load(target.read_text()) == plan.to_rayservice(
+        graph="tests.cli_graphs:lengths", image="registry.example/search:1",
+        ray_version="2.60.0")
+    assert "  serveConfigV2: |\n    proxy_location: EveryNode\n" in target.read_text()
+
+
+def test_check_and_compile_pack_for_the_cluster_flags() -> None:
+    ok = servegraph("check", "tests.cli_graphs:lengths", "--gpus", "2", "--gpu-memory", "80GiB")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    explained = servegraph("compile", "tests.cli_graphs:lengths", "--gpus", "2x80GiB",
+                           "--cpus", "8")
+    assert explained.stdout.splitlines()[1:] == [
+        "cluster: node0: 2 x 80GiB GPU, 8 CPU",
+        "deployments:",
+        "  WordLengths          class    2 replicas, 1 CPU, 0.2 GPU (from gpu_memory 16GiB of "
+        "80GiB)",
+        "  total                function 1 replica, 1 CPU",
+        "  lengths_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "GPU layout on the cluster: 1 GPU used, lower bound 1",
+        "  node0 GPU 0: 40%, 32GiB of 80GiB: WordLengths#0 0.2, WordLengths#1 0.2",
+        "  node0 GPU 1: 0%, 0B of 80GiB: free",
+    ]
+
+
+@pytest.mark.parametrize("verb", ["check", "compile", "run", "deploy"])
+def test_a_graph_that_does_not_fit_exits_1_with_the_packing_error(verb: str) -> None:
+    """Every verb that compiles packs for the cluster flags, and fails before touching Ray."""
+    failed = servegraph(verb, "tests.cli_graphs:lengths", "--gpus", "1x24GiB")
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr == (
+        f"servegraph {verb}: error: [pack] stage 'WordLengths': cannot place 1 GPU replica(s) "
+        "(WordLengths x1) on the cluster (node0: 1 x 24GiB GPU): the plan needs 2 GPUs of "
+        "24GiB, the cluster has 1\n"
+        "  hint: give the cluster 2 GPUs of 24GiB (--gpus 2x24GiB), or lower num_replicas, "
+        "num_gpus or gpu_memory\n")
+
+
+def test_a_gpu_memory_stage_needs_a_cluster_spec() -> None:
+    unsized = servegraph("check", "tests.cli_graphs:lengths")
+    assert (unsized.returncode, unsized.stdout) == (1, "")
+    assert unsized.stderr == (
+        "servegraph check: error: [resources] stage 'WordLengths' (tests/cli_graphs.py:29: "
+        "@sg.deployment(num_replicas=2, gpu_memory=\"16GiB\")): gpu_memory=16GiB needs the "
+        "GPUs' memory size to derive a GPU fraction, and no cluster spec was given\n"
+        "  hint: compile with cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB') (CLI: --gpus "
+        "2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}\n")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--gpus", "4y"], "cannot read --gpus '4y'; write e.g. 4x80GiB or 4"),
+    (["--gpus", "4xlots"], "cannot read 'lots' as a size; write bytes or e.g. '6GiB', '512MB'"),
+    (["--gpus", "3", "--nodes", "2"], "3 GPUs do not split evenly over 2 nodes; give "
+     "--gpus-per-node"),
+    (["--gpus", "2x80GiB", "--gpu-memory", "40GiB"],
+     "--gpus 2x80GiB disagrees with --gpu-memory 40GiB"),
+    (["--gpu-memory", "lots"], "argument --gpu-memory: cannot read 'lots' as a size; write "
+     "bytes or e.g. '6GiB', '512MB'"),
+    (["--nodes", "0"], "argument --nodes: expected a whole number >= 1, got '0'"),
+    (["--gpus-per-node", "two"], "argument --gpus-per-node: expected a whole number >= 0, "
+     "got 'two'"),
+    (["--cpus", "-1"], "argument --cpus: expected a number of CPUs >= 0, got '-1'"),
+    (["--gpu-memory", "80GiB"], "--gpu-memory sizes the cluster's GPUs: give --gpus too "
+     "(e.g. --gpus 4 --gpu-memory 80GiB) or --detect-cluster"),
+    (["--detect-cluster", "--gpus", "2", "--cpus", "4"], "--detect-cluster reads the cluster "
+     "from Ray; drop --gpus, --cpus (or drop --detect-cluster)"),
+    (["-o", "serve.txt"], "argument -o/--output: 'serve.txt': write a Serve config (.yaml or "
+     ".yml) or the plan (.json)"),
+])
+def test_bad_flag_values_are_usage_errors(flags: list[str], message: str) -> None:
+    bad = servegraph("compile", "tests.cli_graphs:lengths", *flags)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("usage: servegraph compile ")
+    assert bad.stderr.endswith(f"\nservegraph compile: error: {message}\n")
+
+
+def test_detect_cluster_needs_a_cluster() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    lost = servegraph("check", "tests.cli_graphs:good", "--detect-cluster", env=env)
+    assert (lost.returncode, lost.stderr) == (
+        1, "servegraph check: error: no cluster to talk to: pass --address (e.g. "
+        "127.0.0.1:6379) or set RAY_ADDRESS\n")
 
 
 def test_render_text_formats(tmp_path: Path) -> None:
@@ -90,9 +223,9 @@ def test_run_local_serves_http_and_bench_loads_it() -> None:
         text=True)
     try:
         assert server.stdout is not None
-        lines = [server.stdout.readline() for _ in range(7)]
+        lines = [server.stdout.readline() for _ in range(DIAMOND_EXPLAINED.count("\n") + 1)]
         url = f"http://127.0.0.1:{port}/diamond"
-        assert lines[0] == "pipeline 'diamond': 6 nodes, 4 stage deployments + driver\n"
+        assert "".join(lines[:-1]) == DIAMOND_EXPLAINED
         assert lines[-1] == (f"serving 'diamond' in-process (no Ray): POST JSON to {url} "
                              "(Ctrl-C stops)\n")
         assert httpx.post(url, json={"x": 3}).json() == 20
@@ -108,19 +241,22 @@ def test_run_local_serves_http_and_bench_loads_it() -> None:
         server.wait(timeout=30)
 
 
-@pytest.mark.ray
-def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
-    """`ray start --head` in a subprocess (stopped afterwards, even on failure), then the CLI
-    deploys onto it, lists it, serves HTTP from it and deletes it."""
-    gcs_port, http_port = _free_port(), _free_port()
-    address = f"127.0.0.1:{gcs_port}"
+@contextmanager
+def ray_head(*flags: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """`ray start --head --block` in a subprocess on free ports; yields its GCS address and the
+    environment to talk to it with. Stopped on the way out, even on failure, by terminating
+    that process (never `ray stop`, which stops every Ray on the machine, this session's own
+    included). Workers import the test modules through PYTHONPATH."""
+    gcs_port = _free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     # Ray 2.60 turns on token authentication for `ray start`; the token file in ~/.ray is
     # shared with the other Ray instances of this test run, so this private cluster opts out.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Without draining on SIGTERM the head stops at once rather than after 30 s.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
-         "--include-dashboard=false", "--disable-usage-stats"],
+         f"--ray-client-server-port={_free_port()}", "--disable-usage-stats", *flags],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert head.stdout is not None
@@ -128,12 +264,26 @@ def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
         while not started or ("Ray runtime started" not in started[-1] and started[-1]):
             started.append(head.stdout.readline())
         assert "Ray runtime started" in started[-1], "".join(started)
+        yield f"127.0.0.1:{gcs_port}", env
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=60)
 
+
+@pytest.mark.ray
+def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
+    """The CLI deploys onto a `ray start` head, lists it, serves HTTP from it and deletes it."""
+    http_port = _free_port()
+    with ray_head("--include-dashboard=false") as (address, env):
         deployed = servegraph("deploy", "tests.cli_graphs:good", "--address", address,
                               "--port", str(http_port), env=env)
         assert deployed.returncode == 0, deployed.stderr
         url = f"http://127.0.0.1:{http_port}/diamond"
-        assert deployed.stdout.splitlines()[-1] == f"deployed 'diamond': POST JSON to {url}"
+        assert deployed.stdout == DIAMOND_EXPLAINED + f"deployed 'diamond': POST JSON to {url}\n"
         assert httpx.post(url, json={"x": 1}, timeout=60).json() == 10
 
         status = servegraph("status", "--address", address, env=env)
@@ -158,9 +308,58 @@ def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
         assert (shut.returncode, shut.stdout) == (0, "deleted 'diamond'\n")
         after = servegraph("status", "--address", address, env=env)
         assert after.stdout == "no Serve applications\n"
-    finally:
-        head.terminate()
-        head.wait(timeout=120)
+
+
+@pytest.mark.ray
+def test_serve_deploy_runs_the_compiled_config(tmp_path: Path) -> None:
+    """Ray's own `serve deploy` takes the YAML `servegraph compile` wrote, through the
+    dashboard's REST API, and the application builder recompiles the graph for its cluster."""
+    dashboard, http_port = _free_port(), _free_port()
+    config = tmp_path / "serve.yaml"
+    with ray_head("--num-gpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={dashboard}",
+                  f"--dashboard-agent-listen-port={_free_port()}") as (address, env):
+        detected = servegraph("compile", "tests.cli_graphs:lengths", "--detect-cluster",
+                              "--address", address, "--gpu-memory", "80GiB", env=env)
+        assert detected.returncode == 0, detected.stderr
+        assert re.fullmatch(r"cluster: [\d.]+-[0-9a-f]{6}: 2 x 80GiB GPU, 8 CPU",
+                            detected.stdout.splitlines()[1]), detected.stdout
+
+        written = servegraph("compile", "tests.cli_graphs:lengths", "-o", str(config),
+                             "--gpus", "2x80GiB", "--host", "127.0.0.1", "--port",
+                             str(http_port))
+        assert written.returncode == 0, written.stderr
+        rest = f"http://127.0.0.1:{dashboard}"
+        serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
+        deployed = subprocess.run([serve_bin, "deploy", str(config), "--address", rest],
+                                  cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=300, check=False)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert wait_for_application(rest, "lengths") == ("RUNNING", "")
+
+        url = f"http://127.0.0.1:{http_port}/lengths"
+        answer = httpx.post(url, json={"text": "a bb ccc dddd"}, timeout=60)
+        assert (answer.status_code, answer.json()) == (200, 10)
+        served = httpx.get(f"{url}/-/plan", timeout=60).json()
+        assert served["cluster"] == sg.ClusterSpec(gpus=2, gpu_memory="80GiB").model_dump(
+            mode="json")
+        assert served["deployments"][0]["options"]["ray_actor_options"]["num_gpus"] == 0.2
+
+
+def wait_for_application(rest: str, name: str, *, deadline_s: float = 300.0
+                         ) -> tuple[str, str]:
+    """Poll the dashboard's Serve REST API until application `name` is past DEPLOYING or the
+    deadline passes: its (status, message). A cluster in another process offers no event."""
+    deadline = time.monotonic() + deadline_s
+    status, message = "NOT_STARTED", ""
+    while time.monotonic() < deadline:
+        applications = httpx.get(f"{rest}/api/serve/applications/", timeout=60).json()
+        app = (applications.get("applications") or {}).get(name, {})
+        status, message = app.get("status", "NOT_STARTED"), app.get("message", "")
+        if status not in ("NOT_STARTED", "DEPLOYING"):
+            break
+        time.sleep(1)
+    return status, message
 
 
 def test_cluster_verbs_need_an_address() -> None:
