@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..dag import CallNode, ClassNode, Graph, InputNode, Node, Op, SelectNode, batch_spec
+from ..dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
 from .graphview import schedule
 from .plan import BatchPlan, CompiledPipeline, NodePlan, StagePlan
-from .types import output_type, type_name
-from .validate import CheckedGraph, spec_of_group
+from .typecheck import TypeFacts
+from .types import type_name
+from .validate import CheckedGraph, is_stream, spec_of_group
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000
 DRIVER_MAX_QUEUED_REQUESTS = -1
@@ -30,8 +31,14 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
     constants: list[Any] = []
     encoder = _Encoder(ids, constants)
 
-    stages = [_stage_plan(checked, group, graph, encoder, objects) for group in checked.groups]
-    nodes = [_node_plan(checked, node, ids, encoder) for node in order]
+    calls_of: dict[int, list[CallNode]] = {}
+    for node in graph.nodes:
+        if isinstance(node, CallNode):
+            calls_of.setdefault(id(node.call.group), []).append(node)
+    stages = [_stage_plan(checked, group, calls_of.get(id(group), []), encoder, objects)
+              for group in checked.groups]
+    facts = TypeFacts()  # each stage function's annotations read once
+    nodes = [_node_plan(checked, node, ids, encoder, facts) for node in order]
     input_model = None
     if graph.input is not None and graph.input.model is not None:
         input_model = import_path(graph.input.model)
@@ -58,8 +65,9 @@ def import_path(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encoder,
+def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encoder: _Encoder,
                 objects: dict[str, Any]) -> StagePlan:
+    """`calls`: the group's call nodes, in graph order (gathered once for every group)."""
     spec = spec_of_group(group)
     options = checked.options[id(group)]
     serve_options = options.serve_options()
@@ -69,8 +77,6 @@ def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encod
         actor = dict(serve_options.get("ray_actor_options") or {})
         actor["num_gpus"] = needs.gpus
         serve_options["ray_actor_options"] = actor
-    calls = [node for node in graph.nodes
-             if isinstance(node, CallNode) and node.call.group is group]
     methods = sorted({node.call.method or "__call__" for node in calls})
     batching = {}
     for node in calls:
@@ -99,8 +105,8 @@ def _stage_plan(checked: CheckedGraph, group: Any, graph: Graph, encoder: _Encod
 
 
 def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
-               encoder: _Encoder) -> NodePlan:
-    produced = output_type(node)
+               encoder: _Encoder, facts: TypeFacts) -> NodePlan:
+    produced = facts.output_type(node)
     common = {"id": ids[node.id], "label": node.label, "site": str(node.site),
               "output_type": None if produced is Any else type_name(produced)}
     if isinstance(node, InputNode):
@@ -113,7 +119,8 @@ def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
         op="map" if node.op is Op.MAP else "call",
         stage=checked.name_of(node.call.group), method=node.call.method,
         args=[encoder.encode(a) for a in node.args],
-        kwargs={k: encoder.encode(v) for k, v in node.kwargs.items()}, **common,
+        kwargs={k: encoder.encode(v) for k, v in node.kwargs.items()},
+        stream=is_stream(node), **common,
     )
 
 

@@ -70,13 +70,15 @@ def place(demand: Demand, bins: list[Bin]) -> bool:
         for gpu in bins:
             if gpu.free == RESOLUTION:
                 by_node.setdefault(gpu.node, []).append(gpu)
-        for free in by_node.values():
-            if len(free) >= demand.whole:
-                for gpu in free[:demand.whole]:
-                    gpu.free = 0
-                    gpu.items.append((demand, RESOLUTION))
-                return True
-        return False
+        # the node with the fewest free GPUs that still holds it: wide holes stay for wide
+        # replicas (3 + 2 + 2 GPUs fit nodes of 4 and 3)
+        fitting = [free for free in by_node.values() if len(free) >= demand.whole]
+        if not fitting:
+            return False
+        for gpu in min(fitting, key=len)[:demand.whole]:
+            gpu.free = 0
+            gpu.items.append((demand, RESOLUTION))
+        return True
     best: Bin | None = None
     for gpu in bins:
         if gpu.free >= demand.units and (best is None or gpu.free < best.free):
@@ -88,10 +90,11 @@ def place(demand: Demand, bins: list[Bin]) -> bool:
     return True
 
 
-def pack(demands: Sequence[Demand], bins: list[Bin], *,
-         grow: Bin | None = None) -> list[Demand]:
+def pack(demands: Sequence[Demand], bins: list[Bin], *, grow: Bin | None = None,
+         gpus_per_node: int = 1) -> list[Demand]:
     """Best-fit decreasing into `bins` (in place); returns what did not fit. With `grow`, a
-    template GPU, new GPUs are added as needed instead (one new node per whole-GPU replica)."""
+    template GPU, nodes of `gpus_per_node` GPUs (or as wide as a whole-GPU replica) are added
+    as needed instead."""
     unplaced = []
     for demand in decreasing(demands):
         if place(demand, bins):
@@ -99,17 +102,18 @@ def pack(demands: Sequence[Demand], bins: list[Bin], *,
         if grow is None:
             unplaced.append(demand)
             continue
-        node = f"{grow.node}{len(bins)}" if demand.whole else grow.node
-        new = [Bin(node, i if demand.whole else len(bins), grow.memory)
-               for i in range(max(demand.whole, 1))]
-        bins.extend(new)
-        place(demand, new)
+        node = f"{grow.node}{len({gpu.node for gpu in bins})}"
+        bins.extend(Bin(node, i, grow.memory)
+                    for i in range(max(demand.whole, gpus_per_node, 1)))
+        place(demand, bins)
     return unplaced
 
 
-def gpus_needed(demands: Sequence[Demand], memory: int | None) -> int:
+def gpus_needed(demands: Sequence[Demand], memory: int | None, gpus_per_node: int = 1) -> int:
+    """GPUs the demands need on fresh nodes of `gpus_per_node` GPUs each (whole nodes
+    counted)."""
     bins: list[Bin] = []
-    pack(demands, bins, grow=Bin("gpu", 0, memory))
+    pack(demands, bins, grow=Bin("node", 0, memory), gpus_per_node=gpus_per_node)
     return len(bins)
 
 
@@ -204,23 +208,31 @@ def _packing_error(unplaced: list[Demand], demands: list[Demand],
                    cluster: ClusterSpec) -> PackingError:
     shapes = [n for n in cluster.nodes if n.gpus] or cluster.nodes
     memory = max((n.gpu_memory for n in shapes if n.gpu_memory), default=None)
-    needed = gpus_needed(demands, memory)
-    size = f" of {format_bytes(memory)}" if memory else ""
     widest = max((d.whole for d in demands), default=0)
+    per_node = max((n.gpus for n in cluster.nodes), default=0)
+    # whole-GPU replicas need their GPUs on one node: count nodes of the cluster's widest shape
+    needed = gpus_needed(demands, memory, per_node if widest else 1)
+    size = f" of {format_bytes(memory)}" if memory else ""
     counts: dict[str, int] = {}
     for demand in unplaced:
         counts[demand.stage] = counts.get(demand.stage, 0) + 1
     missing = ", ".join(f"{stage} x{count}" for stage, count in counts.items())
+    shape = f" (nodes of {max(per_node, widest)})" if widest else ""
     message = (f"cannot place {len(unplaced)} GPU replica(s) ({missing}) on the cluster "
-               f"({cluster.describe()}): the plan needs {needed} GPUs{size}, "
+               f"({cluster.describe()}): the plan needs {needed} GPUs{size}{shape}, "
                f"the cluster has {cluster.gpus}")
-    if widest > max((n.gpus for n in cluster.nodes), default=0):
+    if widest > per_node:
         message += f", and a replica needs {widest} GPUs on one node"
+    width = max(per_node, widest)
+    if widest:
+        flags = f"--nodes {needed // width} --gpus-per-node {width}" + (
+            f" --gpu-memory {format_bytes(memory)}" if memory else "")
+    else:
+        flags = f"--gpus {needed}" + (f"x{format_bytes(memory)}" if memory else "")
     return PackingError(
         message, stage=unplaced[0].stage,
-        hint=f"give the cluster {needed} GPUs{size} (--gpus {needed}x{format_bytes(memory)}), "
-        "or lower num_replicas, num_gpus or gpu_memory" if memory else
-        f"give the cluster {needed} GPUs, or lower num_replicas or num_gpus",
+        hint=f"give the cluster {needed} GPUs{size}{shape} ({flags}), or lower num_replicas, "
+        "num_gpus or gpu_memory",
     )
 
 

@@ -119,6 +119,7 @@ class NodePlan(BaseModel):
     kwargs: dict[str, Any] = {}
     select: tuple[Literal["attr", "item"], str | int] | None = None
     output_type: str | None = None  # the annotated type of its value, for diagrams
+    stream: bool = False            # an async generator stage: its value is a stream of chunks
     site: str = ""
 
 

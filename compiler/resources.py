@@ -87,8 +87,8 @@ def _stage_resources(checked: CheckedGraph, group: Any,
               "replicas": replicas, "max_replicas": most}
     if memory is None or (declared is not None and declared > 0):
         units = to_units(declared or 0.0)
-        if memory is not None and cluster is not None and units >= RESOLUTION:
-            _check_whole(name, spec.site, units // RESOLUTION, memory, cluster)
+        if memory is not None and cluster is not None:
+            _check_fits(name, spec.site, max(units // RESOLUTION, 1), memory, cluster)
         return StageResources(gpu_units=units, derived=False, **common)
     if declared == 0:
         raise CompileError(
@@ -119,12 +119,14 @@ def _stage_resources(checked: CheckedGraph, group: Any,
     return StageResources(gpu_units=units, derived=True, **common)
 
 
-def _check_whole(name: str, site: Any, gpus: int, memory: int, cluster: ClusterSpec) -> None:
+def _check_fits(name: str, site: Any, gpus: int, memory: int, cluster: ClusterSpec) -> None:
+    """Declared GPUs (a fraction counts as one GPU) hold the declared memory."""
     size = cluster.smallest_gpu_memory
     if size is not None and memory > gpus * size:
         raise CompileError(
-            f"gpu_memory={format_bytes(memory)} does not fit on num_gpus={gpus} GPUs of "
-            f"{format_bytes(size)}", stage=name, pass_name=PASS, site=site,
+            f"gpu_memory={format_bytes(memory)} does not fit on num_gpus={gpus} GPU"
+            f"{'s' if gpus != 1 else ''} of {format_bytes(size)}",
+            stage=name, pass_name=PASS, site=site,
             hint=f"raise num_gpus to {-(-memory // size)} or lower gpu_memory",
         )
 

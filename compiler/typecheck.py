@@ -8,6 +8,7 @@ type; a batched method is checked per call (`list[T] -> list[R]` seen as `T -> R
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from ..dag import CallNode, Node, Op
@@ -19,18 +20,55 @@ PASS = "typecheck"
 
 
 def typecheck(checked: CheckedGraph) -> CheckedGraph:
+    facts = TypeFacts()
     for node in checked.graph.nodes:
         if isinstance(node, CallNode):
-            _check_call(node)
+            _check_call(node, facts)
     return checked
 
 
-def bound_parameters(node: CallNode) -> dict[str, Any]:
+class TypeFacts:
+    """What the annotations of each stage function say, read once per function for one pass:
+    a pipeline of thousands of calls has few distinct functions, and reading a signature and
+    its type hints costs far more than checking an edge. Keyed by id, with the function kept
+    beside its facts so that no id is reused while they live."""
+
+    def __init__(self) -> None:
+        self._facts: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def _memo(self, kind: str, fn: Any, compute: Callable[[], Any]) -> Any:
+        key = (kind, id(fn))
+        if key not in self._facts:
+            self._facts[key] = (fn, compute())
+        return self._facts[key][1]
+
+    def signature(self, fn: Any) -> inspect.Signature | None:
+        def read() -> inspect.Signature | None:
+            try:
+                return inspect.signature(fn)
+            except (TypeError, ValueError):
+                return None
+        return self._memo("signature", fn, read)
+
+    def parameter_types(self, fn: Any, is_method: bool) -> dict[str, Any]:
+        return self._memo(f"parameters{is_method}", fn, lambda: parameter_types(fn, is_method))
+
+    def output_type(self, node: Node) -> Any:
+        """`types.output_type`; a call's depends only on its function and op, read once."""
+        if not isinstance(node, CallNode):
+            return output_type(node)
+        return self._memo(f"output {node.op.value}", node.call.function,
+                          lambda: output_type(node))
+
+
+def bound_parameters(node: CallNode, facts: TypeFacts | None = None) -> dict[str, Any]:
     """Parameter name -> the bound argument (a node, a constant, or a container of them).
     A map's first parameter is bound to the list node it maps over."""
     is_method = node.call.method is not None
+    signature = (facts or TypeFacts()).signature(node.call.function)
+    if signature is None:
+        return {}
     try:
-        signature = inspect.signature(node.call.function)
         bound = signature.bind(*((None,) if is_method else ()), *node.args, **node.kwargs)
     except (TypeError, ValueError):
         return {}
@@ -43,19 +81,20 @@ def bound_parameters(node: CallNode) -> dict[str, Any]:
                                    inspect.Parameter.VAR_KEYWORD)}
 
 
-def _check_call(node: CallNode) -> None:
-    expected = parameter_types(node.call.function, node.call.method is not None)
-    arguments = bound_parameters(node)
+def _check_call(node: CallNode, facts: TypeFacts) -> None:
+    expected = facts.parameter_types(node.call.function, node.call.method is not None)
+    arguments = bound_parameters(node, facts)
     for position, (name, value) in enumerate(arguments.items()):
         if name not in expected:
             continue
         element_of_map = node.op is Op.MAP and position == 0
-        _check_value(node, name, value, expected[name], element_of_map)
+        _check_value(node, name, value, expected[name], element_of_map, facts)
 
 
-def _check_value(node: CallNode, param: str, value: Any, expected: Any, of_map: bool) -> None:
+def _check_value(node: CallNode, param: str, value: Any, expected: Any, of_map: bool,
+                 facts: TypeFacts) -> None:
     if isinstance(value, Node):
-        produced = output_type(value)
+        produced = facts.output_type(value)
         if of_map:
             produced = element_type(produced)
         if not is_assignable(produced, expected):
@@ -63,7 +102,7 @@ def _check_value(node: CallNode, param: str, value: Any, expected: Any, of_map: 
     elif isinstance(value, (list, tuple)) and not of_map:
         element = element_type(expected)
         for item in value:
-            _check_value(node, param, item, element, False)
+            _check_value(node, param, item, element, False, facts)
 
 
 def _fail(node: CallNode, param: str, producer: Node, produced: Any, expected: Any,

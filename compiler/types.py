@@ -21,6 +21,7 @@ from ..dag import CallNode, InputNode, Node, Op, SelectNode, batch_spec
 _SEQUENCES = {list, tuple, set, frozenset, cabc.Sequence, cabc.Collection, cabc.Iterable,
               cabc.MutableSequence, cabc.Set}
 _MAPPINGS = {dict, cabc.Mapping, cabc.MutableMapping}
+_STREAMS = {cabc.AsyncIterator, cabc.AsyncIterable, cabc.AsyncGenerator}
 _NUMERIC_WIDENING = {(int, float), (int, complex), (float, complex), (bool, int), (bool, float)}
 
 
@@ -55,9 +56,12 @@ def hints(fn: Callable[..., Any]) -> dict[str, Any]:
 
 def return_type(fn: Callable[..., Any]) -> Any:
     """The type one call yields: a batched method's `list[R]` unwraps to `R`."""
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    if inspect.isgeneratorfunction(fn):
         return Any
     tp = hints(fn).get("return", Any)
+    if inspect.isasyncgenfunction(fn):  # a stream: AsyncIterator[T] whatever the spelling
+        args = typing.get_args(tp)
+        return cabc.AsyncIterator[args[0] if args else Any]  # type: ignore[index]
     return element_type(tp) if batch_spec(fn) is not None else tp
 
 
@@ -148,6 +152,10 @@ def _assignable_origins(src: Any, dst: Any) -> bool:
     src_origin = typing.get_origin(src) or src
     dst_origin = typing.get_origin(dst) or dst
     src_args, dst_args = typing.get_args(src), typing.get_args(dst)
+    if src_origin in _STREAMS or dst_origin in _STREAMS:  # a stream feeds only a stream
+        if not (src_origin in _STREAMS and dst_origin in _STREAMS):
+            return False
+        return is_assignable(src_args[0] if src_args else Any, dst_args[0] if dst_args else Any)
     if dst_origin in _SEQUENCES and src_origin in _SEQUENCES:
         if dst_origin is tuple and dst_args and dst_args[-1] is not Ellipsis:
             if src_origin is tuple and src_args and src_args[-1] is not Ellipsis:

@@ -20,9 +20,11 @@ from ..dag import (
     DeploymentOptions,
     DeploymentSpec,
     Graph,
+    Op,
     SelectNode,
     batch_spec,
 )
+from ..dag.nodes import find_nodes
 from ..errors import CompileError, OptionsError
 
 PASS = "validate"
@@ -69,6 +71,7 @@ def validate(graph: Graph) -> CheckedGraph:
     for node in graph.nodes:
         if isinstance(node, SelectNode):
             _check_select(node)
+    _check_streams(graph, calls)
     return CheckedGraph(graph, tuple(groups.values()), names, options)
 
 
@@ -102,8 +105,12 @@ def _options(group: Group) -> DeploymentOptions:
 
 
 def _unique_names(groups: list[Group], options: dict[int, DeploymentOptions]) -> dict[int, str]:
+    """Each group's deployment name: its own, else the stage's, suffixed `_1`, `_2`, ... past
+    the names taken. The names taken only grow, so each base resumes at its last suffix (a
+    pipeline of 10,000 groups of one class stays linear)."""
     names: dict[int, str] = {}
     taken: dict[str, Group] = {}
+    next_suffix: dict[str, int] = {}
     for group in groups:
         spec = spec_of_group(group)
         explicit = options[id(group)].name
@@ -113,9 +120,10 @@ def _unique_names(groups: list[Group], options: dict[int, DeploymentOptions]) ->
                 hint="give each bound class its own name: Stage.options(name='...').bind()",
             )
         base = explicit or spec.name
-        name, suffix = base, 1
+        name, suffix = base, next_suffix.get(base, 1)
         while name in taken:
             name, suffix = f"{base}_{suffix}", suffix + 1
+        next_suffix[base] = suffix
         taken[name] = group
         names[id(group)] = name
     return names
@@ -169,3 +177,60 @@ def _check_select(node: SelectNode) -> None:
                 else f"fields: {', '.join(fields)}",
             )
 
+
+
+def is_stream(node: Any) -> bool:
+    """A call of an async generator stage: its value is a stream of chunks."""
+    return isinstance(node, CallNode) and inspect.isasyncgenfunction(node.call.function)
+
+
+def _check_streams(graph: Graph, calls: list[CallNode]) -> None:
+    """A stream is read once, chunk by chunk: by one stage, or as the pipeline's whole output;
+    `sg.map` and `sg.batch` take whole values, not streams."""
+    streams = {node.id: node for node in calls if is_stream(node)}
+    if not streams:
+        return
+    readers: dict[int, list[Any]] = {key: [] for key in streams}
+    for node in graph.nodes:
+        for source in find_nodes((node.args, node.kwargs)):
+            if source.id not in streams:
+                continue
+            if isinstance(node, CallNode) and node.op is Op.MAP and node.args[0] is source:
+                raise CompileError(
+                    f"sg.map over the stream of {source.label}: map needs the whole list",
+                    stage=node.label, pass_name=PASS, site=node.site,
+                    hint="collect the stream into a list in a stage first, or read it "
+                    "chunk by chunk in an async-for stage")
+            readers[source.id].append(node)
+    outputs = list(find_nodes(graph.outputs))
+    for source in outputs:
+        if source.id in streams:
+            if graph.outputs is not source:
+                raise CompileError(
+                    f"the stream of {source.label} is one of several outputs: a streamed "
+                    "response carries one stream and nothing else",
+                    stage=source.label, pass_name=PASS, site=graph.site,
+                    hint="make the stream the graph's only output, or read it in a stage "
+                    "that returns a value")
+            readers[source.id].append(graph)
+    for key, node in streams.items():
+        if node.op is Op.MAP:
+            raise CompileError(
+                f"sg.map over the streaming stage {node.call.label}: each call would give a "
+                "stream, and a list of streams cannot be sent on", stage=node.label,
+                pass_name=PASS, site=node.site,
+                hint="map a stage that returns a value, or stream from one call")
+        if batch_spec(node.call.function) is not None:
+            raise CompileError(
+                f"{node.call.label} is an async generator and batched with sg.batch",
+                stage=node.label, pass_name=PASS, site=node.site,
+                hint="drop sg.batch from the streaming method (batch the model call "
+                "inside it instead)")
+        if len(readers[key]) > 1:
+            second = readers[key][1]
+            raise CompileError(
+                f"the stream of {node.label} is read {len(readers[key])} times: a stream "
+                "can be read once, chunk by chunk",
+                stage=node.label, pass_name=PASS, site=second.site,
+                hint="give it one reader; a reader that needs the chunks twice should "
+                "collect them into a list")

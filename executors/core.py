@@ -8,6 +8,11 @@ The core awaits only what control flow needs: the list a map iterates over, and 
 A node whose arguments wait on such an await is deferred into a task of its own, so the
 independent branches after it are still dispatched at once.
 
+A streaming node (an async generator stage) gives a stream of this runner (the generator
+itself locally, an unstarted call on Serve) that flows, unread, into the one node that
+consumes it chunk by chunk, or out of `stream()` to the caller. Awaited as an output by
+`execute`, a stream is read to the end and its chunks returned as a list.
+
 Arguments are precompiled per node into `refs` (the node values it reads, in order: the
 *leaves*) and a `build(leaves)` that rebuilds the user's nesting of lists and dicts. Serve
 needs the leaves flat, because it resolves a `DeploymentResponse` only as a top-level argument.
@@ -17,7 +22,7 @@ A map's per-element call reads the element as leaf 0 (`ITEM`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +64,9 @@ class Runner(Protocol):
     def discard(self, value: Any) -> None:
         """The request failed: cancel this future if it still runs, and retrieve its error."""
 
+    def open(self, stream: Any) -> AsyncIterator[Any]:
+        """Start reading a stream this runner's `call` gave for a streaming node."""
+
 
 class Program:
     """A plan prepared once for many requests: steps with precompiled argument builders."""
@@ -67,9 +75,12 @@ class Program:
         self.plan = plan
         self.steps = [_prepare(plan, node) for node in plan.nodes]
         self.by_id = {step.node.id: step for step in self.steps}
-        refs: list[str] = []
+        refs = _Refs()
         self.build_outputs = _compile(plan, plan.outputs, refs)
         self.output_refs = tuple(refs)
+        self.stream_refs = frozenset(node.id for node in plan.nodes if node.stream)
+        # the graph's output is one stream: HTTP and `stream()` pass its chunks on as they come
+        self.streams = "ref" in plan.outputs and plan.outputs["ref"] in self.stream_refs
         model = plan.input_type()
         self._input_adapter = TypeAdapter(model) if model is not None else None
 
@@ -92,11 +103,11 @@ def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
         return Step(node)
     if node.op == "select":
         return Step(node, refs=(node.args[0]["ref"],), selector=Selector(*node.select))
-    refs: list[str] = []
+    refs = _Refs()
     if node.op == "map":
-        item_refs: list[str] = []
+        item_refs = _Refs()
         items = _compile(plan, node.args[0], item_refs)
-        refs.append(ITEM)
+        refs.slot(ITEM)
         build = _compile_call(plan, [{"ref": ITEM}, *node.args[1:]], node.kwargs, refs)
         return Step(node, tuple(refs), build, items, tuple(item_refs))
     build = _compile_call(plan, node.args, node.kwargs, refs)
@@ -104,7 +115,7 @@ def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
 
 
 def _compile_call(plan: CompiledPipeline, args: list[Any], kwargs: dict[str, Any],
-                  refs: list[str]) -> BuildCall:
+                  refs: _Refs) -> BuildCall:
     arg_builds = [_compile(plan, a, refs) for a in args]
     kw_builds = {k: _compile(plan, v, refs) for k, v in kwargs.items()}
     plain = not kw_builds and len(refs) == len(args) and all("ref" in a for a in args) \
@@ -115,12 +126,10 @@ def _compile_call(plan: CompiledPipeline, args: list[Any], kwargs: dict[str, Any
                            {k: b(leaves) for k, b in kw_builds.items()})
 
 
-def _compile(plan: CompiledPipeline, template: dict[str, Any], refs: list[str]) -> Build:
+def _compile(plan: CompiledPipeline, template: dict[str, Any], refs: _Refs) -> Build:
     """A template -> a function of the leaves; appends the refs it reads to `refs`."""
     if "ref" in template:
-        if template["ref"] not in refs:
-            refs.append(template["ref"])
-        slot = refs.index(template["ref"])
+        slot = refs.slot(template["ref"])
         return lambda leaves: leaves[slot]
     if "list" in template or "tuple" in template:
         parts = [_compile(plan, t, refs) for t in template.get("list", template.get("tuple"))]
@@ -133,6 +142,21 @@ def _compile(plan: CompiledPipeline, template: dict[str, Any], refs: list[str]) 
     return lambda leaves: constant
 
 
+class _Refs(list[str]):
+    """The refs a template reads, in order, with their leaf indexes beside them (a call or an
+    output of thousands of refs stays linear to compile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots: dict[str, int] = {}
+
+    def slot(self, ref: str) -> int:
+        if ref not in self.slots:
+            self.slots[ref] = len(self)
+            self.append(ref)
+        return self.slots[ref]
+
+
 class _Deferred:
     """A node the core itself must wait for (it reads a map's list); holds an asyncio task."""
 
@@ -142,9 +166,23 @@ class _Deferred:
         self.task = task
 
 
+async def stream(program: Program, payload: Any, runner: Runner,
+                 request_id: str | None = None) -> AsyncIterator[Any]:
+    """Run one request of a pipeline whose output is a stream; yield its chunks as they come.
+    A failure before the first chunk or mid-stream raises the servegraph error naming the
+    stage."""
+    source = await execute(program, payload, runner, request_id, open_stream=True)
+    try:
+        async for chunk in source:
+            yield chunk
+    except Exception as exc:
+        raise runner.on_error(exc, request_id) from None
+
+
 async def execute(program: Program, payload: Any, runner: Runner,
-                  request_id: str | None = None) -> Any:
-    """Run one request through the plan with `runner`; return the outputs' values."""
+                  request_id: str | None = None, *, open_stream: bool = False) -> Any:
+    """Run one request through the plan with `runner`; return the outputs' values (streams
+    read to the end), or with `open_stream` the output stream itself, opened."""
     values: dict[str, Any] = {}
     deferred: list[asyncio.Task[Any]] = []
     try:
@@ -167,7 +205,10 @@ async def execute(program: Program, payload: Any, runner: Runner,
                     values[node.id] = _Deferred(task)
                 else:
                     values[node.id] = runner.call(step, leaves)
-        results = [await _value(values[ref], runner) for ref in program.output_refs]
+        if open_stream:
+            return runner.open(await _settle(values[program.output_refs[0]], runner))
+        results = [await _collect(values[ref], runner) if ref in program.stream_refs
+                   else await _value(values[ref], runner) for ref in program.output_refs]
         return program.build_outputs(results)
     except BaseException as exc:
         for task in deferred:  # stop the core's own waits; retrieve the errors of finished ones
@@ -216,6 +257,11 @@ async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
 async def _settle(value: Any, runner: Runner) -> Any:
     """Wait for the core's own deferral only; runner futures pass on unawaited."""
     return await value.task if isinstance(value, _Deferred) else value
+
+
+async def _collect(value: Any, runner: Runner) -> list[Any]:
+    """A stream output, read to the end: its chunks in order."""
+    return [chunk async for chunk in runner.open(await _settle(value, runner))]
 
 
 async def _value(value: Any, runner: Runner) -> Any:

@@ -23,7 +23,8 @@ def local_app(plan: CompiledPipeline, route_prefix: str, *, diagram_svg: bytes |
     views = plan_views(plan, diagram_svg)
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run, views=views)
+        return await handle_http(request, executor.run, views=views,
+                                 stream=executor.stream if executor.program.streams else None)
 
     route = "/" + route_prefix.strip("/")
     routes = [Route(route, endpoint, methods=["GET", "POST"])]

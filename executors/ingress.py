@@ -10,19 +10,22 @@ made here). A failed request never takes the service down: the next one is serve
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..compiler import CompiledPipeline
 from ..errors import InputError, PipelineError, StageError
 
 Runner = Callable[[Any, str], Awaitable[Any]]
+Streamer = Callable[[Any, str], AsyncIterator[Any]]
+logger = logging.getLogger("servegraph")
 
 
 def request_id_for(request: Request) -> str:
@@ -58,12 +61,14 @@ class View:
 
 
 async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True,
-                      views: Mapping[str, View] | None = None) -> Response:
+                      views: Mapping[str, View] | None = None,
+                      stream: Streamer | None = None) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
     `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
-    client's when given) on every response."""
+    client's when given) on every response. With `stream` (a pipeline whose output is a
+    stream) the response is chunked: text chunks as they are, other chunks as JSON lines."""
     request_id = request_id_for(request)
     headers = {"x-request-id": request_id} if echo_request_id else {}
     if request.method == "GET" and views:
@@ -82,6 +87,8 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
         return JSONResponse({"error": f"the request body is not JSON: {exc}",
                              "stage": None, "request_id": request_id},
                             status_code=400, headers=headers)
+    if stream is not None:
+        return await _streaming(stream(payload, request_id), request_id, headers)
     try:
         result = await run(payload, request_id)
     except PipelineError as exc:
@@ -94,6 +101,39 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
                              "stage": None, "request_id": request_id},
                             status_code=500, headers=headers)
     return JSONResponse(body, headers=headers)
+
+
+async def _streaming(chunks: AsyncIterator[Any], request_id: str,
+                     headers: dict[str, str]) -> Response:
+    """A chunked response. The first chunk is awaited before the status is sent, so a request
+    that fails before producing anything gets its 4xx/5xx; a failure mid-stream ends the body
+    (JSON lines: with a last line `{"error", "stage", "request_id"}`)."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return Response(b"", media_type="text/plain; charset=utf-8", headers=headers)
+    except PipelineError as exc:
+        status, content = error_body(exc, request_id)
+        return JSONResponse(content, status_code=status, headers=headers)
+    text = isinstance(first, str)
+
+    def encode(chunk: Any) -> bytes:
+        if text and isinstance(chunk, str):
+            return chunk.encode()
+        return json.dumps(to_jsonable_python(chunk)).encode() + b"\n"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield encode(first)
+        try:
+            async for chunk in chunks:
+                yield encode(chunk)
+        except PipelineError as exc:
+            logger.warning("request %s: stream ended by %s", request_id, exc)
+            if not text:
+                yield json.dumps(error_body(exc, request_id)[1]).encode() + b"\n"
+
+    media_type = "text/plain; charset=utf-8" if text else "application/x-ndjson"
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
 def plan_views(plan: CompiledPipeline, diagram_svg: bytes | None) -> dict[str, View]:

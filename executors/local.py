@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import pickle
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
@@ -22,7 +22,7 @@ from ..compiler import CompiledPipeline, as_plan
 from ..compiler.types import parameter_types, return_type, type_name
 from ..dag import BatchSpec, Graph, batch_spec
 from ..errors import EdgeTypeError, PipelineError, StageError
-from .core import Program, Step, execute
+from .core import Program, Step, execute, stream
 
 
 class LocalExecutor:
@@ -39,7 +39,15 @@ class LocalExecutor:
         self._runner = _LocalRunner(self.program, _instances(plan, overrides or {}), strict)
 
     async def run(self, payload: Any = None, request_id: str | None = None) -> Any:
+        """The outputs' values (a streamed output read to the end: its list of chunks)."""
         return await execute(self.program, payload, self._runner, request_id)
+
+    def stream(self, payload: Any = None, request_id: str | None = None) -> AsyncIterator[Any]:
+        """The chunks of a pipeline whose output is a stream, as its last stage yields them."""
+        if not self.program.streams:
+            raise PipelineError(f"pipeline {self.plan.name!r} does not stream: its output is "
+                                "not an async generator stage; use run()")
+        return stream(self.program, payload, self._runner, request_id)
 
     def call(self, payload: Any = None) -> Any:
         """Blocking `run`, for scripts and sync tests (not from inside a running event loop)."""
@@ -99,6 +107,8 @@ class _LocalRunner:
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         call = self.calls[step.node.id]
+        if call.is_stream:  # unstarted: it runs as its one reader reads it
+            return call.run_stream(leaves)
         if call.is_async or any(_pending(leaf) for leaf in leaves):
             return asyncio.get_running_loop().create_task(call.run_async(leaves))
         return call.run_sync(leaves)
@@ -113,6 +123,9 @@ class _LocalRunner:
         if isinstance(error, PipelineError) and request_id and hasattr(error, "request_id"):
             error.request_id = request_id
         return error
+
+    def open(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return stream
 
     def discard(self, value: asyncio.Future[Any]) -> None:
         if not value.done():
@@ -145,6 +158,7 @@ class _Call:
         self.build = step.build
         self.batcher = batcher
         self.is_async = self.batcher is not None or inspect.iscoroutinefunction(fn)
+        self.is_stream = step.node.stream
         self.checker = _EdgeChecker(step, fn) if strict else None
 
     def run_sync(self, leaves: list[Any]) -> Any:
@@ -173,6 +187,19 @@ class _Call:
             raise self._failed(exc) from exc
         return self.checker.result(result) if self.checker else result
 
+    async def run_stream(self, leaves: list[Any]) -> AsyncIterator[Any]:
+        """The stage's async generator, chunk by chunk (an upstream stream's failure passes
+        through naming its own stage)."""
+        leaves = [await _ready(leaf) for leaf in leaves]
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        try:
+            async for chunk in self.fn(*args, **kwargs):
+                yield self.checker.chunk(chunk) if self.checker else chunk
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
     def _failed(self, exc: Exception) -> StageError:
         node = self.step.node
         if isinstance(exc, StageError):
@@ -197,13 +224,37 @@ class _EdgeChecker:
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        streams: dict[int, AsyncIterator[Any]] = {}  # a stream is not pickled: its chunks are
+        args = tuple(_stash(value, streams) for value in args)
+        kwargs = {key: _stash(value, streams) for key, value in kwargs.items()}
         args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+        args = tuple(_unstash(value, streams) for value in args)
+        kwargs = {key: _unstash(value, streams) for key, value in kwargs.items()}
         bound = self.signature.bind_partial(*args, **kwargs)
-        for name, value in bound.arguments.items():
-            adapter = self.params.get(name)
-            if adapter is not None:
-                self._check(adapter, value, f"parameter {name!r}")
-        return args, kwargs
+        for name, value in list(bound.arguments.items()):
+            check = self.params.get(name)
+            if check is None:
+                continue
+            if inspect.isasyncgen(value):
+                bound.arguments[name] = self._checked_stream(value, check, name)
+            else:
+                self._check(check, value, f"parameter {name!r}")
+        return bound.args, bound.kwargs
+
+    async def _checked_stream(self, source: AsyncIterator[Any], check: _Check,
+                              name: str) -> AsyncIterator[Any]:
+        element = _Check(_element(check.annotation))
+        async for chunk in source:
+            chunk = pickle.loads(pickle.dumps(chunk))
+            self._check(element, chunk, f"a chunk of parameter {name!r}")
+            yield chunk
+
+    def chunk(self, value: Any) -> Any:
+        """One chunk a streaming stage yields, checked against its AsyncIterator[T]."""
+        value = pickle.loads(pickle.dumps(value))
+        if self.returns is not None:
+            self._check(_Check(_element(self.returns.annotation)), value, "a chunk")
+        return value
 
     def result(self, value: Any) -> Any:
         value = pickle.loads(pickle.dumps(value))
@@ -221,6 +272,30 @@ class _EdgeChecker:
                 f" ({problem})",
                 site=self.node.site, error_type="EdgeTypeError",
             )
+
+
+class _Stashed:
+    """Where a stream sat among a call's arguments while the rest was pickled."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+
+def _stash(value: Any, streams: dict[int, AsyncIterator[Any]]) -> Any:
+    if inspect.isasyncgen(value):
+        streams[len(streams)] = value
+        return _Stashed(len(streams) - 1)
+    return value
+
+
+def _unstash(value: Any, streams: dict[int, AsyncIterator[Any]]) -> Any:
+    return streams[value.key] if isinstance(value, _Stashed) else value
+
+
+def _element(annotation: Any) -> Any:
+    """T of AsyncIterator[T] (Any when not parameterised)."""
+    args = typing.get_args(annotation)
+    return args[0] if args else Any
 
 
 class _Check:

@@ -14,7 +14,8 @@ import asyncio
 import copy
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -28,41 +29,68 @@ from ..compiler import CompiledPipeline, as_plan
 from ..compiler.resources import AUTO_MAX_REPLICAS
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
-from .core import Program, Step, execute
+from .core import Program, Step, execute, stream
 from .ingress import handle_http, plan_views
 
-Layout = tuple[tuple[int, int], ...]
+# How a call's leaves were spread into top-level arguments, one entry per spread leaf:
+# ("list", index, length) for a list holding responses, and ("stream", index, stage, node id,
+# its own layout, length) for a stream the called replica opens itself.
+Layout = tuple[tuple[Any, ...], ...]
+OpenStream = Callable[[str, str, Layout, Sequence[Any]], Any]
+
+
+@dataclass(frozen=True)
+class StreamCall:
+    """A streaming node's call, not yet started: its reader's replica starts it with
+    `handle.options(stream=True)` and reads the chunks itself (Serve cannot pass a streaming
+    response into another call, ray-project/ray#57098), or the driver does for an output."""
+
+    stage: str
+    node_id: str
+    layout: Layout
+    flat: tuple[Any, ...]
 
 
 def flatten(leaves: Sequence[Any]) -> tuple[list[Any], Layout]:
-    """Spread every list holding a response into top-level arguments: `(index, length)`."""
+    """Spread every list holding a response, and every stream's own arguments, into
+    top-level arguments, which Serve resolves; `layout` says how to gather them back."""
     flat: list[Any] = []
-    layout: list[tuple[int, int]] = []
+    layout: list[tuple[Any, ...]] = []
     for index, leaf in enumerate(leaves):
-        if isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
-            layout.append((index, len(leaf)))
+        if isinstance(leaf, StreamCall):
+            layout.append(("stream", index, leaf.stage, leaf.node_id, leaf.layout,
+                           len(leaf.flat)))
+            flat.extend(leaf.flat)
+        elif isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
+            layout.append(("list", index, len(leaf)))
             flat.extend(leaf)
         else:
             flat.append(leaf)
     return flat, tuple(layout)
 
 
-def unflatten(flat: Sequence[Any], layout: Layout) -> list[Any]:
+def unflatten(flat: Sequence[Any], layout: Layout,
+              open_stream: OpenStream | None = None) -> list[Any]:
     if not layout:
         return list(flat)
     leaves: list[Any] = []
-    spread = dict(layout)
+    spread = {entry[1]: entry for entry in layout}
     position = 0
-    while position < len(flat):
-        length = spread.get(len(leaves))
-        if length is None:
+    while position < len(flat) or len(leaves) in spread:
+        entry = spread.get(len(leaves))
+        if entry is None:
             leaves.append(flat[position])
             position += 1
+            continue
+        length = entry[-1]
+        part = flat[position:position + length]
+        position += length
+        if entry[0] == "list":
+            leaves.append(list(part))
         else:
-            leaves.append(list(flat[position:position + length]))
-            position += length
-    while len(leaves) in spread:  # trailing empty lists
-        leaves.append([])
+            assert open_stream is not None, "a stream reaches a replica that cannot open it"
+            _, _, stage, node_id, inner, _ = entry
+            leaves.append(open_stream(stage, node_id, inner, part))
     return leaves
 
 
@@ -77,6 +105,7 @@ class StageReplica:
             args, kwargs = plan.init_arguments(stage)
             target = target(*args, **kwargs)
         self.calls: dict[str, tuple[Step, Any, bool]] = {}
+        self._stream_handles: dict[str, DeploymentHandle] = {}
         batched: dict[str, Any] = {}
         for step in Program(plan).steps:
             node = step.node
@@ -98,25 +127,61 @@ class StageReplica:
 
     async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:
         step, fn, is_async = self.calls[node_id]
-        args, kwargs = step.build(unflatten(flat, layout))  # type: ignore[misc]
+        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
         try:
             result = fn(*args, **kwargs)
             return await result if is_async else result
-        except StageError:
-            raise
         except Exception as exc:
-            raise StageError(self.stage.name, str(exc), site=step.node.site,
-                             error_type=type(exc).__name__) from None
+            raise self._failed(exc, step) from None
+
+    async def stream(self, node_id: str, layout: Layout, *flat: Any) -> AsyncIterator[Any]:
+        """A streaming node: the stage's async generator, chunk by chunk."""
+        step, fn, _ = self.calls[node_id]
+        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        try:
+            async for chunk in fn(*args, **kwargs):
+                yield chunk
+        except Exception as exc:
+            raise self._failed(exc, step) from None
+
+    def _failed(self, exc: Exception, step: Step) -> BaseException:
+        """A servegraph error met on the way (an upstream stream's) passes on as it is."""
+        found = _find_pipeline_error(exc)
+        if found is not None:
+            return found
+        return StageError(self.stage.name, str(exc), site=step.node.site,
+                          error_type=type(exc).__name__)
+
+    def _open(self, stage: str, node_id: str, layout: Layout, flat: Sequence[Any]) -> Any:
+        """Start an upstream streaming call; its chunks arrive as this stage reads them."""
+        handle = self._stream_handles.get(stage)
+        if handle is None:
+            app = serve.get_replica_context().app_name
+            handle = serve.get_deployment_handle(stage, app).options(
+                method_name="stream", stream=True)
+            self._stream_handles[stage] = handle
+        return handle.remote(node_id, layout, *flat)
 
 
 class _ServeRunner:
     def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str) -> None:
         self.handles = handles
+        self.stream_handles: dict[str, DeploymentHandle] = {}
         self.driver_name = driver_name
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         flat, layout = flatten(leaves)
-        return self.handles[step.node.stage].remote(step.node.id, layout, *flat)  # type: ignore[index]
+        node = step.node
+        if node.stream:
+            return StreamCall(node.stage, node.id, layout, tuple(flat))  # type: ignore[arg-type]
+        return self.handles[node.stage].remote(node.id, layout, *flat)  # type: ignore[index]
+
+    def open(self, stream: StreamCall) -> AsyncIterator[Any]:
+        handle = self.stream_handles.get(stream.stage)
+        if handle is None:
+            handle = self.handles[stream.stage].options(method_name="stream", stream=True)
+            self.stream_handles[stream.stage] = handle
+        return handle.remote(stream.node_id, stream.layout, *stream.flat)
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, DeploymentResponse)
@@ -171,12 +236,18 @@ class PipelineDriver:
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)
 
+    async def stream(self, payload: Any, request_id: str | None = None) -> AsyncIterator[Any]:
+        """The chunks of a streaming pipeline (call with `handle.options(stream=True)`)."""
+        async for chunk in stream(self.program, payload, self.runner, request_id):
+            yield chunk
+
     def plan(self) -> str:
         """The compiled plan as JSON (for `servegraph status --render`)."""
         return self.program.plan.model_dump_json()
 
     async def __call__(self, request: Request) -> Response:
-        return await handle_http(request, self.run, echo_request_id=False, views=self.views)
+        return await handle_http(request, self.run, echo_request_id=False, views=self.views,
+                                 stream=self.stream if self.program.streams else None)
 
 
 def build_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
@@ -206,6 +277,7 @@ class PipelineHandle:
 
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
         self._run = handle.options(method_name="run")  # built once: `handle.run` copies
+        self._stream = handle.options(method_name="stream", stream=True)
         self.name = name
         self.route_prefix = route_prefix
         self.url = url
@@ -219,6 +291,21 @@ class PipelineHandle:
     async def remote(self, payload: Any = None) -> Any:
         try:
             return await self._run.remote(payload)
+        except Exception as exc:
+            raise as_pipeline_error(exc, self.name) from None
+
+    def stream(self, payload: Any = None) -> Iterator[Any]:
+        """The chunks of a streaming pipeline as they come (blocking iteration)."""
+        try:
+            yield from self._stream.remote(payload)
+        except Exception as exc:
+            raise as_pipeline_error(exc, self.name) from None
+
+    async def astream(self, payload: Any = None) -> AsyncIterator[Any]:
+        """The chunks of a streaming pipeline as they come, in an event loop."""
+        try:
+            async for chunk in self._stream.remote(payload):
+                yield chunk
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 

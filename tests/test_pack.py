@@ -173,7 +173,7 @@ def test_more_memory_than_one_gpu_holds() -> None:
                                     "smallest in the cluster spec)")
     with pytest.raises(sg.CompileError) as caught:
         sg.compile(chain(TooFew), cluster=spec)
-    assert caught.value.message == "gpu_memory=100GiB does not fit on num_gpus=1 GPUs of 80GiB"
+    assert caught.value.message == "gpu_memory=100GiB does not fit on num_gpus=1 GPU of 80GiB"
     assert caught.value.hint == "raise num_gpus to 2 or lower gpu_memory"
 
 
@@ -193,8 +193,8 @@ def test_whole_gpu_replicas_take_free_gpus_on_one_node() -> None:
     with pytest.raises(sg.PackingError) as caught:
         sg.compile(chain(Sharded), cluster=four_by_one)
     assert caught.value.message.endswith(
-        "the plan needs 4 GPUs of 24GiB, the cluster has 4, and a replica needs 2 GPUs on "
-        "one node")
+        "the plan needs 4 GPUs of 24GiB (nodes of 2), the cluster has 4, and a replica needs "
+        "2 GPUs on one node")
 
 
 def test_without_a_cluster_the_layout_counts_the_gpus_needed() -> None:
