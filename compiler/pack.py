@@ -208,7 +208,9 @@ def _packing_error(unplaced: list[Demand], demands: list[Demand],
                    cluster: ClusterSpec) -> PackingError:
     shapes = [n for n in cluster.nodes if n.gpus] or cluster.nodes
     memory = max((n.gpu_memory for n in shapes if n.gpu_memory), default=None)
-    widest = max((d.whole for d in demands), default=0)
+    # several nodes: whole-GPU replicas need their GPUs on one node, so count in nodes of the
+    # cluster's widest shape; one node: count the GPUs that node would need
+    widest = max((d.whole for d in demands), default=0) if len(cluster.nodes) > 1 else 0
     per_node = max((n.gpus for n in cluster.nodes), default=0)
     # whole-GPU replicas need their GPUs on one node: count nodes of the cluster's widest shape
     needed = gpus_needed(demands, memory, per_node if widest else 1)
