@@ -1,11 +1,13 @@
 """The pack pass: put every GPU replica on a GPU of the cluster spec.
 
-The packer is best-fit decreasing in Ray's own terms, so that Ray's scheduler lands where the
-plan says: Ray gives a fractional request the GPU instance on its node with the least room left
-that still fits (best fit, lowest index on a tie) and a whole-GPU request the first fully free
-instances; the Serve runner creates the deployments largest fraction first, which makes Ray's
-arrival order the decreasing order packed here. Fractions are integers in Ray's 1/10000 unit,
-so "sums to 1 or less" is exact.
+The packer makes the choices Ray Serve and Ray make, so that they land where the plan says.
+With `RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY=1` (set by the runner's embedded Ray, the test
+session and the RayService head) Serve orders pending replicas by GPUs, then CPUs, largest
+first, and sends each to a node: among nodes already holding a replica, else among idle ones,
+the one left with the least room (Serve's `_find_best_fit_node_for_pack`). On that node Ray
+gives a fraction the GPU instance with the least room that still fits (best fit, lowest index
+on a tie) and whole GPUs the first fully free instances (`NodeResourceInstanceSet::
+TryAllocate`). Fractions are integers in Ray's 1/10000 unit, so "sums to 1 or less" is exact.
 
 A fraction the user declared (`num_gpus=0.25`) is what Ray schedules by, whatever memory the
 stage says it needs; when that memory does not fit beside a GPU's other replicas the pass fails
@@ -26,6 +28,9 @@ from .resources import RESOLUTION, StageResources
 from .validate import CheckedGraph
 
 PASS = "pack"
+# Serve's own packing of replicas onto nodes, which this pass models; the Serve controller
+# must run with it (the runner's embedded Ray, the RayService head and the tests set it)
+SERVE_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Demand:
     units: int
     memory: int | None = None
     order: int = 0  # the stage's position, for a stable result
+    cpus: float = 0.0
 
     @property
     def whole(self) -> int:
@@ -55,7 +61,8 @@ class Bin:
 
 
 def decreasing(demands: Iterable[Demand]) -> list[Demand]:
-    return sorted(demands, key=lambda d: (-d.units, -(d.memory or 0), d.order, d.replica))
+    """Serve's order: GPUs, then CPUs, largest first; stable over deployments and replicas."""
+    return sorted(demands, key=lambda d: (-d.units, -d.cpus, d.order, d.replica))
 
 
 def make_bins(cluster: ClusterSpec) -> list[Bin]:
@@ -64,30 +71,32 @@ def make_bins(cluster: ClusterSpec) -> list[Bin]:
 
 
 def place(demand: Demand, bins: list[Bin]) -> bool:
-    """Place one replica as Ray would; False when nothing fits."""
+    """Place one replica as Serve and Ray would; False when nothing fits."""
+    nodes: dict[str, list[Bin]] = {}
+    for gpu in bins:
+        nodes.setdefault(gpu.node, []).append(gpu)
+    fitting = [gpus for gpus in nodes.values() if _fits(demand, gpus)]
+    if not fitting:
+        return False
+    # Serve: a node already holding a replica first, then the least room left (the first on
+    # a tie); whole-GPU holes thus stay for wide replicas (3 + 2 + 2 GPUs fit nodes of 4, 3)
+    gpus = min(fitting, key=lambda gpus: (all(not gpu.items for gpu in gpus),
+                                          sum(gpu.free for gpu in gpus)))
     if demand.whole:
-        by_node: dict[str, list[Bin]] = {}
-        for gpu in bins:
-            if gpu.free == RESOLUTION:
-                by_node.setdefault(gpu.node, []).append(gpu)
-        # the node with the fewest free GPUs that still holds it: wide holes stay for wide
-        # replicas (3 + 2 + 2 GPUs fit nodes of 4 and 3)
-        fitting = [free for free in by_node.values() if len(free) >= demand.whole]
-        if not fitting:
-            return False
-        for gpu in min(fitting, key=len)[:demand.whole]:
+        for gpu in [gpu for gpu in gpus if gpu.free == RESOLUTION][:demand.whole]:
             gpu.free = 0
             gpu.items.append((demand, RESOLUTION))
         return True
-    best: Bin | None = None
-    for gpu in bins:
-        if gpu.free >= demand.units and (best is None or gpu.free < best.free):
-            best = gpu
-    if best is None:
-        return False
+    best = min((gpu for gpu in gpus if gpu.free >= demand.units), key=lambda gpu: gpu.free)
     best.free -= demand.units
     best.items.append((demand, demand.units))
     return True
+
+
+def _fits(demand: Demand, gpus: list[Bin]) -> bool:
+    if demand.whole:
+        return sum(1 for gpu in gpus if gpu.free == RESOLUTION) >= demand.whole
+    return any(gpu.free >= demand.units for gpu in gpus)
 
 
 def pack(demands: Sequence[Demand], bins: list[Bin], *, grow: Bin | None = None,
@@ -131,7 +140,7 @@ def lower_bound(demands: Iterable[Demand], memory: int | None) -> int:
 def pack_pass(checked: CheckedGraph) -> CheckedGraph:
     table: dict[int, StageResources] = dict(checked.resources)
     stages = [table[id(group)] for group in checked.groups]
-    demands = [Demand(s.stage, i, s.gpu_units, s.gpu_memory, order)
+    demands = [Demand(s.stage, i, s.gpu_units, s.gpu_memory, order, s.cpus)
                for order, s in enumerate(stages) if s.gpu_units
                for i in range(s.replicas)]
     cluster: ClusterSpec | None = checked.cluster
@@ -258,7 +267,7 @@ def _headroom(stages: list[StageResources], bins: list[Bin]) -> list[Headroom]:
         if not stage.gpu_units or stage.max_replicas <= stage.replicas:
             continue
         spare = [dataclasses.replace(gpu, items=list(gpu.items)) for gpu in bins]
-        extra = [Demand(stage.stage, i, stage.gpu_units, stage.gpu_memory, order)
+        extra = [Demand(stage.stage, i, stage.gpu_units, stage.gpu_memory, order, stage.cpus)
                  for i in range(stage.replicas, stage.max_replicas)]
         left = pack(extra, spare)
         result.append(Headroom(stage=stage.stage, placed=stage.replicas,

@@ -37,7 +37,7 @@ import yaml
 from ..dag import DeploymentOptions, parse_bytes
 from ..errors import CompileError
 from .cluster import NodeSpec, format_bytes
-from .pack import Bin, Demand, pack
+from .pack import SERVE_ENV, Bin, Demand, pack
 from .plan import CompiledPipeline, GpuLayout
 from .resources import RESOLUTION, replica_counts, to_units
 
@@ -123,6 +123,8 @@ def rayservice(plan: CompiledPipeline, graph: str | None = None, *, name: str | 
         "template": {"spec": {"containers": [{
             "name": "ray-head", "image": cpu_image,
             "ports": [{"name": port, "containerPort": number} for port, number in HEAD_PORTS],
+            # the Serve controller runs on the head: place replicas as the pack pass planned
+            "env": [{"name": name, "value": value} for name, value in SERVE_ENV.items()],
             "resources": _resources(head_cpus, parse_bytes(head_memory)),
         }]}},
     }

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..compiler import CompiledPipeline, as_plan
+from ..compiler.pack import SERVE_ENV
 from ..compiler.resources import AUTO_MAX_REPLICAS
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
@@ -356,6 +357,9 @@ def ensure_ray(plan: CompiledPipeline) -> None:
     if address:
         ray.init(address=address)
         return
+    # the Serve controller this Ray starts places replicas as the pack pass planned them
+    for name, value in SERVE_ENV.items():
+        os.environ.setdefault(name, value)
     # address="local": a new embedded Ray even when `ray start` left a cluster on this machine
     ray.init(address="local",
              num_cpus=max(EMBEDDED_MIN_CPUS, os.cpu_count() or 1, cpus_needed(plan)),

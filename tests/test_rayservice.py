@@ -206,6 +206,7 @@ def test_cpu_only_pipeline_has_no_gpu_group_and_a_cpu_only_head() -> None:
                       {"name": "dashboard", "containerPort": 8265},
                       {"name": "client", "containerPort": 10001},
                       {"name": "serve", "containerPort": 8000}],
+            "env": [{"name": "RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY", "value": "1"}],
             "resources": {"limits": {"cpu": "1", "memory": "2Gi"},
                           "requests": {"cpu": "1", "memory": "2Gi"}},
         }]}},
