@@ -104,7 +104,11 @@ def _stage_resources(checked: CheckedGraph, group: Any,
             f"gpu_memory={format_bytes(memory)} needs the GPUs' memory size to derive a GPU "
             "fraction, and no cluster spec was given",
             stage=name, pass_name=PASS, site=spec.site,
-            hint="compile with cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB') (CLI: "
+            hint="give the GPUs' memory: sg.ClusterSpec(gpus=2, gpu_memory='80GiB') or "
+            "sg.detect_cluster(gpu_memory='80GiB') (CLI: --gpus 2x80GiB, or --detect-cluster "
+            "--gpu-memory 80GiB; Ray counts GPUs but not their memory), or declare "
+            "ray_actor_options={'num_gpus': 0.25}" if cluster is not None else
+            "compile with cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB') (CLI: "
             "--gpus 2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}",
         )
     if memory > size:

@@ -151,8 +151,14 @@ def test_gpu_memory_needs_a_gpu_size() -> None:
     assert caught.value.stage == "Big"
     assert caught.value.message == ("gpu_memory=30GiB needs the GPUs' memory size to derive a "
                                     "GPU fraction, and no cluster spec was given")
-    with pytest.raises(sg.CompileError, match="the cluster spec does not give it"):
-        sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2))
+    with pytest.raises(sg.CompileError) as caught:
+        sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2))  # as detected from Ray
+    assert caught.value.message.endswith("and the cluster spec does not give it")
+    assert caught.value.hint == (
+        "give the GPUs' memory: sg.ClusterSpec(gpus=2, gpu_memory='80GiB') or "
+        "sg.detect_cluster(gpu_memory='80GiB') (CLI: --gpus 2x80GiB, or --detect-cluster "
+        "--gpu-memory 80GiB; Ray counts GPUs but not their memory), or declare "
+        "ray_actor_options={'num_gpus': 0.25}")
 
 
 def test_more_memory_than_one_gpu_holds() -> None:
