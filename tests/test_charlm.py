@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,3 +146,39 @@ def test_graph_compiles_with_the_request_model() -> None:
     assert plan.input_model == "servegraph.pipelines.charlm:GenerateRequest"
     request = charlm.GenerateRequest(prompt="Now is")
     assert (request.max_tokens, request.temperature, request.seed) == (200, 0.0, 0)
+
+
+# --- the pipeline on both executors ----------------------------------------------------------
+
+REQUEST = {"prompt": "Beautiful is ", "max_tokens": 40}
+EXPECTED = continuation("Beautiful is ", 40).upper()
+
+
+def test_the_pipeline_streams_locally_chunk_by_chunk() -> None:
+    import servegraph as sg
+
+    chunks = sg.run_local(charlm.graph, REQUEST)
+    assert "".join(chunks) == EXPECTED
+    assert chunks == [char for char in EXPECTED if char]  # one character per chunk
+    streamed = asyncio.run(collect(sg.LocalExecutor(charlm.graph).stream(REQUEST)))
+    assert streamed == chunks
+    assert sg.run_local(charlm.graph, REQUEST, strict=True) == chunks
+
+
+@pytest.mark.ray
+def test_the_served_pipeline_streams_what_the_local_one_does(deploy: Any) -> None:
+    import httpx
+
+    import servegraph as sg
+
+    local = sg.run_local(charlm.graph, REQUEST)
+    handle = deploy(charlm.graph, name="charlm", route_prefix="/charlm")
+    assert handle.call(REQUEST) == local
+    assert list(handle.stream(REQUEST)) == local  # Generator -> Filter, replica to replica
+    with httpx.stream("POST", handle.url, json=REQUEST, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert "".join(response.iter_text()) == EXPECTED
+    bad = httpx.post(handle.url, json={"prompt": "x", "max_tokens": 0}, timeout=60)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["loc"] == ["max_tokens"]
