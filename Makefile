@@ -33,6 +33,8 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_spine.py
+	$(BIN)/python benchmarks/bench_packing.py
+	$(BIN)/python benchmarks/bench_models.py --serve
 
 clean:
 	rm -rf $(VENV) *.egg-info
