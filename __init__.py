@@ -21,13 +21,17 @@ _EXPORTS = {
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors", "DeployError": "errors",
+    "StageTimeoutError": "errors",
     "PackingError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)
+_SUBMODULES = ("testing",)  # `sg.testing.raises(...)` without importing it first
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     target = _EXPORTS.get(name)
     if target is None:
         raise AttributeError(f"module 'servegraph' has no attribute {name!r}")

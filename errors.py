@@ -3,7 +3,8 @@
 Every error a user sees is a :class:`PipelineError`. Errors about the graph itself (found while
 binding or compiling) are :class:`CompileError`; errors while a request runs are
 :class:`StageError` (a stage raised: ours, a 5xx) or :class:`InputError` (the caller's payload is
-wrong: a 4xx). Messages say what went wrong, where (the stage and the user's source line), and
+wrong: a 4xx); a stage that ran past its `timeout_s` is a :class:`StageTimeoutError` (a 504).
+Messages say what went wrong, where (the stage and the user's source line), and
 how to fix it. All of them pickle with their fields intact so they survive a Ray hop.
 """
 
@@ -127,24 +128,56 @@ class StageError(PipelineError):
         site: str | None = None,
         error_type: str | None = None,
         request_id: str | None = None,
+        attempts: int = 1,
     ) -> None:
         self.stage = stage
         self.message = message
         self.site = site
         self.error_type = error_type
         self.request_id = request_id
+        self.attempts = attempts  # calls made: 1 + the retries its max_retries allowed
         super().__init__(self._render())
 
     def _render(self) -> str:
-        text = f"stage '{self.stage}'"
-        if self.site:
-            text += f" ({self.site})"
+        text = self._where()
         if self.error_type:
-            return text + f" raised {self.error_type}: {self.message}"
-        return text + f" failed: {self.message}"
+            text += f" raised {self.error_type}: {self.message}"
+        else:
+            text += f" failed: {self.message}"
+        return text + self._tries()
+
+    def _where(self) -> str:
+        return f"stage '{self.stage}'" + (f" ({self.site})" if self.site else "")
+
+    def _tries(self) -> str:
+        return f" (after {self.attempts} attempts)" if getattr(self, "attempts", 1) > 1 else ""
+
+    def with_attempts(self, attempts: int) -> StageError:
+        """This error, saying how many calls were made before it surfaced."""
+        self.attempts = attempts
+        self.args = (self._render(),)
+        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+class StageTimeoutError(StageError):
+    """A stage's call (or, for a streaming stage, the wait for its next chunk) ran past the
+    stage's `timeout_s` (HTTP 504 naming the stage)."""
+
+    status_code = 504
+
+    def __init__(self, stage: str, timeout_s: float, *, site: str | None = None,
+                 request_id: str | None = None, attempts: int = 1,
+                 waiting_for: str = "result") -> None:
+        self.timeout_s = timeout_s
+        super().__init__(stage, f"no {waiting_for} within timeout_s={timeout_s:g}", site=site,
+                         error_type="StageTimeoutError", request_id=request_id,
+                         attempts=attempts)
+
+    def _render(self) -> str:
+        return f"{self._where()} timed out: {self.message}{self._tries()}"
 
 
 class EdgeTypeError(StageError):

@@ -29,7 +29,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
     ids = {node.id: f"n{index}" for index, node in enumerate(order)}
     objects: dict[str, Any] = {}
     constants: list[Any] = []
-    encoder = _Encoder(ids, constants)
+    encoder = ValueEncoder(ids, constants)
 
     calls_of: dict[int, list[CallNode]] = {}
     for node in graph.nodes:
@@ -57,6 +57,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
     )
     plan._objects.update(objects)
     plan._graph = graph
+    plan._node_ids.update(ids)
     plan._constants.extend(constants)
     return plan
 
@@ -65,7 +66,7 @@ def import_path(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encoder: _Encoder,
+def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encoder: ValueEncoder,
                 objects: dict[str, Any]) -> StagePlan:
     """`calls`: the group's call nodes, in graph order (gathered once for every group)."""
     spec = spec_of_group(group)
@@ -99,13 +100,14 @@ def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encode
         import_path=path, init_args=[encoder.encode(a) for a in args],
         init_kwargs={k: encoder.encode(v) for k, v in kwargs.items()},
         methods=methods, batching=batching, options=serve_options,
-        gpu_memory=options.gpu_memory, fuse=options.fuse, site=str(spec.site),
+        gpu_memory=options.gpu_memory, fuse=options.fuse, timeout_s=options.timeout_s,
+        max_retries=options.max_retries or 0, site=str(spec.site),
         gpus_from_memory=needs is not None and needs.derived,
     )
 
 
 def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
-               encoder: _Encoder, facts: TypeFacts) -> NodePlan:
+               encoder: ValueEncoder, facts: TypeFacts) -> NodePlan:
     produced = facts.output_type(node)
     common = {"id": ids[node.id], "label": node.label, "site": str(node.site),
               "output_type": None if produced is Any else type_name(produced)}
@@ -124,7 +126,7 @@ def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
     )
 
 
-class _Encoder:
+class ValueEncoder:
     """Python values with nodes inside -> the plan's tagged JSON templates."""
 
     def __init__(self, ids: dict[int, str], constants: list[Any]) -> None:

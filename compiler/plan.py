@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from ..errors import CompileError
 from .cluster import ClusterSpec
 
-NodeOp = Literal["input", "select", "call", "map"]
+# "const": a call node replaced by a constant (`args[0]` its template), see `override`
+NodeOp = Literal["input", "select", "call", "map", "const"]
 
 
 class BatchPlan(BaseModel):
@@ -47,6 +48,8 @@ class StagePlan(BaseModel):
     gpu_memory: int | None = None
     gpus_from_memory: bool = False  # num_gpus derived from gpu_memory by the resources pass
     fuse: bool | None = None
+    timeout_s: float | None = None  # bound on each call (a stream: on each chunk's wait)
+    max_retries: int = 0            # calls retried after a failure or a timeout
     site: str = ""
 
 
@@ -141,6 +144,7 @@ class CompiledPipeline(BaseModel):
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
     _constants: list[Any] = PrivateAttr(default_factory=list)
     _graph: Any = PrivateAttr(default=None)  # the sg.Graph compiled, when compiled here
+    _node_ids: dict[int, str] = PrivateAttr(default_factory=dict)  # graph Node.id -> plan id
 
     def to_serve_config(self, graph: str | None = None, **options: Any) -> dict[str, Any]:
         """A `serve deploy` config (dict) for this pipeline. `graph` is the `module:attr` its
@@ -188,6 +192,15 @@ class CompiledPipeline(BaseModel):
                 "compiled in the same process; move them to a module to load a saved plan",
             ) from exc
         return value
+
+    def build_stage(self, stage: StagePlan) -> Any:
+        """What a stage's calls go to: its class built with its constructor arguments, or its
+        function (or an object an override put in its place) as it is."""
+        target = self.resolve(stage.import_path or "")
+        if stage.kind == "class" and isinstance(target, type):
+            args, kwargs = self.init_arguments(stage)
+            return target(*args, **kwargs)
+        return target
 
     def init_arguments(self, stage: StagePlan) -> tuple[list[Any], dict[str, Any]]:
         """The constructor arguments of a class stage, decoded."""
@@ -259,6 +272,10 @@ def explain(plan: CompiledPipeline) -> str:
         limit = options.get("max_ongoing_requests")
         if limit is not None:
             parts.append(f"max_ongoing_requests={limit}")
+        if stage.timeout_s is not None:
+            parts.append(f"timeout {stage.timeout_s:g} s per call")
+        if stage.max_retries:
+            parts.append(f"{stage.max_retries} retr{'ies' if stage.max_retries > 1 else 'y'}")
         lines.append(f"  {stage.name:<20} {stage.kind:<8} {', '.join(parts)}")
     layout = plan.gpu_layout
     if layout is None:

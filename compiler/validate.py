@@ -25,6 +25,7 @@ from ..dag import (
     batch_spec,
 )
 from ..dag.nodes import find_nodes
+from ..dag.options import SERVEGRAPH_OPTIONS
 from ..errors import CompileError, OptionsError
 
 PASS = "validate"
@@ -37,6 +38,10 @@ _OPTION_HINTS = {
     "ray_actor_options": "num_gpus is a fraction <= 1 or a whole number; num_cpus >= 0",
     "max_ongoing_requests": "use an integer >= 1",
     "gpu_memory": "give bytes or a size such as '6GiB'",
+    "timeout_s": "give the seconds one call may take, e.g. timeout_s=2.5, or leave it out for "
+                 "no limit",
+    "max_retries": "give how many times a failed call is tried again, e.g. max_retries=2 "
+                   "(only for idempotent stages)",
 }
 
 
@@ -72,6 +77,7 @@ def validate(graph: Graph) -> CheckedGraph:
         if isinstance(node, SelectNode):
             _check_select(node)
     _check_streams(graph, calls)
+    _check_retries(calls, options, names)
     return CheckedGraph(graph, tuple(groups.values()), names, options)
 
 
@@ -93,7 +99,8 @@ def _options(group: Group) -> DeploymentOptions:
             raise OptionsError(
                 f"unknown option {top!r}", stage=spec.name, site=spec.site,
                 hint=f"did you mean {close[0]!r}?" if close
-                else "options are ray.serve.deployment's keywords plus gpu_memory and fuse",
+                else "options are ray.serve.deployment's keywords plus servegraph's own: "
+                f"{', '.join(sorted(SERVEGRAPH_OPTIONS))}",
             ) from None
         message = error["msg"].removeprefix("Value error, ")
         raise OptionsError(
@@ -234,3 +241,28 @@ def _check_streams(graph: Graph, calls: list[CallNode]) -> None:
                 stage=node.label, pass_name=PASS, site=second.site,
                 hint="give it one reader; a reader that needs the chunks twice should "
                 "collect them into a list")
+
+
+def _check_retries(calls: list[CallNode], options: Mapping[int, DeploymentOptions],
+                   names: Mapping[int, str]) -> None:
+    """A retry calls the stage again with the same arguments, so neither a stream it yields
+    (its chunks already went downstream) nor a stream it reads (read once) can take part."""
+    for node in calls:
+        if not options[id(node.call.group)].max_retries:
+            continue
+        stage = names[id(node.call.group)]
+        if is_stream(node):
+            raise CompileError(
+                f"max_retries on the streaming stage {node.call.label}: chunks it already sent "
+                "downstream cannot be taken back, so a stream is never retried",
+                stage=stage, pass_name=PASS, site=node.site,
+                hint="drop max_retries (timeout_s still bounds the wait for each chunk), or "
+                "retry inside the generator before it yields")
+        source = next((up for up in node.upstream() if is_stream(up)), None)
+        if source is not None:
+            raise CompileError(
+                f"max_retries on {node.call.label}, which reads the stream of {source.label}: "
+                "a stream is read once, so the call cannot be made again",
+                stage=stage, pass_name=PASS, site=node.site,
+                hint=f"drop max_retries from {stage}, or collect the stream into a list in "
+                "a stage before it")

@@ -61,8 +61,10 @@ class DeploymentSpec:
 def deployment(_target: T | None = None, **options: Any) -> Any:
     """Declare a class or function as a stage: `@sg.deployment` or `@sg.deployment(...)`.
 
-    Accepts every keyword of `ray.serve.deployment`, plus `gpu_memory` and `fuse`. An object
-    already decorated with `ray.serve.deployment` is accepted and keeps its options.
+    Accepts every keyword of `ray.serve.deployment`, plus servegraph's own: `gpu_memory`,
+    `fuse`, `timeout_s` (seconds one call may take; a streaming stage: the wait for each chunk)
+    and `max_retries` (calls made again after a failure or a timeout; idempotent stages only).
+    An object already decorated with `ray.serve.deployment` is accepted and keeps its options.
     """
     site = user_site()
 

@@ -3,7 +3,7 @@
 Validated with pydantic by the compiler's validate pass; this module only knows shapes and
 ranges, never Ray (the dag layer does not import ray). Ray's names and meanings are kept, so an
 options dict moves to `serve.deployment(**options)` unchanged once servegraph's own keys
-(`gpu_memory`, `fuse`) are dropped.
+(`SERVEGRAPH_OPTIONS`: `gpu_memory`, `fuse`, `timeout_s`, `max_retries`) are dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SERVEGRAPH_OPTIONS = frozenset({"gpu_memory", "fuse"})
+SERVEGRAPH_OPTIONS = frozenset({"gpu_memory", "fuse", "timeout_s", "max_retries"})
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -115,6 +115,8 @@ class DeploymentOptions(BaseModel):
     # servegraph's own
     gpu_memory: int | None = None
     fuse: bool | None = None
+    timeout_s: float | None = None   # bound on each call (a stream: on each chunk's wait)
+    max_retries: int | None = None   # calls retried after a failure or timeout (idempotent)
 
     @field_validator("num_replicas")
     @classmethod
@@ -127,6 +129,25 @@ class DeploymentOptions(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> int | None:
         return None if value is None else parse_bytes(value)
+
+    @field_validator("timeout_s", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 < value < float("inf")):
+            raise ValueError("must be a positive number of seconds")
+        return float(value)
+
+    @field_validator("max_retries", mode="before")
+    @classmethod
+    def _retries(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("must be a whole number >= 0")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentOptions:

@@ -16,7 +16,11 @@ consumes it chunk by chunk, or out of `stream()` to the caller. Awaited as an ou
 Arguments are precompiled per node into `refs` (the node values it reads, in order: the
 *leaves*) and a `build(leaves)` that rebuilds the user's nesting of lists and dicts. Serve
 needs the leaves flat, because it resolves a `DeploymentResponse` only as a top-level argument.
-A map's per-element call reads the element as leaf 0 (`ITEM`).
+A map's per-element call reads the element as leaf 0 (`ITEM`). A `const` node (a call node an
+override replaced by a constant) is a value the core reads from the plan.
+
+With a `Trace`, the runner is wrapped in a `TracingRunner` (see `trace`) that records every
+node's inputs, output and timing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..compiler import CompiledPipeline, NodePlan
 from ..dag.nodes import Selector
 from ..errors import InputError
+from .trace import Trace, TracingRunner
 
 ITEM = "<item>"
 Build = Callable[[Sequence[Any]], Any]
@@ -47,6 +52,7 @@ class Step:
     items: Build | None = None            # map: the list it iterates over (from `item_refs`)
     item_refs: tuple[str, ...] = ()
     selector: Selector | None = None
+    constant: Any = None                  # const: its value
 
 
 class Runner(Protocol):
@@ -103,6 +109,8 @@ def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
         return Step(node)
     if node.op == "select":
         return Step(node, refs=(node.args[0]["ref"],), selector=Selector(*node.select))
+    if node.op == "const":
+        return Step(node, constant=plan.decode(node.args[0]))
     refs = _Refs()
     if node.op == "map":
         item_refs = _Refs()
@@ -180,18 +188,28 @@ async def stream(program: Program, payload: Any, runner: Runner,
 
 
 async def execute(program: Program, payload: Any, runner: Runner,
-                  request_id: str | None = None, *, open_stream: bool = False) -> Any:
+                  request_id: str | None = None, *, open_stream: bool = False,
+                  trace: Trace | None = None) -> Any:
     """Run one request through the plan with `runner`; return the outputs' values (streams
-    read to the end), or with `open_stream` the output stream itself, opened."""
+    read to the end), or with `open_stream` the output stream itself, opened. With `trace`,
+    record every node into it (see `trace.TracingRunner`)."""
     values: dict[str, Any] = {}
     deferred: list[asyncio.Task[Any]] = []
+    tracer = None
+    if trace is not None:
+        runner = tracer = TracingRunner(runner, trace, program.plan.nodes)
     try:
         for step in program.steps:
             node = step.node
-            if node.op == "input":
-                values[node.id] = program.validate_input(payload)
-            elif node.op == "select":
-                values[node.id] = _select(step, values[step.refs[0]])
+            if node.op in ("input", "select", "const"):
+                if node.op == "input":
+                    values[node.id] = program.validate_input(payload)
+                elif node.op == "select":
+                    values[node.id] = _select(step, values[step.refs[0]])
+                else:
+                    values[node.id] = step.constant
+                if tracer is not None:
+                    tracer.computed(node, values[node.id])
             else:
                 leaves = [values.get(ref) for ref in step.refs]
                 if step.items is not None:
@@ -209,7 +227,10 @@ async def execute(program: Program, payload: Any, runner: Runner,
             return runner.open(await _settle(values[program.output_refs[0]], runner))
         results = [await _collect(values[ref], runner) if ref in program.stream_refs
                    else await _value(values[ref], runner) for ref in program.output_refs]
-        return program.build_outputs(results)
+        output = program.build_outputs(results)
+        if trace is not None:
+            trace.output = output
+        return output
     except BaseException as exc:
         for task in deferred:  # stop the core's own waits; retrieve the errors of finished ones
             if not task.done():
@@ -217,7 +238,21 @@ async def execute(program: Program, payload: Any, runner: Runner,
             elif not task.cancelled():
                 task.exception()
         _discard_all(values.values(), runner)
-        raise runner.on_error(exc, request_id) from None
+        error = runner.on_error(exc, request_id)
+        if trace is not None:
+            trace.error = error
+        raise error from None
+    finally:
+        if tracer is not None:
+            tracer.finish({key: _known(value) for key, value in values.items()})
+
+
+def _known(value: Any) -> Any:
+    """A deferred node's value when its task finished well (for the trace), else as it is."""
+    if isinstance(value, _Deferred) and value.task.done() and not value.task.cancelled() \
+            and value.task.exception() is None:
+        return value.task.result()
+    return value
 
 
 def _discard_all(values: Any, runner: Runner) -> None:

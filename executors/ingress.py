@@ -3,8 +3,9 @@
 A success returns the pipeline's output as JSON with no envelope. An error returns
 `{"error", "stage", "request_id"}` (plus `errors`, the field errors, for a 422): 400 for a body
 that is not JSON, 405 for a method other than POST, 422 for a body that does not fit the input,
-500 naming the stage that failed. Every response carries `x-request-id` (the client's, or one
-made here). A failed request never takes the service down: the next one is served as usual.
+500 naming the stage that failed, 504 naming a stage that ran past its `timeout_s`. Every
+response carries `x-request-id` (the client's, or one made here). A failed request never takes
+the service down: the next one is served as usual.
 """
 
 from __future__ import annotations

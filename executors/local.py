@@ -19,28 +19,42 @@ from typing import Any
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from ..compiler import CompiledPipeline, as_plan
+from ..compiler.override import override
 from ..compiler.types import parameter_types, return_type, type_name
 from ..dag import BatchSpec, Graph, batch_spec
 from ..errors import EdgeTypeError, PipelineError, StageError
 from .core import Program, Step, execute, stream
+from .guard import CallPolicy, attempt, call_guarded, chunks_guarded
+from .trace import Trace
 
 
 class LocalExecutor:
     """Run a graph or plan in-process. `overrides` swaps stages: `{Encoder: FakeEncoder}` (a
     class or function, or the stage's name as key; a class is built with the stage's own
-    constructor arguments, an object is used as it is)."""
+    constructor arguments, an object is used as it is), or a call node's output for a
+    constant (`{node: value}`); see `compiler.override`."""
 
     def __init__(self, graph_or_plan: Graph | CompiledPipeline, *,
                  overrides: Mapping[Any, Any] | None = None, strict: bool = False) -> None:
-        plan = as_plan(graph_or_plan)
+        plan = override(as_plan(graph_or_plan), overrides or {})
         self.plan = plan
         self.program = Program(plan)
         self.strict = strict
-        self._runner = _LocalRunner(self.program, _instances(plan, overrides or {}), strict)
+        self._runner = _LocalRunner(self.program, _instances(plan), strict)
 
     async def run(self, payload: Any = None, request_id: str | None = None) -> Any:
         """The outputs' values (a streamed output read to the end: its list of chunks)."""
         return await execute(self.program, payload, self._runner, request_id)
+
+    async def trace(self, payload: Any = None, request_id: str | None = None) -> Trace:
+        """Run one request recording every node's inputs, output, start and duration; the
+        trace holds the `output`, or the servegraph `error` (kept, not raised)."""
+        trace = Trace(self.plan.name, executor="local-strict" if self.strict else "local")
+        try:
+            await execute(self.program, payload, self._runner, request_id, trace=trace)
+        except PipelineError:
+            pass
+        return trace
 
     def stream(self, payload: Any = None, request_id: str | None = None) -> AsyncIterator[Any]:
         """The chunks of a pipeline whose output is a stream, as its last stage yields them."""
@@ -71,20 +85,17 @@ def run_local(graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
     return LocalExecutor(graph_or_plan, overrides=overrides, strict=strict).call(payload)
 
 
-def _instances(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> dict[str, Any]:
+def _instances(plan: CompiledPipeline) -> dict[str, Any]:
     """Stage name -> the object its calls go to (a class instance, or a function)."""
     built: dict[str, Any] = {}
     for stage in plan.deployments:
-        original = plan.resolve(stage.import_path or "")
-        target = overrides.get(stage.name, overrides.get(original, original))
-        if stage.kind == "class" and isinstance(target, type):
-            args, kwargs = plan.init_arguments(stage)
-            try:
-                target = target(*args, **kwargs)
-            except Exception as exc:
-                raise StageError(stage.name, f"constructor failed: {exc}", site=stage.site,
-                                 error_type=type(exc).__name__) from exc
-        built[stage.name] = target
+        try:
+            built[stage.name] = plan.build_stage(stage)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise StageError(stage.name, f"constructor failed: {exc}", site=stage.site,
+                             error_type=type(exc).__name__) from exc
     return built
 
 
@@ -103,13 +114,14 @@ class _LocalRunner:
             if spec is not None:
                 batcher = batchers.setdefault((node.stage, node.method or ""),
                                               _Batcher(fn, spec))
-            self.calls[node.id] = _Call(step, fn, strict, batcher)
+            policy = CallPolicy.of(program.plan, node)
+            self.calls[node.id] = _Call(step, fn, strict, batcher, policy)
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         call = self.calls[step.node.id]
         if call.is_stream:  # unstarted: it runs as its one reader reads it
             return call.run_stream(leaves)
-        if call.is_async or any(_pending(leaf) for leaf in leaves):
+        if call.is_async or call.guarded or any(_pending(leaf) for leaf in leaves):
             return asyncio.get_running_loop().create_task(call.run_async(leaves))
         return call.run_sync(leaves)
 
@@ -152,11 +164,13 @@ class _Call:
     not, and how its failures are named."""
 
     def __init__(self, step: Step, fn: Callable[..., Any], strict: bool,
-                 batcher: _Batcher | None) -> None:
+                 batcher: _Batcher | None, policy: CallPolicy) -> None:
         self.step = step
         self.fn = fn
         self.build = step.build
         self.batcher = batcher
+        self.policy = policy
+        self.guarded = policy.active  # timeout or retries: through `guard`, in a task
         self.is_async = self.batcher is not None or inspect.iscoroutinefunction(fn)
         self.is_stream = step.node.stream
         self.checker = _EdgeChecker(step, fn) if strict else None
@@ -173,6 +187,8 @@ class _Call:
 
     async def run_async(self, leaves: list[Any]) -> Any:
         leaves = [await _ready(leaf) for leaf in leaves]
+        if self.guarded:
+            return await self.run_guarded(leaves)
         if not self.is_async:
             return self.run_sync(leaves)
         args, kwargs = self.build(leaves)  # type: ignore[misc]
@@ -187,15 +203,33 @@ class _Call:
             raise self._failed(exc) from exc
         return self.checker.result(result) if self.checker else result
 
+    async def run_guarded(self, leaves: list[Any]) -> Any:
+        """A call under its stage's timeout and retries (see `guard`): the same arguments for
+        every attempt; a sync stage with a timeout runs in a thread of its own."""
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        if self.batcher is not None:
+            invoke = attempt(self.batcher.submit, (args, kwargs), {}, is_async=True,
+                             timeout_s=None)
+        else:
+            invoke = attempt(self.fn, args, kwargs, is_async=self.is_async,
+                             timeout_s=self.policy.timeout_s)
+        result = await call_guarded(invoke, self.policy, self._failed)
+        return self.checker.result(result) if self.checker else result
+
     async def run_stream(self, leaves: list[Any]) -> AsyncIterator[Any]:
         """The stage's async generator, chunk by chunk (an upstream stream's failure passes
-        through naming its own stage)."""
+        through naming its own stage); with `timeout_s`, each chunk's wait is bounded."""
         leaves = [await _ready(leaf) for leaf in leaves]
         args, kwargs = self.build(leaves)  # type: ignore[misc]
         if self.checker:
             args, kwargs = self.checker.arguments(args, kwargs)
+        chunks = self.fn(*args, **kwargs)
+        if self.policy.timeout_s is not None:
+            chunks = chunks_guarded(chunks, self.policy, self._failed)
         try:
-            async for chunk in self.fn(*args, **kwargs):
+            async for chunk in chunks:
                 yield self.checker.chunk(chunk) if self.checker else chunk
         except Exception as exc:
             raise self._failed(exc) from exc

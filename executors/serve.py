@@ -31,7 +31,9 @@ from ..compiler.resources import AUTO_MAX_REPLICAS
 from ..dag import Graph, batch_spec
 from ..errors import DeployError, PipelineError, StageError
 from .core import Program, Step, execute, stream
+from .guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from .ingress import handle_http, plan_views
+from .trace import Trace
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:
 # ("list", index, length) for a list holding responses, and ("stream", index, stage, node id,
@@ -96,16 +98,14 @@ def unflatten(flat: Sequence[Any], layout: Layout,
 
 
 class StageReplica:
-    """A replica of one stage's deployment: the user's object, called by node id."""
+    """A replica of one stage's deployment: the user's object, called by node id. A stage's
+    `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`)."""
 
     def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
         stage = plan.stage(stage_name)
         self.stage = stage
-        target = plan.resolve(stage.import_path or "")
-        if stage.kind == "class":
-            args, kwargs = plan.init_arguments(stage)
-            target = target(*args, **kwargs)
-        self.calls: dict[str, tuple[Step, Any, bool]] = {}
+        target = plan.build_stage(stage)
+        self.calls: dict[str, tuple[Step, Any, bool, CallPolicy]] = {}
         self._stream_handles: dict[str, DeploymentHandle] = {}
         batched: dict[str, Any] = {}
         for step in Program(plan).steps:
@@ -124,11 +124,16 @@ class StageReplica:
                         batch_size_fn=spec.batch_size_fn,
                     )(fn)
                 fn = batched[key]
-            self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn))
+            self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
+                                   CallPolicy.of(plan, node))
 
     async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:
-        step, fn, is_async = self.calls[node_id]
+        step, fn, is_async, policy = self.calls[node_id]
         args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        if policy.active:
+            return await call_guarded(
+                attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
+                policy, lambda exc: self._failed(exc, step))
         try:
             result = fn(*args, **kwargs)
             return await result if is_async else result
@@ -137,10 +142,13 @@ class StageReplica:
 
     async def stream(self, node_id: str, layout: Layout, *flat: Any) -> AsyncIterator[Any]:
         """A streaming node: the stage's async generator, chunk by chunk."""
-        step, fn, _ = self.calls[node_id]
+        step, fn, _, policy = self.calls[node_id]
         args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        chunks = fn(*args, **kwargs)
+        if policy.timeout_s is not None:
+            chunks = chunks_guarded(chunks, policy, lambda exc: self._failed(exc, step))
         try:
-            async for chunk in fn(*args, **kwargs):
+            async for chunk in chunks:
                 yield chunk
         except Exception as exc:
             raise self._failed(exc, step) from None
@@ -237,6 +245,16 @@ class PipelineDriver:
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)
 
+    async def trace(self, payload: Any, request_id: str | None = None) -> Trace:
+        """Run one request with a trace (see `trace`: this driver then awaits every
+        intermediate value); a servegraph error is kept in the trace, not raised."""
+        trace = Trace(self.program.plan.name, executor="ray")
+        try:
+            await execute(self.program, payload, self.runner, request_id, trace=trace)
+        except PipelineError:
+            pass
+        return trace
+
     async def stream(self, payload: Any, request_id: str | None = None) -> AsyncIterator[Any]:
         """The chunks of a streaming pipeline (call with `handle.options(stream=True)`)."""
         async for chunk in stream(self.program, payload, self.runner, request_id):
@@ -279,6 +297,7 @@ class PipelineHandle:
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
         self._run = handle.options(method_name="run")  # built once: `handle.run` copies
         self._stream = handle.options(method_name="stream", stream=True)
+        self._trace = handle.options(method_name="trace")
         self.name = name
         self.route_prefix = route_prefix
         self.url = url
@@ -292,6 +311,15 @@ class PipelineHandle:
     async def remote(self, payload: Any = None) -> Any:
         try:
             return await self._run.remote(payload)
+        except Exception as exc:
+            raise as_pipeline_error(exc, self.name) from None
+
+    def trace(self, payload: Any = None, *, timeout_s: float | None = None) -> Trace:
+        """Run one request with a trace of every node (its `output`, or its `error`, which is
+        kept in the trace, not raised). The driver then awaits every intermediate value, so
+        the request costs a transfer per node: for tests and debugging."""
+        try:
+            return self._trace.remote(payload).result(timeout_s=timeout_s)
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
@@ -310,9 +338,10 @@ class PipelineHandle:
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
-    def shutdown(self) -> None:
-        """Delete this pipeline's Serve application (Ray and Serve keep running)."""
-        serve.delete(self.name)
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Delete this pipeline's Serve application (Ray and Serve keep running); with
+        `wait=False`, return at once while Serve stops its replicas."""
+        serve.delete(self.name, _blocking=wait)
 
     def __enter__(self) -> PipelineHandle:
         return self

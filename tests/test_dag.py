@@ -10,6 +10,7 @@ from ray import serve
 
 import servegraph as sg
 from servegraph.dag import CallNode, ClassNode, DeploymentOptions, Op, SelectNode
+from servegraph.dag.options import SERVEGRAPH_OPTIONS
 from tests.stages import Inc, Scorer, add, double
 
 
@@ -98,7 +99,8 @@ def test_options_accept_every_ray_serve_deployment_keyword() -> None:
     ray_keywords = set(inspect.signature(serve.deployment).parameters) - {"_func_or_class"}
     ours = set(DeploymentOptions.model_fields)
     assert ray_keywords <= ours
-    assert ours - ray_keywords == {"gpu_memory", "fuse"}
+    assert ours - ray_keywords == SERVEGRAPH_OPTIONS == {"gpu_memory", "fuse", "timeout_s",
+                                                         "max_retries"}
 
 
 def test_options_validate_and_convert() -> None:

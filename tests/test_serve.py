@@ -1,9 +1,9 @@
-"""The Ray Serve runner on one shared Ray: same results as the local executor, over the handle
-and over HTTP; bad input gets a 4xx, a failing stage a 5xx naming it, and serving goes on."""
+"""The Ray Serve runner on one shared Ray: bad input gets a 4xx, a failing stage a 5xx naming
+it, and serving goes on. (Same results as the local executor over the handle and HTTP: the
+diamond and scoring test of tests/test_testing_toolkit.py runs on every executor.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -20,17 +20,6 @@ from tests.test_local import EXPECTED, PAYLOAD
 pytestmark = pytest.mark.ray
 
 
-def test_diamond_matches_the_local_executor(deploy: Callable[..., Any]) -> None:
-    graph = diamond()
-    handle = deploy(graph, name="diamond", route_prefix="/diamond")
-    for x in range(4):
-        assert handle.call({"x": x}) == sg.run_local(graph, {"x": x}) == 5 * (x + 1)
-    response = httpx.post(handle.url, json={"x": 3}, timeout=30)
-    assert response.status_code == 200
-    assert response.json() == 20
-    assert response.headers["x-request-id"]
-
-
 def test_the_service_shows_its_plan_and_diagram(deploy: Callable[..., Any]) -> None:
     plan = sg.compile(diamond())
     handle = deploy(plan, name="shown", route_prefix="/shown")
@@ -44,21 +33,6 @@ def test_the_service_shows_its_plan_and_diagram(deploy: Callable[..., Any]) -> N
         assert diagram.headers["content-type"] == "image/svg+xml"
         assert diagram.content == sg.render(plan, format="svg")
     assert httpx.post(handle.url, json={"x": 0}, timeout=30).json() == 5
-
-
-def test_map_batching_nested_arguments_over_handle_and_http(deploy: Callable[..., Any]) -> None:
-    graph = scoring()
-    handle = deploy(sg.compile(graph), name="scoring", route_prefix="/scoring")
-    assert handle.call(PAYLOAD) == EXPECTED == sg.run_local(graph, PAYLOAD)
-
-    async def concurrent() -> list[Any]:
-        payloads = [{**PAYLOAD, "words": ["x" * n, "y"]} for n in range(1, 9)]
-        return await asyncio.gather(*(handle.remote(p) for p in payloads))
-
-    results = asyncio.run(concurrent())
-    assert [r["report"]["scores"] for r in results] == [[0.5 * n, 0.5] for n in range(1, 9)]
-    with httpx.Client(timeout=30) as client:
-        assert client.post(handle.url, json=PAYLOAD).json() == EXPECTED
 
 
 def test_bad_input_and_failing_stage_keep_the_service_serving(

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ..compiler import CompiledPipeline, StagePlan
 from ..compiler.cluster import format_bytes
 
-Shape = Literal["input", "select", "call", "map", "output"]
+Shape = Literal["input", "select", "call", "map", "const", "output"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
                                         state.status if state else None))
     for node in plan.nodes:
         cluster = cluster_ids.get(node.stage) if node.stage else None
-        diagram.boxes.append(Box(node.id, node.label, node.op, cluster))
+        label = f"{node.label} = constant" if node.op == "const" else node.label
+        diagram.boxes.append(Box(node.id, label, node.op, cluster))
         sources = [*node.args, *node.kwargs.values()]
         for source in dict.fromkeys(_refs(sources)):
             diagram.edges.append((source, node.id, types[source]))
@@ -129,6 +130,10 @@ def _stage_label(stage: StagePlan) -> str:
     if stage.batching:
         sizes = ", ".join(f"{m}≤{b.max_batch_size}" for m, b in stage.batching.items())
         parts.append(f"batch {sizes}")
+    if stage.timeout_s is not None:
+        parts.append(f"timeout {stage.timeout_s:g}s")
+    if stage.max_retries:
+        parts.append(f"retries {stage.max_retries}")
     return " · ".join(parts)
 
 

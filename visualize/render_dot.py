@@ -7,7 +7,7 @@ from ..compiler import CompiledPipeline
 from .model import STATUS_COLOURS, LiveStatus, diagram_of
 
 _SHAPES = {"input": "invhouse", "select": "note", "call": "box", "map": "parallelogram",
-           "output": "house"}
+           "const": "cylinder", "output": "house"}
 
 
 def quote(text: str) -> str:

@@ -9,7 +9,7 @@ from .model import STATUS_COLOURS, LiveStatus, diagram_of
 _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
              "\n": "<br/>", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
 _SHAPES = {"input": ('[/"', '"/]'), "select": ('["', '"]'), "call": ('["', '"]'),
-           "map": ('[/"', '"\\]'), "output": ('(["', '"])')}
+           "map": ('[/"', '"\\]'), "const": ('[("', '")]'), "output": ('(["', '"])')}
 
 
 def label(text: str) -> str:

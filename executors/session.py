@@ -1,0 +1,48 @@
+"""Ray and Serve for a test session (the pytest plugin's `servegraph_ray` fixture): one per
+session, so every Ray-backed test shares them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+import ray
+from ray import serve
+
+from ..compiler.pack import SERVE_ENV
+
+
+@contextlib.contextmanager
+def serve_session(*, num_cpus: int, num_gpus: int) -> Iterator[int]:
+    """Connect to `RAY_ADDRESS` when set (and leave that cluster running), or start a local
+    Ray with these logical CPUs and GPUs (GPUs need not exist: fractional GPU scheduling is
+    bookkeeping) with Serve on a free port, both stopped at the end even on failure. A Ray
+    this process already started is used as it is. Yields Serve's HTTP port."""
+    address = os.environ.get("RAY_ADDRESS")
+    ours = not ray.is_initialized() and not address
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, configure_logging=False)
+        else:
+            for name, value in SERVE_ENV.items():  # Serve places replicas as planned
+                os.environ.setdefault(name, value)
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     include_dashboard=False, configure_logging=False)
+    try:
+        port = _free_port() if ours else 8000
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
+    finally:
+        if ours:
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
