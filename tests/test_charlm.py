@@ -158,11 +158,16 @@ def test_the_pipeline_streams_locally_chunk_by_chunk() -> None:
     import servegraph as sg
 
     chunks = sg.run_local(charlm.graph, REQUEST)
-    assert "".join(chunks) == EXPECTED
-    assert chunks == [char for char in EXPECTED if char]  # one character per chunk
+    assert chunks == list(EXPECTED)  # one character per chunk
     streamed = asyncio.run(collect(sg.LocalExecutor(charlm.graph).stream(REQUEST)))
     assert streamed == chunks
-    assert sg.run_local(charlm.graph, REQUEST, strict=True) == chunks
+
+
+def test_every_executor_gives_the_same_characters(pipeline: Any) -> None:
+    """One body on local, local-strict (every chunk checked) and Ray Serve."""
+    assert pipeline.run(charlm.graph, REQUEST) == list(EXPECTED)
+    response = pipeline.http(charlm.graph, REQUEST)
+    assert (response.status_code, response.text) == (200, EXPECTED)
 
 
 @pytest.mark.ray

@@ -4,7 +4,6 @@ the CNN's cross-request batching, the request model, and the same answers from R
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -117,23 +116,24 @@ def test_plan_declares_a_fractional_gpu_cnn_with_image_batches() -> None:
     assert plan.input_model == "servegraph.pipelines.digits:DigitsRequest"
 
 
-@pytest.mark.ray
-def test_served_ensemble_answers_as_the_local_one(deploy: Callable[..., Any],
-                                                  executor: sg.LocalExecutor) -> None:
-    handle = deploy(digits.graph, name="digits_pipeline", route_prefix="/digits-pipeline")
-
+def test_every_executor_answers_as_the_local_one(pipeline: Any,
+                                                executor: sg.LocalExecutor) -> None:
+    """One body on local, local-strict and Ray Serve (servegraph's pytest plugin)."""
     async def locally() -> list[Any]:
         return [await executor.run(payload) for payload in payloads()]
 
     expected = asyncio.run(locally())
-    assert [handle.call(payload) for payload in payloads()] == expected
+    assert [pipeline.run(digits.graph, payload) for payload in payloads()] == expected
 
     async def concurrently() -> list[Any]:  # the CNN batches these across requests
-        return list(await asyncio.gather(*(handle.remote(payload) for payload in payloads())))
+        return list(await asyncio.gather(*(pipeline.arun(digits.graph, payload)
+                                           for payload in payloads())))
 
     assert asyncio.run(concurrently()) == expected
+    response = pipeline.http(digits.graph, payloads()[1])
+    assert (response.status_code, response.json()) == (200, expected[1])
     with pytest.raises(sg.InputError):
-        handle.call({"images": [[1.0] * 10]})
+        pipeline.run(digits.graph, {"images": [[1.0] * 10]})
 
 
 def test_strict_mode_checks_every_edge_and_agrees(executor: sg.LocalExecutor) -> None:
