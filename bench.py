@@ -5,6 +5,7 @@ or `servegraph run --local` alike."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections import Counter
@@ -73,3 +74,134 @@ async def load(url: str, payload: Any, *, requests: int, concurrency: int,
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of request in a mixed load: `body` sent as JSON, or `raw` bytes as they are
+    (malformed on purpose); a good case names its `expect`ed output, a bad one `bad=True`
+    (it must get a 4xx)."""
+
+    body: Any = None
+    raw: str | None = None
+    expect: Any = None
+    bad: bool = False
+
+    @classmethod
+    def parse(cls, line: str) -> Case:
+        data = json.loads(line)
+        return cls(body=data.get("body"), raw=data.get("raw"), expect=data.get("expect"),
+                   bad=bool(data.get("bad", False)))
+
+
+@dataclass
+class CheckedReport(LoadReport):
+    """A mixed load's report: what every response said, checked against its case."""
+
+    good: int = 0
+    bad: int = 0
+    correct: int = 0
+    wrong: list[str] = field(default_factory=list)
+    bad_not_4xx: list[str] = field(default_factory=list)
+    unnamed_5xx: list[str] = field(default_factory=list)
+    first_error_at_s: float | None = None
+    last_error_at_s: float | None = None
+
+    @property
+    def lost(self) -> int:
+        """Requests with no HTTP response at all (a timeout or a connection error)."""
+        return self.requests - self.answered
+
+    def classes(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for status, n in self.statuses.items():
+            counts[f"{status[0]}xx" if status.isdigit() else
+                   "timeouts" if status == "timeout" else "connection_errors"] += n
+        return dict(counts)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "requests": self.requests, "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 3), "good": self.good, "bad": self.bad,
+            "answered": self.answered, "lost": self.lost, "correct": self.correct,
+            "statuses": dict(self.statuses), "classes": self.classes(),
+            "wrong": self.wrong[:20], "bad_not_4xx": self.bad_not_4xx[:20],
+            "unnamed_5xx": self.unnamed_5xx[:20],
+            "first_error_at_s": self.first_error_at_s, "last_error_at_s": self.last_error_at_s,
+            "p50_ms": round(self.percentile(0.5), 2), "p99_ms": round(self.percentile(0.99), 2),
+        }
+
+
+async def load_cases(url: str, cases: list[Case], *, requests: int, concurrency: int,
+                     timeout_s: float = 60.0, progress_every: int = 0) -> CheckedReport:
+    """Send `requests` POSTs cycling through `cases` from `concurrency` workers; check each
+    answer: a good case's output equals its `expect`, a bad case gets a 4xx, a 5xx names a
+    stage. With `progress_every`, print `answered N` to stdout every N requests (a parent
+    process waits on these lines to inject faults mid-load)."""
+    report = CheckedReport(url, requests, concurrency)
+    remaining = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    done = 0
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        def failed(at: float) -> None:
+            report.first_error_at_s = report.first_error_at_s or at
+            report.last_error_at_s = at
+
+        async def one(index: int) -> None:
+            case = cases[index % len(cases)]
+            report.bad += case.bad
+            report.good += not case.bad
+            started = time.perf_counter()
+            try:
+                if case.raw is not None:
+                    response = await client.post(url, content=case.raw.encode(), headers={
+                        "content-type": "application/json", "x-request-id": f"r{index}"})
+                else:
+                    response = await client.post(url, json=case.body,
+                                                 headers={"x-request-id": f"r{index}"})
+            except httpx.TimeoutException:
+                report.statuses["timeout"] += 1
+                failed(started - began)
+                return
+            except httpx.TransportError as exc:
+                report.statuses[f"error {type(exc).__name__}"] += 1
+                failed(started - began)
+                return
+            report.latencies_ms.append((time.perf_counter() - started) * 1000)
+            status = response.status_code
+            report.statuses[str(status)] += 1
+            if case.bad:
+                if not 400 <= status < 500:
+                    report.bad_not_4xx.append(f"r{index}: {status} {response.text[:200]}")
+                return
+            if status == 200 and response.json() == case.expect:
+                report.correct += 1
+                return
+            failed(started - began)
+            if status >= 500 and not _names_a_stage(response):
+                report.unnamed_5xx.append(f"r{index}: {status} {response.text[:200]}")
+            report.wrong.append(f"r{index}: {status} {response.text[:200]}")
+
+        async def worker() -> None:
+            nonlocal done
+            for index in remaining:
+                await one(index)
+                done += 1
+                if progress_every and done % progress_every == 0:
+                    print(f"answered {done}", flush=True)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        report.seconds = time.perf_counter() - began
+    return report
+
+
+def _names_a_stage(response: httpx.Response) -> bool:
+    """A 5xx that says what failed: servegraph's body naming the stage, or Serve's own
+    503 (no replica yet, or the queue is full)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.status_code == 503
+    return isinstance(body, dict) and bool(body.get("stage") or body.get("error"))

@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_local(plan, args)
     from .serving import serve
 
-    with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
+    with _waiting(f"deploying {plan.name!r}: {len(plan.served()) + 1} deployments"):
         handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
                        http_port=args.port)
     print(plan.explain())
@@ -204,7 +204,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     plan = compile(load_graph(args.target), cluster=_cluster(args))
     _connect(args.address)
-    with _waiting(f"deploying {plan.name!r}: {len(plan.deployments) + 1} deployments"):
+    with _waiting(f"deploying {plan.name!r}: {len(plan.served()) + 1} deployments"):
         handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
                        http_port=args.port)
     print(plan.explain())
@@ -289,8 +289,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from .bench import load
+    from .bench import Case, load, load_cases
 
+    if (args.payload is None) == (args.cases is None):
+        raise UsageError("give one of --payload (one body for every request) or --cases")
+    if args.cases is not None:
+        try:
+            with open(args.cases) as lines:
+                cases = [Case.parse(line) for line in lines if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--cases {args.cases}: {exc}") from None
+        if not cases:
+            raise UsageError(f"--cases {args.cases}: no cases in it")
+        checked = asyncio.run(load_cases(
+            args.url, cases, requests=args.requests, concurrency=args.concurrency,
+            timeout_s=args.timeout, progress_every=args.progress))
+        print(checked.render(), flush=True)
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(checked.summary(), out, indent=2)
+        return 0 if checked.lost == 0 else 1
     try:
         payload = json.loads(args.payload)
     except ValueError as exc:
@@ -356,7 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser("bench", help="load a running route: p50/p99/throughput")
     bench.add_argument("url", help="the route, e.g. http://127.0.0.1:8000/search")
-    bench.add_argument("--payload", required=True, help="the JSON body of every request")
+    bench.add_argument("--payload", help="the JSON body of every request")
+    bench.add_argument("--cases", help="a JSON-lines file of requests to cycle through, each "
+                       '{"body": ...} or {"raw": "..."}, with {"expect": output} (checked) or '
+                       '{"bad": true} (must get a 4xx)')
+    bench.add_argument("--json", help="with --cases: write the checked summary here as JSON")
+    bench.add_argument("--progress", type=int, default=0,
+                       help="with --cases: print `answered N` every N requests")
     bench.add_argument("-n", "--requests", type=int, default=1000)
     bench.add_argument("-c", "--concurrency", type=int, default=32)
     bench.add_argument("--timeout", type=float, default=60.0, help="seconds per request")

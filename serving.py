@@ -49,11 +49,13 @@ def diagram_svg(plan: CompiledPipeline) -> bytes | None:
 def application(args: dict[str, Any]) -> Any:
     """The application builder a `serve deploy` config names (`plan.to_serve_config()`):
     `args.graph` is the graph's `module:attr`, `args.cluster` the cluster spec it was packed
-    for. Compiles the graph again, for the same cluster, and returns the Serve application."""
+    for, `args.fuse` False when it was compiled without fusion. Compiles the graph again, for
+    the same cluster and fusion, and returns the Serve application."""
     from .cli import load_graph
     from .executors.serve import build_app
 
     cluster = args.get("cluster")
     plan = compile(load_graph(args["graph"]),
-                   cluster=ClusterSpec.model_validate(cluster) if cluster else None)
+                   cluster=ClusterSpec.model_validate(cluster) if cluster else None,
+                   fuse=bool(args.get("fuse", True)))
     return build_app(plan, diagram_svg(plan))

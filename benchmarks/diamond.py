@@ -85,3 +85,19 @@ def hand_app(ingress_options: dict[str, Any] | None = None) -> Any:
                                    (triple, "triple"), (add, "add"))]
     ingress = serve.deployment(HandIngress, name="ingress").options(**(ingress_options or {}))
     return ingress.bind(*stages)
+
+
+class HandFused:
+    """The same work hand-fused into one deployment: the four stages called in-process, the
+    branches under one gather (what fusion should match)."""
+
+    def __init__(self) -> None:
+        self._inc = Inc()
+
+    async def run(self, request: dict[str, Any]) -> int:
+        return await run_asyncio(self._inc, request)
+
+
+def hand_fused_app() -> Any:
+    return serve.deployment(HandFused, name="hand-fused").options(
+        max_ongoing_requests=1000).bind()

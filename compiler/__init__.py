@@ -1,6 +1,6 @@
 """The compiler: an ordered list of pure passes from a `sg.Graph` to a `CompiledPipeline`.
 
-validate -> typecheck -> resources -> pack -> lower. Each pass lives in its own module; a
+validate -> typecheck -> resources -> pack -> fuse -> lower. Each pass lives in its own module; a
 failing pass raises a `CompileError` that names itself, the stage and the user's source line.
 """
 
@@ -10,6 +10,7 @@ from ..dag import Graph
 from ..dag.site import user_site
 from ..errors import BindError
 from .cluster import ClusterSpec, NodeSpec
+from .fuse import fuse_pass
 from .lower import lower
 from .pack import pack_pass
 from .plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
@@ -17,12 +18,14 @@ from .resources import resources
 from .typecheck import typecheck
 from .validate import CheckedGraph, validate
 
-PASSES = ("validate", "typecheck", "resources", "pack", "lower")
+PASSES = ("validate", "typecheck", "resources", "pack", "fuse", "lower")
 
 
-def compile(graph: Graph, cluster: ClusterSpec | None = None) -> CompiledPipeline:
+def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True
+            ) -> CompiledPipeline:
     """Check `graph`, derive each stage's resources, pack its GPU replicas onto `cluster`
-    (or count the GPUs it needs without one) and lower it to a plan."""
+    (or count the GPUs it needs without one), fuse its light stages into the driver (unless
+    `fuse=False`) and lower it to a plan."""
     if not isinstance(graph, Graph):
         raise BindError(
             f"sg.compile needs an sg.Graph, got {type(graph).__name__}", site=user_site(),
@@ -33,11 +36,15 @@ def compile(graph: Graph, cluster: ClusterSpec | None = None) -> CompiledPipelin
             f"cluster= needs an sg.ClusterSpec, got {type(cluster).__name__}", site=user_site(),
             hint="sg.compile(graph, cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB'))",
         )
+    if not isinstance(fuse, bool):
+        raise BindError(f"fuse= needs True or False, got {fuse!r}", site=user_site(),
+                        hint="sg.compile(graph, fuse=False) keeps every stage a deployment")
     checked: CheckedGraph = validate(graph)
     checked = typecheck(checked)
     checked = resources(checked, cluster)
     checked = pack_pass(checked)
-    return lower(checked, list(PASSES))
+    checked = fuse_pass(checked, enabled=fuse)
+    return lower(checked, list(PASSES), fuse)
 
 
 def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:

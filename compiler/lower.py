@@ -20,10 +20,10 @@ from .types import type_name
 from .validate import CheckedGraph, is_stream, spec_of_group
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000
-DRIVER_MAX_QUEUED_REQUESTS = -1
+DRIVER_MAX_QUEUED_REQUESTS = 1000  # then Serve answers 503: memory stays bounded
 
 
-def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
+def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> CompiledPipeline:
     graph = checked.graph
     order = [node for node in schedule(graph.nodes) if not isinstance(node, ClassNode)]
     ids = {node.id: f"n{index}" for index, node in enumerate(order)}
@@ -35,7 +35,9 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
     for node in graph.nodes:
         if isinstance(node, CallNode):
             calls_of.setdefault(id(node.call.group), []).append(node)
-    stages = [_stage_plan(checked, group, calls_of.get(id(group), []), encoder, objects)
+    driver_name = f"{graph.name}_driver"
+    stages = [_stage_plan(checked, group, calls_of.get(id(group), []), encoder, objects,
+                          driver_name)
               for group in checked.groups]
     facts = TypeFacts()  # each stage function's annotations read once
     nodes = [_node_plan(checked, node, ids, encoder, facts) for node in order]
@@ -44,7 +46,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
         input_model = import_path(graph.input.model)
         objects[input_model] = graph.input.model
     driver = StagePlan(
-        name=f"{graph.name}_driver", role="driver", kind="driver",
+        name=driver_name, role="driver", kind="driver",
         options={"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
                  "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
                  "ray_actor_options": {"num_cpus": 0}},
@@ -54,6 +56,7 @@ def lower(checked: CheckedGraph, passes: list[str]) -> CompiledPipeline:
         name=graph.name, input_model=input_model, nodes=nodes,
         outputs=encoder.encode(graph.outputs), deployments=stages, driver=driver,
         passes=passes, cluster=checked.cluster, gpu_layout=checked.layout,
+        fuse=fuse,
     )
     plan._objects.update(objects)
     plan._graph = graph
@@ -67,7 +70,7 @@ def import_path(obj: Any) -> str:
 
 
 def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encoder: ValueEncoder,
-                objects: dict[str, Any]) -> StagePlan:
+                objects: dict[str, Any], driver_name: str) -> StagePlan:
     """`calls`: the group's call nodes, in graph order (gathered once for every group)."""
     spec = spec_of_group(group)
     options = checked.options[id(group)]
@@ -94,6 +97,7 @@ def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encode
         serve_options["max_ongoing_requests"] = max(5, 2 * largest)
     path = import_path(spec.target)
     objects[path] = spec.target
+    decision = checked.fusion.get(id(group))
     args, kwargs = (group.args, group.kwargs) if isinstance(group, ClassNode) else ((), {})
     return StagePlan(
         name=checked.name_of(group), kind="function" if spec.is_function else "class",
@@ -103,6 +107,8 @@ def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encode
         gpu_memory=options.gpu_memory, fuse=options.fuse, timeout_s=options.timeout_s,
         max_retries=options.max_retries or 0, site=str(spec.site),
         gpus_from_memory=needs is not None and needs.derived,
+        fused_into=driver_name if decision is not None and decision.fused else None,
+        fusion=decision.reason if decision is not None else "",
     )
 
 

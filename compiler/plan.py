@@ -51,6 +51,8 @@ class StagePlan(BaseModel):
     timeout_s: float | None = None  # bound on each call (a stream: on each chunk's wait)
     max_retries: int = 0            # calls retried after a failure or a timeout
     site: str = ""
+    fused_into: str | None = None   # the deployment it runs inside (the driver), see `fuse`
+    fusion: str = ""                # why it was fused, or why not
 
 
 class PlacedReplica(BaseModel):
@@ -140,6 +142,7 @@ class CompiledPipeline(BaseModel):
     passes: list[str]
     cluster: ClusterSpec | None = None
     gpu_layout: GpuLayout | None = None
+    fuse: bool = True  # compiled with fusion on (a Serve config's builder compiles the same)
 
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
     _constants: list[Any] = PrivateAttr(default_factory=list)
@@ -169,6 +172,14 @@ class CompiledPipeline(BaseModel):
     def explain(self) -> str:
         """What the compiler decided: deployments, resources, the GPU layout, headroom."""
         return explain(self)
+
+    def served(self) -> list[StagePlan]:
+        """The stages deployed as Serve deployments of their own (not fused into another)."""
+        return [stage for stage in self.deployments if stage.fused_into is None]
+
+    def fused(self) -> list[StagePlan]:
+        """The stages that run inside another deployment (the driver)."""
+        return [stage for stage in self.deployments if stage.fused_into is not None]
 
     def stage(self, name: str) -> StagePlan:
         for stage in self.deployments:
@@ -241,12 +252,14 @@ def explain(plan: CompiledPipeline) -> str:
     """What the compiler decided, as text: deployments, their resources, the GPU layout."""
     from .cluster import format_bytes
 
-    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, {len(plan.deployments)} "
-             f"stage deployments + driver; passes: {', '.join(plan.passes)}"]
+    fused = plan.fused()
+    inside = f" ({len(fused)} fused into the driver)" if fused else ""
+    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, {len(plan.served())} "
+             f"stage deployments + driver{inside}; passes: {', '.join(plan.passes)}"]
     if plan.cluster is not None:
         lines.append(f"cluster: {plan.cluster.describe()}")
     lines.append("deployments:")
-    for stage in [*plan.deployments, plan.driver]:
+    for stage in [*plan.served(), plan.driver]:
         options = stage.options
         actor = options.get("ray_actor_options") or {}
         auto = options.get("autoscaling_config")
@@ -276,7 +289,14 @@ def explain(plan: CompiledPipeline) -> str:
             parts.append(f"timeout {stage.timeout_s:g} s per call")
         if stage.max_retries:
             parts.append(f"{stage.max_retries} retr{'ies' if stage.max_retries > 1 else 'y'}")
+        if stage.role == "driver" and fused:
+            parts.append(f"runs {', '.join(s.name for s in fused)} in-process")
         lines.append(f"  {stage.name:<20} {stage.kind:<8} {', '.join(parts)}")
+    if "fuse" in plan.passes:
+        lines.append("fusion:")
+        for stage in plan.deployments:
+            where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
+            lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
     layout = plan.gpu_layout
     if layout is None:
         lines.append("GPU layout: no GPU stages")

@@ -157,7 +157,7 @@ def k8s_name(text: str) -> str:
 def stage_needs(plan: CompiledPipeline) -> list[StageNeeds]:
     """Per deployment (the driver last): its replica's CPUs and GPU share, its replica counts."""
     needs = []
-    for stage in [*plan.deployments, plan.driver]:
+    for stage in [*plan.served(), plan.driver]:
         actor = stage.options.get("ray_actor_options") or {}
         cpus = actor.get("num_cpus")
         replicas, most = replica_counts(DeploymentOptions.model_validate(stage.options))

@@ -58,6 +58,8 @@ def application(plan: CompiledPipeline, graph: str | None = None, *,
     args: dict[str, Any] = {"graph": source}
     if plan.cluster is not None:
         args["cluster"] = plan.cluster.model_dump(mode="json")
+    if not plan.fuse:  # the builder compiles the graph again: without fusion, as this plan
+        args["fuse"] = False
     app: dict[str, Any] = {
         "name": name or plan.name,
         "route_prefix": route_prefix or f"/{plan.name}",
@@ -69,7 +71,7 @@ def application(plan: CompiledPipeline, graph: str | None = None, *,
     app["deployments"] = [
         {"name": stage.name}
         | {key: stage.options[key] for key in DEPLOYMENT_FIELDS if key in stage.options}
-        for stage in [*plan.deployments, plan.driver]
+        for stage in [*plan.served(), plan.driver]
     ]
     return app
 

@@ -55,6 +55,7 @@ class CheckedGraph:
     cluster: Any = None                        # ClusterSpec | None (resources)
     resources: Mapping[int, Any] = field(default_factory=dict)  # id(group) -> StageResources
     layout: Any = None                         # GpuLayout | None (pack)
+    fusion: Mapping[int, Any] = field(default_factory=dict)  # id(group) -> FuseDecision (fuse)
 
     def group_of(self, node: CallNode) -> Group:
         return node.call.group

@@ -2,31 +2,40 @@
 
 A success returns the pipeline's output as JSON with no envelope. An error returns
 `{"error", "stage", "request_id"}` (plus `errors`, the field errors, for a 422): 400 for a body
-that is not JSON, 405 for a method other than POST, 422 for a body that does not fit the input,
-500 naming the stage that failed, 504 naming a stage that ran past its `timeout_s`. Every
-response carries `x-request-id` (the client's, or one made here). A failed request never takes
-the service down: the next one is served as usual.
+that is not JSON, 405 for a method other than POST, 413 for a body over `max_body_bytes`
+(`SERVEGRAPH_MAX_BODY_BYTES`, 10 MiB by default; read chunk by chunk and dropped at the limit,
+never buffered whole), 422 for a body that does not fit the input, 500 naming the stage that
+failed, 504 naming a stage that ran past its `timeout_s`. A full queue is answered before the
+request gets here: Serve's proxy returns 503 for the driver's `max_queued_requests` (with
+`Retry-After` when the driver's `backpressure_config` sets `retry_after_s`). Every response
+carries `x-request-id` (the client's, or one made here), and every 5xx is logged with it.
+The body is only ever parsed as JSON: client data is never unpickled. A failed request never
+takes the service down: the next one is served as usual.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..compiler import CompiledPipeline
 from ..errors import InputError, PipelineError, StageError
+from .views import View, plan_views
+
+__all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "plan_views",
+           "request_id_for"]
 
 Runner = Callable[[Any, str], Awaitable[Any]]
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
 logger = logging.getLogger("servegraph")
+MAX_BODY_BYTES = int(os.environ.get("SERVEGRAPH_MAX_BODY_BYTES", 10 * 2**20))
 
 
 def request_id_for(request: Request) -> str:
@@ -53,38 +62,63 @@ def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, An
                  "request_id": request_id}
 
 
-@dataclass(frozen=True)
-class View:
-    """A read-only page the ingress serves on GET below its route, e.g. `/-/plan`."""
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, read chunk by chunk; None as soon as it is over `limit` bytes (a declared
+    `content-length` over it is refused before reading anything)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    body: bytes
-    media_type: str
+
+def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
+    if status >= 500:
+        logger.warning("request %s: %d from stage %s: %s", content.get("request_id"), status,
+                       content.get("stage"), content.get("error"))
+    return JSONResponse(content, status_code=status, headers=headers)
 
 
 async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True,
                       views: Mapping[str, View] | None = None,
-                      stream: Streamer | None = None) -> Response:
+                      stream: Streamer | None = None,
+                      max_body_bytes: int | None = None) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
     `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
-    client's when given) on every response. With `stream` (a pipeline whose output is a
+    client's when given) on every response. `max_body_bytes` (default `MAX_BODY_BYTES`) bounds
+    the body: a larger one gets a 413. With `stream` (a pipeline whose output is a
     stream) the response is chunked: text chunks as they are, other chunks as JSON lines."""
     request_id = request_id_for(request)
     headers = {"x-request-id": request_id} if echo_request_id else {}
     if request.method == "GET" and views:
+        path = request.url.path.rstrip("/")
         for suffix, view in views.items():
-            if request.url.path.rstrip("/").endswith(suffix):
-                return Response(view.body, media_type=view.media_type, headers=headers)
+            if path.endswith(suffix):
+                return Response(view.render(path[:-len(suffix)] or "/"),
+                                media_type=view.media_type, headers=headers)
     if request.method != "POST":
         return JSONResponse(
             {"error": f"{request.method} is not allowed: POST a JSON body",
              "stage": None, "request_id": request_id},
             status_code=405, headers={**headers, "allow": "POST"})
-    body = await request.body()
+    limit = MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes
+    body = await read_body(request, limit)
+    if body is None:
+        return JSONResponse({"error": f"the request body is larger than {limit} bytes: send "
+                             "less (the limit is SERVEGRAPH_MAX_BODY_BYTES)",
+                             "stage": None, "request_id": request_id},
+                            status_code=413, headers={**headers, "connection": "close"})
     try:
         payload = json.loads(body) if body else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return JSONResponse({"error": f"the request body is not JSON: {exc}",
                              "stage": None, "request_id": request_id},
                             status_code=400, headers=headers)
@@ -92,16 +126,14 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
         return await _streaming(stream(payload, request_id), request_id, headers)
     try:
         result = await run(payload, request_id)
-    except PipelineError as exc:
-        status, content = error_body(exc, request_id)
-        return JSONResponse(content, status_code=status, headers=headers)
+    except Exception as exc:  # a servegraph error; anything else is still answered as JSON
+        return _error(*error_body(exc, request_id), headers)
     try:
-        body = to_jsonable_python(result)
+        output = to_jsonable_python(result)
     except PydanticSerializationError as exc:
-        return JSONResponse({"error": f"the pipeline's output is not JSON: {exc}",
-                             "stage": None, "request_id": request_id},
-                            status_code=500, headers=headers)
-    return JSONResponse(body, headers=headers)
+        return _error(500, {"error": f"the pipeline's output is not JSON: {exc}",
+                            "stage": None, "request_id": request_id}, headers)
+    return JSONResponse(output, headers=headers)
 
 
 async def _streaming(chunks: AsyncIterator[Any], request_id: str,
@@ -114,8 +146,7 @@ async def _streaming(chunks: AsyncIterator[Any], request_id: str,
     except StopAsyncIteration:
         return Response(b"", media_type="text/plain; charset=utf-8", headers=headers)
     except PipelineError as exc:
-        status, content = error_body(exc, request_id)
-        return JSONResponse(content, status_code=status, headers=headers)
+        return _error(*error_body(exc, request_id), headers)
     text = isinstance(first, str)
 
     def encode(chunk: Any) -> bytes:
@@ -135,11 +166,3 @@ async def _streaming(chunks: AsyncIterator[Any], request_id: str,
 
     media_type = "text/plain; charset=utf-8" if text else "application/x-ndjson"
     return StreamingResponse(body(), media_type=media_type, headers=headers)
-
-
-def plan_views(plan: CompiledPipeline, diagram_svg: bytes | None) -> dict[str, View]:
-    """`GET <route>/-/plan` (the plan as JSON) and, when rendered, `GET <route>/-/graph.svg`."""
-    views = {"/-/plan": View(plan.model_dump_json(indent=2).encode(), "application/json")}
-    if diagram_svg is not None:
-        views["/-/graph.svg"] = View(diagram_svg, "image/svg+xml")
-    return views

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
-from ..compiler import CompiledPipeline, as_plan
+from ..compiler import CompiledPipeline, StagePlan, as_plan
 from ..compiler.override import override
 from ..compiler.types import parameter_types, return_type, type_name
 from ..dag import BatchSpec, Graph, batch_spec
@@ -85,10 +85,12 @@ def run_local(graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
     return LocalExecutor(graph_or_plan, overrides=overrides, strict=strict).call(payload)
 
 
-def _instances(plan: CompiledPipeline) -> dict[str, Any]:
-    """Stage name -> the object its calls go to (a class instance, or a function)."""
+def _instances(plan: CompiledPipeline, stages: list[StagePlan] | None = None
+               ) -> dict[str, Any]:
+    """Stage name -> the object its calls go to (a class instance, or a function), for every
+    stage of the plan or only `stages` (the Serve driver builds the stages fused into it)."""
     built: dict[str, Any] = {}
-    for stage in plan.deployments:
+    for stage in plan.deployments if stages is None else stages:
         try:
             built[stage.name] = plan.build_stage(stage)
         except PipelineError:
@@ -100,12 +102,15 @@ def _instances(plan: CompiledPipeline) -> dict[str, Any]:
 
 
 class _LocalRunner:
+    """Calls the stages in `instances` in this process (all of them locally; on Serve, the
+    driver's fused ones)."""
+
     def __init__(self, program: Program, instances: dict[str, Any], strict: bool) -> None:
         self.calls: dict[str, _Call] = {}
         batchers: dict[tuple[str, str], _Batcher] = {}  # one per method, as on Serve
         for step in program.steps:
             node = step.node
-            if node.stage is None:
+            if node.stage is None or node.stage not in instances:
                 continue
             obj = instances[node.stage]
             fn = getattr(obj, node.method) if node.method else obj

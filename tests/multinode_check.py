@@ -159,7 +159,7 @@ def run_check(graph: str, views: Path, deadline_s: int) -> None:
               for name, status in sorted(application.deployments.items())}
     print(f"application {application.status.value}; replica states: {states}")
     replicas = {stage.name: stage.options.get("num_replicas", 1)
-                for stage in [*plan.deployments, plan.driver]}
+                for stage in [*plan.served(), plan.driver]}
     check(application.status == ApplicationStatus.RUNNING, "the application is not RUNNING")
     check(states == {name: {"RUNNING": count} for name, count in sorted(replicas.items())},
           f"expected every replica RUNNING: {replicas}")

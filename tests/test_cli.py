@@ -39,7 +39,7 @@ def servegraph(*args: str, env: dict[str, str] | None = None
 def test_check_ok_and_failing() -> None:
     ok = servegraph("check", "tests.cli_graphs:good")
     assert (ok.returncode, ok.stdout, ok.stderr) == (
-        0, "ok: 'diamond' compiles (validate, typecheck, resources, pack, lower)\n", "")
+        0, "ok: 'diamond' compiles (validate, typecheck, resources, pack, fuse, lower)\n", "")
     bad = servegraph("check", "tests.cli_graphs:broken")
     assert bad.returncode == 1
     assert bad.stdout == ""
@@ -65,14 +65,16 @@ def test_bad_targets() -> None:
 
 
 DIAMOND_EXPLAINED = """\
-pipeline 'diamond': 6 nodes, 4 stage deployments + driver; passes: validate, typecheck, \
-resources, pack, lower
+pipeline 'diamond': 6 nodes, 0 stage deployments + driver (4 fused into the driver); passes: \
+validate, typecheck, resources, pack, fuse, lower
 deployments:
-  Inc                  class    1 replica, 1 CPU
-  double               function 1 replica, 1 CPU
-  triple               function 1 replica, 1 CPU
-  add                  function 1 replica, 1 CPU
-  diamond_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000
+  diamond_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000, runs Inc, double, \
+triple, add in-process
+fusion:
+  Inc                  fused into diamond_driver: light CPU stage
+  double               fused into diamond_driver: light CPU stage
+  triple               fused into diamond_driver: light CPU stage
+  add                  fused into diamond_driver: light CPU stage
 GPU layout: no GPU stages
 """
 
@@ -134,8 +136,12 @@ def test_check_and_compile_pack_for_the_cluster_flags() -> None:
         "deployments:",
         "  WordLengths          class    2 replicas, 1 CPU, 0.2 GPU (from gpu_memory 16GiB of "
         "80GiB)",
-        "  total                function 1 replica, 1 CPU",
-        "  lengths_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "  lengths_driver       driver   1 replica, 0 CPU, max_ongoing_requests=1000, runs total "
+        "in-process",
+        "fusion:",
+        "  WordLengths          own deployment: needs a GPU (0.2): never fused across a GPU "
+        "boundary",
+        "  total                fused into lengths_driver: light CPU stage",
         "GPU layout on the cluster: 1 GPU used, lower bound 1",
         "  node0 GPU 0: 40%, 32GiB of 80GiB: WordLengths#0 0.2, WordLengths#1 0.2",
         "  node0 GPU 1: 0%, 0B of 80GiB: free",
@@ -290,16 +296,16 @@ def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         lines = status.stdout.splitlines()
         assert lines[0] == "diamond  RUNNING"
-        assert sorted(line.split()[0] for line in lines[1:]) == [
-            "Inc", "add", "diamond_driver", "double", "triple"]
+        assert sorted(line.split()[0] for line in lines[1:]) == ["diamond_driver"]  # fused
         assert all(line.split()[1:] == ["HEALTHY", "RUNNING", "1"] for line in lines[1:])
         drawn = tmp_path / "live.dot"
         rendered = servegraph("status", "diamond", "--address", address, "--render",
                               str(drawn), env=env)
         assert rendered.returncode == 0, rendered.stderr
         assert rendered.stdout.splitlines()[-1] == f"wrote {drawn}"
-        assert drawn.read_text().count('fillcolor="#d9f2d9"') == 4  # four HEALTHY stages
-        assert 'label="Inc · 1 replica · 1 CPU · HEALTHY: RUNNING 1"' in drawn.read_text()
+        assert drawn.read_text().count('fillcolor="#d9f2d9"') == 1  # the driver, all fused
+        assert ('label="diamond_driver · 1 replica · 0 CPU · fused: Inc, double, triple, add · '
+                'HEALTHY: RUNNING 1"') in drawn.read_text()
         missing = servegraph("status", "nope", "--address", address, env=env)
         assert missing.stderr == ("servegraph status: error: no Serve application named "
                                   "'nope' (running: diamond)\n")

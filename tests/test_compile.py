@@ -15,7 +15,8 @@ from tests.stages import diamond, scoring
 
 def test_one_deployment_per_actor_group_plus_a_driver() -> None:
     plan = sg.compile(scoring())
-    assert plan.passes == list(PASSES) == ["validate", "typecheck", "resources", "pack", "lower"]
+    assert plan.passes == list(PASSES) == ["validate", "typecheck", "resources", "pack", "fuse",
+                                           "lower"]
     assert [(s.name, s.kind, s.methods) for s in plan.deployments] == [
         ("Scorer", "class", ["scale", "score"]), ("summarize", "function", ["__call__"])]
     scorer = plan.stage("Scorer")
@@ -25,7 +26,7 @@ def test_one_deployment_per_actor_group_plus_a_driver() -> None:
     assert scorer.batching["score"].max_batch_size == 8
     assert plan.driver.name == "scoring_driver"
     assert plan.driver.options == {"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
-                                   "max_queued_requests": -1,
+                                   "max_queued_requests": 1000,
                                    "ray_actor_options": {"num_cpus": 0}}
 
 

@@ -3,8 +3,14 @@ the Serve driver uses (no Ray needed to check statuses, bodies and headers)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import pickle
+import re
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,7 +19,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import servegraph as sg
-from servegraph.executors.ingress import View, handle_http
+from servegraph.executors import ingress, views
+from servegraph.executors.ingress import View, handle_http, plan_views
+from servegraph.executors.views import looks_like_token, openapi
 from tests.stages import scoring
 from tests.test_local import EXPECTED, PAYLOAD
 
@@ -91,3 +99,112 @@ def test_get_views_below_the_route() -> None:
         assert shown.headers["content-type"] == "application/json"
         assert test_client.get("/p").status_code == 405
         assert test_client.post("/p", json=PAYLOAD).json() == EXPECTED
+
+
+def test_a_body_over_the_limit_is_a_413_read_no_further() -> None:
+    executor = sg.LocalExecutor(scoring())
+    read: list[int] = []
+
+    async def endpoint(request: Request) -> Response:
+        return await handle_http(request, executor.run, max_body_bytes=1000)
+
+    app = Starlette(routes=[Route("/p", endpoint, methods=["POST"])])
+    with TestClient(app) as test_client:
+        declared = test_client.post("/p", content=b"x" * 1001, headers={"x-request-id": "big"})
+        assert declared.status_code == 413
+        assert declared.json() == {
+            "error": "the request body is larger than 1000 bytes: send less (the limit is "
+                     "SERVEGRAPH_MAX_BODY_BYTES)", "stage": None, "request_id": "big"}
+        assert declared.headers["x-request-id"] == "big"
+        assert test_client.post("/p", json=PAYLOAD).json() == EXPECTED
+
+    async def receive() -> dict[str, Any]:  # a chunked body of 100 x 400 bytes, no length
+        read.append(1)
+        return {"type": "http.request", "body": b" " * 400, "more_body": len(read) < 100}
+
+    request = Request({"type": "http", "method": "POST", "headers": [], "path": "/p"}, receive)
+    assert asyncio.run(ingress.read_body(request, 1000)) is None
+    assert len(read) == 3  # read up to the limit, then dropped
+
+
+def test_bodies_are_json_only_never_unpickled(client: TestClient, tmp_path: Any) -> None:
+    touched = tmp_path / "unpickled"
+    sneaky = pickle.dumps(_Touch(str(touched)))
+    response = client.post("/p", content=sneaky,
+                           headers={"content-type": "application/python-pickle"})
+    assert response.status_code == 400
+    assert not touched.exists()
+    deep = client.post("/p", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400
+    assert deep.json()["error"].startswith("the request body is not JSON")
+    for module in (ingress, views):
+        source = Path(module.__file__).read_text()
+        assert not re.search(r"import (cloud)?pickle|pickle\.loads?|marshal", source)
+
+
+class _Touch:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+@sg.deployment
+class Keyed:
+    def __init__(self, api_key: str, model: str, env: dict[str, str], hub_token: str = "",
+                 retries: int = 3) -> None:
+        self.model = model
+
+    def __call__(self, x: int) -> str:
+        return self.model
+
+
+SECRETS = ["sk-abc123def456ghi789jkl012", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+           "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", "s3cr3t-pa55"]
+
+
+def test_the_served_plan_redacts_secrets_the_plan_keeps_them() -> None:
+    with sg.InputNode() as inp:
+        out = Keyed.bind(SECRETS[3], "models/minilm-l6", {"HF_TOKEN": "abc", "MODE": "fast"},
+                         hub_token=SECRETS[1], retries=2).__call__.bind(inp.x)
+    plan = sg.compile(sg.Graph(out, name="keyed"))
+    served = plan_views(plan, None)["/-/plan"].body.decode()
+    assert not [secret for secret in [*SECRETS[1:], "abc"] if secret in served]
+    stage = next(d for d in json.loads(served)["deployments"] if d["name"] == "Keyed")
+    assert stage["init_args"] == [
+        {"const": "<redacted>"}, {"const": "models/minilm-l6"},
+        {"dict": {"HF_TOKEN": {"const": "<redacted>"}, "MODE": {"const": "fast"}}}]
+    assert stage["init_kwargs"] == {"hub_token": {"const": "<redacted>"},
+                                    "retries": {"const": 2}}
+    assert plan.deployments[0].init_args[0] == {"const": SECRETS[3]}  # the plan is unchanged
+
+
+@pytest.mark.parametrize(("value", "secret"), [
+    *[(s, True) for s in SECRETS[:3]],
+    ("ghp_0123456789abcdefghijABCDEFGHIJ012345", True),
+    ("AKIAIOSFODNN7EXAMPLE", True),
+    ("f3a9c2e7b1d84a6f9e0c5b7a2d1e8f4c", True),
+    ("models/minilm-l6", False), ("tests.stages:Scorer", False), ("all-MiniLM-L6-v2", False),
+    ("a sentence with words in it that is long enough", False), ("n12", False), (42, False),
+])
+def test_what_looks_like_a_token(value: Any, secret: bool) -> None:
+    assert looks_like_token(value) is secret
+
+
+def test_openapi_describes_the_route_its_input_and_its_errors(client: TestClient) -> None:
+    plan = sg.compile(scoring())
+    schema = openapi(plan, "/scoring")
+    post = schema["paths"]["/scoring"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Request"}
+    assert set(schema["components"]["schemas"]["Request"]["properties"]) >= {"query", "words"}
+    assert set(post["responses"]) == {"200", "400", "413", "422", "500", "503", "504"}
+    jsonschema.Draft202012Validator.check_schema(schema["components"]["schemas"]["Error"])
+    bad = client.post("/p", json={"query": 3, "words": []})
+    jsonschema.validate(bad.json(), schema["components"]["schemas"]["Error"])
+    with sg.InputNode() as inp:
+        out = Keyed.bind("k", "m", {}).__call__.bind(inp)
+    untyped = openapi(sg.compile(sg.Graph(out, name="free")), "/free")
+    assert untyped["paths"]["/free"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"] == {}

@@ -57,17 +57,25 @@ def test_ray_places_every_replica_where_the_plan_says(tmp_path: Path) -> None:
     assert lines[-1:] == ["multinode check passed"], report
     assert per_node(lines, "ray per node: ") == per_node(lines, "planned per node: "), report
     assert lines == [
-        "pipeline 'placement': 6 nodes, 4 stage deployments + driver; passes: validate, "
-        "typecheck, resources, pack, lower",
+        "pipeline 'placement': 6 nodes, 3 stage deployments + driver (1 fused into the "
+        "driver); passes: validate, typecheck, resources, pack, fuse, lower",
         "cluster: head: 2 x 24GiB GPU, 8 CPU; worker: 1 x 24GiB GPU, 8 CPU",
         "deployments:",
-        "  tokenize             function 1 replica, 1 CPU",
         "  Embedder             class    2 replicas, 1 CPU, 0.5 GPU (from gpu_memory 12GiB of "
         "24GiB)",
         "  Reranker             class    2 replicas, 1 CPU, 0.25 GPU (declared)",
         "  Generator            class    2 replicas, 1 CPU, 0.67 GPU (from gpu_memory 16GiB of "
         "24GiB)",
-        "  placement_driver     driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "  placement_driver     driver   1 replica, 0 CPU, max_ongoing_requests=1000, runs "
+        "tokenize in-process",
+        "fusion:",
+        "  tokenize             fused into placement_driver: light CPU stage",
+        "  Embedder             own deployment: needs a GPU (0.5): never fused across a GPU "
+        "boundary",
+        "  Reranker             own deployment: needs a GPU (0.25): never fused across a GPU "
+        "boundary",
+        "  Generator            own deployment: needs a GPU (0.67): never fused across a GPU "
+        "boundary",
         "GPU layout on the cluster: 3 GPUs used, lower bound 3",
         "  head GPU 0: 92%, 22GiB of 24GiB: Generator#1 0.67, Reranker#0 0.25",
         "  head GPU 1: 100%, 24GiB of 24GiB: Embedder#0 0.5, Embedder#1 0.5",
@@ -77,8 +85,7 @@ def test_ray_places_every_replica_where_the_plan_says(tmp_path: Path) -> None:
         "planned sharing: [['Embedder', 'Embedder'], ['Generator', 'Reranker'], "
         "['Generator', 'Reranker']]",
         "application RUNNING; replica states: {'Embedder': {'RUNNING': 2}, 'Generator': "
-        "{'RUNNING': 2}, 'Reranker': {'RUNNING': 2}, 'placement_driver': {'RUNNING': 1}, "
-        "'tokenize': {'RUNNING': 1}}",
+        "{'RUNNING': 2}, 'Reranker': {'RUNNING': 2}, 'placement_driver': {'RUNNING': 1}}",
         "GPU replicas that recorded their view: 6 of 6",
         "ray per node: {'head': [['Embedder', 'Embedder'], ['Generator', 'Reranker']], "
         "'worker': [['Generator', 'Reranker']]}",

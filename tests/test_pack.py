@@ -78,8 +78,8 @@ def test_fractions_are_derived_from_memory_on_a_grid_and_packed_best_fit() -> No
     assert [(h.stage, h.placed, h.max_replicas, h.fits) for h in layout.headroom] == [
         ("Scaled", 1, 4, 0)]
     assert plan.explain() == "\n".join([
-        "pipeline 'mixed': 5 nodes, 4 stage deployments + driver; passes: validate, "
-        "typecheck, resources, pack, lower",
+        "pipeline 'mixed': 5 nodes, 3 stage deployments + driver (1 fused into the driver); "
+        "passes: validate, typecheck, resources, pack, fuse, lower",
         "cluster: node0: 2 x 80GiB GPU",
         "deployments:",
         "  Big                  class    2 replicas, 1 CPU, 0.38 GPU (from gpu_memory 30GiB of "
@@ -88,8 +88,16 @@ def test_fractions_are_derived_from_memory_on_a_grid_and_packed_best_fit() -> No
         "80GiB)",
         "  Scaled               class    autoscaling 1..4, 1 at start, 1 CPU, 0.25 GPU "
         "(declared)",
-        "  post                 function 1 replica, 0.5 CPU",
-        "  mixed_driver         driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "  mixed_driver         driver   1 replica, 0 CPU, max_ongoing_requests=1000, runs post "
+        "in-process",
+        "fusion:",
+        "  Big                  own deployment: needs a GPU (0.38): never fused across a GPU "
+        "boundary",
+        "  Mid                  own deployment: needs a GPU (0.25): never fused across a GPU "
+        "boundary",
+        "  Scaled               own deployment: needs a GPU (0.25): never fused across a GPU "
+        "boundary",
+        "  post                 fused into mixed_driver: light CPU stage",
         "GPU layout on the cluster: 2 GPUs used, lower bound 2",
         "  node0 GPU 0: 76%, 60GiB of 80GiB: Big#0 0.38, Big#1 0.38",
         "  node0 GPU 1: 100%, 80GiB of 80GiB: Mid#0 0.25, Mid#1 0.25, Mid#2 0.25, Scaled#0 0.25",

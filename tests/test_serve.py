@@ -85,7 +85,7 @@ def test_bad_input_and_failing_stage_keep_the_service_serving(
 
 
 def test_one_deployment_per_actor_group_plus_the_driver(deploy: Callable[..., Any]) -> None:
-    plan = sg.compile(scoring())
+    plan = sg.compile(scoring(), fuse=False)
     deploy(plan, name="layout", route_prefix="/layout")
     status = serve.status().applications["layout"]
     assert sorted(status.deployments) == ["Scorer", "scoring_driver", "summarize"]

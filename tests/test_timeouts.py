@@ -122,8 +122,10 @@ def test_the_plan_carries_and_shows_them() -> None:
     stage = plan.stage("Flaky")
     assert (stage.timeout_s, stage.max_retries) == (None, 2)
     assert "timeout_s" not in stage.options and "max_retries" not in stage.options
-    assert "  Flaky                class    1 replica, 1 CPU, 2 retries" in plan.explain()
-    slow = sg.compile(stalling())
+    assert "  Flaky                fused into flaky_driver: light CPU stage" in plan.explain()
+    unfused = sg.compile(flaky(), fuse=False)
+    assert "  Flaky                class    1 replica, 1 CPU, 2 retries" in unfused.explain()
+    slow = sg.compile(stalling(), fuse=False)
     assert slow.stage("stalls").timeout_s == TIMEOUT_S
     assert "stalls               function 1 replica, 1 CPU, timeout 1 s per call" in \
         slow.explain()

@@ -34,7 +34,7 @@ def hostile() -> sg.Graph:
 
 
 def test_mermaid_has_every_deployment_node_and_edge() -> None:
-    text = to_mermaid(sg.compile(scoring()))
+    text = to_mermaid(sg.compile(scoring(), fuse=False))
     lines = text.splitlines()
     assert lines[0] == "flowchart LR"
     assert '  subgraph d0["Scorer · 1 replica · 1 CPU · batch score≤8"]' in lines
@@ -141,7 +141,7 @@ def test_live_status_labels_and_colours_each_deployment() -> None:
     from servegraph.visualize import LiveStatus
     from tests.stages import diamond
 
-    plan = sg.compile(diamond())
+    plan = sg.compile(diamond(), fuse=False)
     live = {"Inc": LiveStatus("HEALTHY", {"RUNNING": 1}),
             "add": LiveStatus("UNHEALTHY", {"STARTING": 1})}
     mermaid = to_mermaid(plan, live).splitlines()

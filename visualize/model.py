@@ -66,10 +66,16 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
     """The plan as boxes; with `live`, each deployment labelled and coloured by its status."""
     diagram = Diagram(title=plan.name)
     live = live or {}
-    cluster_ids = {stage.name: f"d{index}" for index, stage in enumerate(plan.deployments)}
+    served = plan.served()
+    cluster_ids = {stage.name: f"d{index}" for index, stage in enumerate(served)}
+    fused = plan.fused()
+    if fused:  # one deployment holding several stages: the driver, running them in-process
+        driver = plan.driver.name
+        cluster_ids[driver] = f"d{len(served)}"
+        cluster_ids.update({stage.name: cluster_ids[driver] for stage in fused})
     types = {node.id: node.output_type or "" for node in plan.nodes}
-    for stage in plan.deployments:
-        label, state = _stage_label(stage), live.get(stage.name)
+    for stage in [*served, plan.driver] if fused else served:
+        label, state = _stage_label(stage, fused), live.get(stage.name)
         if state is not None:
             label = f"{label} · {state.summary()}"
         diagram.clusters.append(Cluster(cluster_ids[stage.name], label,
@@ -114,7 +120,7 @@ def _add_gpu_layout(diagram: Diagram, plan: CompiledPipeline) -> None:
                 diagram.gpu_edges.append((first_box[stage], gpu_id))
 
 
-def _stage_label(stage: StagePlan) -> str:
+def _stage_label(stage: StagePlan, fused: list[StagePlan] | None = None) -> str:
     options = stage.options
     auto = options.get("autoscaling_config")
     if auto:
@@ -125,6 +131,8 @@ def _stage_label(stage: StagePlan) -> str:
     actor = options.get("ray_actor_options") or {}
     gpus = actor.get("num_gpus")
     parts = [stage.name, replicas, f"{actor.get('num_cpus', 1):g} CPU"]
+    if stage.role == "driver" and fused:
+        parts.append(f"fused: {', '.join(s.name for s in fused)}")
     if gpus:
         parts.append(f"{gpus:g} GPU")
     if stage.batching:

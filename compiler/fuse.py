@@ -1,0 +1,96 @@
+"""The fuse pass: light CPU stages run inside the driver replica instead of a deployment each.
+
+Every edge between two Serve deployments costs a hop (milliseconds); a light stage (tokenize,
+parse, vote, format) does not need an actor group of its own. A fused stage is built in the
+driver replica and called there directly (no handle, no serialisation), with the concurrency
+it had unfused: the driver's scheduling core still starts independent branches at once.
+
+A stage is light when it needs no GPU, has no scaling of its own (`num_replicas` unset or 1,
+no autoscaling), does not batch (`sg.batch`), neither makes nor reads a stream, sets no
+options only its own process can honour (`runtime_env`, custom resources, `user_config`,
+its own request limits), and does not say `fuse=False`. `fuse=True` asks for fusion despite
+batching or its own request limits (the driver then batches locally and its limits go); never
+across a GPU, an autoscaled stage, `num_replicas` > 1, a stream or `fuse=False`.
+`sg.compile(..., fuse=False)` turns the pass off. The decision for every stage, fused or not,
+and why, is kept in the plan (`StagePlan.fused_into`, `StagePlan.fusion`) for `explain()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..dag import CallNode, batch_spec
+from ..dag.nodes import find_nodes
+from .validate import CheckedGraph, Group, is_stream
+
+PASS = "fuse"
+# options only a process of the stage's own can honour
+_OWN_PROCESS = ("runtime_env", "resources", "memory", "accelerator_type")
+
+
+@dataclass(frozen=True)
+class FuseDecision:
+    """One stage: whether it runs inside the driver, and why (or why not)."""
+
+    fused: bool
+    reason: str
+
+
+def fuse_pass(checked: CheckedGraph, enabled: bool = True) -> CheckedGraph:
+    """Decide, for every actor group, whether it is fused into the driver."""
+    calls: dict[int, list[CallNode]] = {}
+    for node in checked.graph.nodes:
+        if isinstance(node, CallNode):
+            calls.setdefault(id(node.call.group), []).append(node)
+    streaming = {node.id for group in calls.values() for node in group if is_stream(node)}
+    decisions = {}
+    for group in checked.groups:
+        if not enabled:
+            decision = FuseDecision(False, "fusion off: compiled with fuse=False")
+        else:
+            decision = decide(checked, group, calls.get(id(group), []), streaming)
+        decisions[id(group)] = decision
+    return dataclasses.replace(checked, fusion=decisions)
+
+
+def decide(checked: CheckedGraph, group: Group, calls: list[CallNode],
+           streaming: set[int]) -> FuseDecision:
+    """The rules, hard ones first: those `fuse=True` cannot lift."""
+    options = checked.options[id(group)]
+    needs = checked.resources.get(id(group))
+    if options.fuse is False:
+        return FuseDecision(False, "fuse=False")
+    if needs is not None and needs.gpu_units:
+        return FuseDecision(False, f"needs a GPU ({needs.gpus:g}): never fused across a GPU "
+                                   "boundary")
+    if options.autoscaling_config is not None or options.num_replicas == "auto":
+        return FuseDecision(False, "autoscaled: scales on its own")
+    if isinstance(options.num_replicas, int) and options.num_replicas > 1:
+        return FuseDecision(False, f"num_replicas={options.num_replicas}: scales on its own")
+    if any(is_stream(node) for node in calls):
+        return FuseDecision(False, "streams its output")
+    if any(source.id in streaming for node in calls
+           for source in find_nodes([node.args, node.kwargs])):
+        return FuseDecision(False, "reads a stream")
+    actor = options.ray_actor_options
+    own = [name for name in _OWN_PROCESS
+           if actor is not None and getattr(actor, name, None) is not None]
+    if options.user_config is not None:
+        own.append("user_config")
+    if options.placement_group_bundles is not None:
+        own.append("placement_group_bundles")
+    if own:
+        return FuseDecision(False, f"needs a process of its own ({', '.join(own)})")
+    soft = []
+    if any(batch_spec(node.call.function) is not None for node in calls):
+        soft.append("batches calls (sg.batch)")
+    limits = [name for name in ("max_ongoing_requests", "max_queued_requests")
+              if getattr(options, name) is not None]
+    if limits:
+        soft.append(f"sets its own {' and '.join(limits)}")
+    if soft and options.fuse is not True:
+        return FuseDecision(False, f"{'; '.join(soft)} (fuse=True would fuse it)")
+    if soft:
+        return FuseDecision(True, f"fuse=True, though it {'; '.join(soft)}")
+    return FuseDecision(True, "fuse=True" if options.fuse else "light CPU stage")

@@ -1,0 +1,85 @@
+"""The Serve driver's runner when the plan fused stages into it (see `compiler.fuse`).
+
+One runner for the one scheduling core: fused steps go to the local runner's `_Call` (the
+stage object built in the driver replica, called directly: no handle, no serialisation, the
+same sync/async/batch/guard handling as `run_local`), every other step to its deployment's
+handle. The two kinds of future meet at the edges between them: a fused call reading a
+`DeploymentResponse` awaits it in the driver first, and a handle call reading an in-process
+asyncio future awaits that first too (a Serve handle cannot take one). Both waits run in a
+task of their own, so the core still dispatches independent branches at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray.serve.handle import DeploymentResponse
+
+from .core import Runner, Step
+from .local import _LocalRunner
+
+
+class FusedRunner:
+    def __init__(self, local: _LocalRunner, remote: Runner) -> None:
+        self.local = local
+        self.remote = remote
+
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        if step.node.id in self.local.calls:
+            if any(_has(leaf, DeploymentResponse) for leaf in leaves):
+                return asyncio.get_running_loop().create_task(self._fused_later(step, leaves))
+            return self.local.call(step, leaves)
+        if any(_has(leaf, asyncio.Future) for leaf in leaves):
+            return asyncio.get_running_loop().create_task(self._remote_later(step, leaves))
+        return self.remote.call(step, leaves)
+
+    async def _fused_later(self, step: Step, leaves: list[Any]) -> Any:
+        """A fused call reading deployments' responses: awaited here, then called in-process."""
+        ready = [await _awaited(leaf, (DeploymentResponse, asyncio.Future)) for leaf in leaves]
+        return await self.local.calls[step.node.id].run_async(ready)
+
+    async def _remote_later(self, step: Step, leaves: list[Any]) -> Any:
+        """A deployment's call reading fused results: those awaited, then the handle called
+        (responses among its leaves still pass on unawaited); a stream stays unstarted."""
+        ready = [await _awaited(leaf, (asyncio.Future,)) for leaf in leaves]
+        result = self.remote.call(step, ready)
+        return result if step.node.stream else await result
+
+    def is_future(self, value: Any) -> bool:
+        return isinstance(value, (asyncio.Future, DeploymentResponse))
+
+    async def resolve(self, value: Any) -> Any:
+        return await value
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        return self.remote.on_error(error, request_id)
+
+    def discard(self, value: Any) -> None:
+        if isinstance(value, asyncio.Future):
+            self.local.discard(value)
+        else:
+            self.remote.discard(value)
+
+    def open(self, stream: Any) -> AsyncIterator[Any]:
+        if isinstance(stream, asyncio.Future):  # a stream whose call waited on fused inputs
+            return self._open_later(stream)
+        return self.remote.open(stream)
+
+    async def _open_later(self, started: asyncio.Future[Any]) -> AsyncIterator[Any]:
+        async for chunk in self.remote.open(await started):
+            yield chunk
+
+
+def _has(leaf: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(leaf, kind) or (
+        isinstance(leaf, list) and any(isinstance(value, kind) for value in leaf))
+
+
+async def _awaited(leaf: Any, kinds: tuple[type, ...]) -> Any:
+    if isinstance(leaf, kinds):
+        return await leaf
+    if isinstance(leaf, list) and any(isinstance(value, kinds) for value in leaf):
+        return list(await asyncio.gather(*(_awaited(value, kinds) for value in leaf)))
+    return leaf
