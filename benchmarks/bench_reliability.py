@@ -8,7 +8,7 @@ Ray Serve, then loads it over HTTP from a second process (`python -m servegraph 
 3. the driver replica killed mid-load: the same;
 4. a rolling update (every stage redeployed) mid-load.
 
-Prints a Markdown table (docs/reliability.md) and writes the summaries as JSON.
+Prints a Markdown table (README, "Reliability") and writes the summaries as JSON.
 Usage: python benchmarks/bench_reliability.py [-n 10000] [-c 64] [--json out.json]
 """
 
