@@ -21,6 +21,8 @@ from .validate import CheckedGraph, is_stream, spec_of_group
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000
 DRIVER_MAX_QUEUED_REQUESTS = 1000  # then Serve answers 503: memory stays bounded
+# ... with `Retry-After`: Serve 2.60's proxy adds it only when this is set
+DRIVER_BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
 
 
 def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> CompiledPipeline:
@@ -49,6 +51,7 @@ def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> Compil
         name=driver_name, role="driver", kind="driver",
         options={"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
                  "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
+                 "backpressure_config": DRIVER_BACKPRESSURE,
                  "ray_actor_options": {"num_cpus": 0}},
         site=str(graph.site),
     )

@@ -27,6 +27,8 @@ def test_one_deployment_per_actor_group_plus_a_driver() -> None:
     assert plan.driver.name == "scoring_driver"
     assert plan.driver.options == {"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
                                    "max_queued_requests": 1000,
+                                   "backpressure_config": {"status_code": 503,
+                                                           "retry_after_s": 1},
                                    "ray_actor_options": {"num_cpus": 0}}
 
 

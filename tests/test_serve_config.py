@@ -59,7 +59,9 @@ def test_gpu_stage_config_validates_and_carries_the_derived_fraction_and_the_clu
             "deployments": [
                 {"name": "WordLengths", "num_replicas": 2, "ray_actor_options": {"num_gpus": 0.2}},
                 {"name": "lengths_driver", "max_ongoing_requests": 1000,
-                 "max_queued_requests": 1000, "ray_actor_options": {"num_cpus": 0}},
+                 "max_queued_requests": 1000,
+                 "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+                 "ray_actor_options": {"num_cpus": 0}},
             ],
         }],
     }
@@ -93,6 +95,7 @@ def test_every_serve_option_reaches_the_config_and_validates() -> None:
          "graceful_shutdown_timeout_s": 3.0, "health_check_period_s": 5.0,
          "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}},
         {"name": "ranked_driver", "max_ongoing_requests": 1000, "max_queued_requests": 1000,
+         "backpressure_config": {"status_code": 503, "retry_after_s": 1},
          "ray_actor_options": {"num_cpus": 0}},
     ]
 
