@@ -3,8 +3,6 @@ the pass, the stage, the user's source line and a fix."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from pydantic import BaseModel
 
@@ -22,14 +20,7 @@ from tests.bad_stages import (
     produce,
     typo,
 )
-
-
-def at(module_file: str, code: str) -> str:
-    """`path:line: code` for the one line of `module_file` that reads `code`."""
-    with open(module_file) as handle:
-        lines = [number for number, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, f"{code!r} must appear once in {module_file}"
-    return f"{os.path.relpath(module_file)}:{lines[0]}: {code}"
+from tests.sites import at
 
 
 def here(code: str) -> str:

@@ -3,7 +3,6 @@ errors that say what would fit, and cluster specs from Python and from CLI flags
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -11,15 +10,13 @@ import pytest
 import servegraph as sg
 from servegraph.compiler.pack import Bin, Demand, pack
 from servegraph.dag.deployment import spec_of
+from tests import sites
 
 GiB = 2**30
 
 
 def at(code: str) -> str:
-    with open(__file__) as handle:
-        lines = [n for n, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, code
-    return f"{os.path.relpath(__file__)}:{lines[0]}: {code}"
+    return sites.at(__file__, code)
 
 
 @sg.deployment(num_replicas=2, gpu_memory="30GiB")

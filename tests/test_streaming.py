@@ -5,7 +5,6 @@ executors — which Ray Serve itself cannot do (ray-project/ray#57098)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 import servegraph as sg
+from tests.sites import at
 from tests.stream_stages import (
     Shout,
     Words,
@@ -29,10 +29,7 @@ from tests.stream_stages import (
 
 
 def here(code: str) -> str:
-    with open(__file__) as handle:
-        lines = [n for n, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, code
-    return f"{os.path.relpath(__file__)}:{lines[0]}: {code}"
+    return at(__file__, code)
 
 
 async def _chunks(stream: Any) -> list[Any]:

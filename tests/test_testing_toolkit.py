@@ -5,7 +5,6 @@ own behaviour (run through pytest's `pytester`)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import pytest
@@ -13,18 +12,10 @@ import pytest
 import servegraph as sg
 from servegraph import testing as sgt
 from tests import stages
+from tests.sites import at
 from tests.stages import Scorer, add, diamond, double, scoring, summarize
 from tests.test_local import EXPECTED, PAYLOAD
 from tests.toolkit_stages import CpuEmbedder, GpuEmbedder, search
-
-
-def at(module_file: str, code: str) -> str:
-    """`path:line: code` for the one line of `module_file` that reads `code`."""
-    with open(module_file) as handle:
-        lines = [number for number, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, f"{code!r} must appear once in {module_file}"
-    return f"{os.path.relpath(module_file)}:{lines[0]}: {code}"
-
 
 DIAMOND_ADD = at(stages.__file__, "out = add.bind(double.bind(a), triple.bind(a))")
 SCORER_SCALE = at(stages.__file__, "scaled = scorer.scale.bind(query, factor=inp.factor)")

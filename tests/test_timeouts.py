@@ -4,13 +4,13 @@ stage; a flaky idempotent stage succeeds within its retries)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import servegraph as sg
 from servegraph import testing as sgt
+from tests.sites import at
 from tests.stages import diamond
 from tests.toolkit_stages import (
     RELEASE,
@@ -23,19 +23,13 @@ from tests.toolkit_stages import (
 
 
 def here(code: str) -> str:
-    with open(__file__) as handle:
-        lines = [n for n, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, code
-    return f"{os.path.relpath(__file__)}:{lines[0]}: {code}"
+    return at(__file__, code)
 
 
 def at_stages(code: str) -> str:
     from tests import toolkit_stages
 
-    with open(toolkit_stages.__file__) as handle:
-        lines = [n for n, text in enumerate(handle, 1) if text.strip() == code]
-    assert len(lines) == 1, code
-    return f"{os.path.relpath(toolkit_stages.__file__)}:{lines[0]}: {code}"
+    return at(toolkit_stages.__file__, code)
 
 
 STALLING = at_stages("out = combine.bind(stalls.bind(inp.x), blocks.bind(inp.y))")
