@@ -320,11 +320,15 @@ class PipelineHandle:
         return asyncio.run_coroutine_threadsafe(_awaited(fn, *args), self._loop).result(
             timeout=timeout_s)
 
+    def _result(self, handle: DeploymentHandle, payload: Any, timeout_s: float | None) -> Any:
+        """One blocking call of a driver method, on our own loop when we have one."""
+        if self._loop is None:
+            return handle.remote(payload).result(timeout_s=timeout_s)
+        return self._on_loop(handle.remote, payload, timeout_s=timeout_s)
+
     def call(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
         try:
-            if self._loop is None:
-                return self._run.remote(payload).result(timeout_s=timeout_s)
-            return self._on_loop(self._run.remote, payload, timeout_s=timeout_s)
+            return self._result(self._run, payload, timeout_s)
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
@@ -342,9 +346,7 @@ class PipelineHandle:
         kept in the trace, not raised). The driver then awaits every intermediate value, so
         the request costs a transfer per node: for tests and debugging."""
         try:
-            if self._loop is None:
-                return self._trace.remote(payload).result(timeout_s=timeout_s)
-            return self._on_loop(self._trace.remote, payload, timeout_s=timeout_s)
+            return self._result(self._trace, payload, timeout_s)
         except Exception as exc:
             raise as_pipeline_error(exc, self.name) from None
 
