@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from spine_report import (
@@ -296,12 +296,12 @@ async def measure_loads(contender: str, handle_call: Callable[[], Call], url: st
 
 
 async def load(contender: str, transport: str, call: Call, concurrency: int,
-               duration: float, warmup: float) -> Load:
+               duration: float, warmup: float, workload: Workload | None = None) -> Load:
     """`concurrency` workers issue requests back to back: a warm-up, then `duration` measured
     (requests started before the deadline all count; the clock stops at the last reply)."""
-    await run_workers(call, concurrency, warmup, contender)
+    await run_workers(call, concurrency, warmup, contender, workload)
     start = time.perf_counter()
-    samples = await run_workers(call, concurrency, duration, contender)
+    samples = await run_workers(call, concurrency, duration, contender, workload)
     seconds = time.perf_counter() - start
     samples.sort()
     return Load(contender, transport, concurrency, len(samples), seconds,
@@ -309,9 +309,11 @@ async def load(contender: str, transport: str, call: Call, concurrency: int,
                 quantile(samples, 0.99) * 1e3)
 
 
-async def run_workers(call: Call, concurrency: int, duration: float,
-                      contender: str) -> list[float]:
-    """Latencies of the requests the workers completed; worker i sends x = i, i + N, ..."""
+async def run_workers(call: Call, concurrency: int, duration: float, contender: str,
+                      workload: Workload | None = None) -> list[float]:
+    """Latencies of the requests the workers completed; worker i sends request i, i + N, ...
+    of the workload (the diamond's `{"x": i}` unless another is given), each answer checked."""
+    workload = workload or DIAMOND
     deadline = time.perf_counter() + duration
     samples: list[float] = []
 
@@ -319,9 +321,9 @@ async def run_workers(call: Call, concurrency: int, duration: float,
         x = first
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            result = await call({"x": x})
+            result = await call(workload.request(x))
             samples.append(time.perf_counter() - start)
-            _check(contender, x, result)
+            workload.check(contender, x, result)
             x += concurrency
 
     await asyncio.gather(*(worker(index) for index in range(concurrency)))
@@ -338,6 +340,17 @@ def _check(contender: str, x: int, result: Any) -> None:
     """Every contender must compute the diamond: 2(x+1) + 3(x+1)."""
     if result != 5 * (x + 1):
         raise AssertionError(f"{contender}: diamond({x}) gave {result!r}, not {5 * (x + 1)}")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the load workers send: request number x, and the check of its answer."""
+
+    request: Callable[[int], dict[str, Any]]
+    check: Callable[[str, int, Any], None]
+
+
+DIAMOND = Workload(lambda x: {"x": x}, _check)
 
 
 def _log(message: str) -> None:

@@ -128,11 +128,11 @@ class Hit(TypedDict):
     score: float
 
 
-@sg.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@sg.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})
 class Encoder:
-    """Sentence embeddings. One replica holds the model (90 MB, ~6 s to load); room for two
-    full batches of requests (`max_ongoing_requests=64`) lets the next batch fill while the
-    model runs the current one."""
+    """Sentence embeddings. One replica holds the model (90 MB, ~6 s to load). Being batched,
+    it takes every call in flight into its batch queue (the compiler's default request limit
+    for a batched stage, 1000): the next batch fills while the model runs the current one."""
 
     def __init__(self, model_dir: str | None = None) -> None:
         self.model_dir = model_dir or default_model_dir()
@@ -255,7 +255,7 @@ def onnx_model_path(model_dir: str | None = None) -> Path:
     return cached(f"minilm-{key}.onnx", functools.partial(export_onnx, model_dir))
 
 
-@sg.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@sg.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})
 class OnnxEncoder:
     """The Encoder's model exported to ONNX and run by ONNX Runtime: the same embeddings
     (cosine ≥ 0.999, in practice 1 - 1e-7), no torch in the replica, and a faster CPU path.
@@ -288,9 +288,11 @@ class OnnxEncoder:
         return vectors.tolist()
 
 
-@sg.deployment(num_replicas=1, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
+@sg.deployment(ray_actor_options={"num_cpus": 0.5})
 class Ranker:
-    """Cosine similarity and top-k: a few microseconds of numpy, so half a logical CPU."""
+    """Cosine similarity and top-k: a few microseconds of numpy. A light stage, so the fuse
+    pass runs it inside the driver (no hop); compiled with `fuse=False` it is a deployment of
+    half a logical CPU."""
 
     def rank(self, query: list[float], docs: list[list[float]], documents: list[str],
              top_k: int) -> list[Hit]:
@@ -347,10 +349,13 @@ def describe_plan(plan: sg.CompiledPipeline) -> list[str]:
     for stage in [*plan.deployments, plan.driver]:
         options = stage.options
         cpus = (options.get("ray_actor_options") or {}).get("num_cpus", 1)
-        parts = [f"{stage.name:<14}", f"{stage.kind:<6}",
-                 f"replicas={options.get('num_replicas', 1)}",
-                 f"max_ongoing_requests={options.get('max_ongoing_requests')}",
-                 f"num_cpus={cpus}"]
+        parts = [f"{stage.name:<14}", f"{stage.kind:<6}"]
+        if stage.fused_into is not None:
+            parts.append(f"fused into {stage.fused_into} (runs in-process, no hop)")
+        else:
+            parts += [f"replicas={options.get('num_replicas', 1)}",
+                      f"max_ongoing_requests={options.get('max_ongoing_requests')}",
+                      f"num_cpus={cpus}"]
         if stage.methods:
             parts.append(f"methods={','.join(stage.methods)}")
         for method, batching in stage.batching.items():

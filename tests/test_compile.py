@@ -41,7 +41,7 @@ def test_batched_stage_gets_room_for_two_batches() -> None:
 
     with sg.InputNode() as inp:
         out = Batched.bind().run.bind(inp.x)
-    assert sg.compile(sg.Graph(out)).stage("Batched").options["max_ongoing_requests"] == 32
+    assert sg.compile(sg.Graph(out)).stage("Batched").options["max_ongoing_requests"] == 1000
 
 
 def test_schedule_is_topological_with_argument_templates() -> None:

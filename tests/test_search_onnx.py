@@ -101,7 +101,7 @@ def test_onnx_graph_plan() -> None:
     batching = plan.stage("OnnxEncoder").batching["encode"]
     assert batching.max_batch_size == search.MAX_BATCH_BLOCKS
     assert batching.batch_size_fn == "servegraph.pipelines.search:padded_blocks"
-    assert plan.stage("OnnxEncoder").options["max_ongoing_requests"] == 64
+    assert plan.stage("OnnxEncoder").options["max_ongoing_requests"] == 1000
     assert sg.compile(search.build_graph(encoder="torch")).name == "search"
 
 

@@ -54,16 +54,19 @@ def test_graph_compiles_to_encoder_ranker_and_driver() -> None:
     plan = sg.compile(search.graph)
     assert [stage.name for stage in plan.deployments] == ["Encoder", "Ranker"]
     assert plan.driver.name == "search_driver"
+    assert [stage.name for stage in plan.served()] == ["Encoder"]
+    assert plan.stage("Ranker").fused_into == "search_driver"
     assert plan.input_model == "servegraph.pipelines.search:SearchRequest"
     encoder_stage = plan.stage("Encoder")
     assert encoder_stage.methods == ["encode"]
     assert encoder_stage.batching["encode"].max_batch_size == 32
-    assert encoder_stage.options["max_ongoing_requests"] == 64
+    assert encoder_stage.options["max_ongoing_requests"] == 1000
     assert encoder_stage.init_args == []
     assert [node.op for node in plan.nodes if node.stage == "Encoder"] == ["call", "map"]
     summary = search.describe_plan(plan)
     assert summary[1].split()[:2] == ["Encoder", "class"]
     assert "batch(encode)<=32 wait=5ms" in summary[1]
+    assert summary[2].split()[:5] == ["Ranker", "class", "fused", "into", "search_driver"]
     other_weights = sg.compile(search.build_graph("/models/minilm")).stage("Encoder")
     assert other_weights.init_args == [{"const": "/models/minilm"}]
 
