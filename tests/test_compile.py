@@ -29,6 +29,7 @@ def test_one_deployment_per_actor_group_plus_a_driver() -> None:
                                    "max_queued_requests": 1000,
                                    "backpressure_config": {"status_code": 503,
                                                            "retry_after_s": 1},
+                                   "health_check_period_s": 1.0,
                                    "ray_actor_options": {"num_cpus": 0}}
 
 

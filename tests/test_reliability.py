@@ -130,14 +130,9 @@ def test_a_killed_replica_loses_no_request(served: str, tmp_path: Path,
                                    timeout_s=90, what=f"{deployment} restored")
         summary = rs.finish_bench(load, tmp_path / "load.json")
     print(f"{deployment}: replica restored in {recovery_s:.1f} s; {summary['statuses']}")
-    if deployment.endswith("_driver"):
-        # Known gap (Ray Serve 2.60): a request in flight on the killed ingress replica can go
-        # unanswered until the client's timeout; seen once (1 of 600) on a loaded machine, never
-        # in the long runs. Bounded here, not hidden: anything beyond it fails.
-        assert summary["answered"] + summary["statuses"].get("timeout", 0) == 600, summary
-        assert summary["lost"] == summary["statuses"].get("timeout", 0) <= 6, summary
-    else:
-        assert (summary["answered"], summary["lost"]) == (600, 0), summary
+    # Requests Serve was handing to a killed driver wait in its proxy for the replacement; the
+    # driver's 1 s health check (compiler/lower.py) keeps that wait far below the timeout.
+    assert (summary["answered"], summary["lost"]) == (600, 0), summary
     assert only_stage_failures(summary, driver=deployment.endswith("_driver")) == [], summary
     after = rs.run_bench(served, cases, tmp_path / "after.json", requests=200, concurrency=16)
     assert after["correct"] == after["good"] == 180, after

@@ -61,7 +61,7 @@ def test_gpu_stage_config_validates_and_carries_the_derived_fraction_and_the_clu
                 {"name": "lengths_driver", "max_ongoing_requests": 1000,
                  "max_queued_requests": 1000,
                  "backpressure_config": {"status_code": 503, "retry_after_s": 1},
-                 "ray_actor_options": {"num_cpus": 0}},
+                 "health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0}},
             ],
         }],
     }
@@ -96,7 +96,7 @@ def test_every_serve_option_reaches_the_config_and_validates() -> None:
          "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}},
         {"name": "ranked_driver", "max_ongoing_requests": 1000, "max_queued_requests": 1000,
          "backpressure_config": {"status_code": 503, "retry_after_s": 1},
-         "ray_actor_options": {"num_cpus": 0}},
+         "health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0}},
     ]
 
 
