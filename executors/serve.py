@@ -36,6 +36,7 @@ from .fused import FusedRunner
 from .guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from .ingress import handle_http, plan_views
 from .local import _instances, _LocalRunner
+from .proxy import PROXY_ENV
 from .trace import Trace
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:
@@ -473,8 +474,9 @@ def ensure_ray(plan: CompiledPipeline) -> None:
         ray.init(address=address)
         return
     # the Serve controller this Ray starts places replicas as the pack pass planned them, and
-    # runs its replicas in Serve's throughput-optimised mode (see FAST_PATH_ENV)
-    for name, value in {**SERVE_ENV, **FAST_PATH_ENV}.items():
+    # runs its replicas in Serve's throughput-optimised mode (see FAST_PATH_ENV); its proxies
+    # answer a request whose ingress replica died with a 502 naming it (executors/proxy.py)
+    for name, value in {**SERVE_ENV, **FAST_PATH_ENV, **PROXY_ENV}.items():
         os.environ.setdefault(name, value)
     # address="local": a new embedded Ray even when `ray start` left a cluster on this machine
     ray.init(address="local",

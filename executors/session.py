@@ -12,6 +12,7 @@ import ray
 from ray import serve
 
 from ..compiler.pack import SERVE_ENV
+from .proxy import PROXY_ENV
 
 
 @contextlib.contextmanager
@@ -26,7 +27,8 @@ def serve_session(*, num_cpus: int, num_gpus: int) -> Iterator[int]:
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            for name, value in SERVE_ENV.items():  # Serve places replicas as planned
+            # Serve places replicas as planned, and its proxy names a dead ingress
+            for name, value in {**SERVE_ENV, **PROXY_ENV}.items():
                 os.environ.setdefault(name, value)
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      include_dashboard=False, configure_logging=False)

@@ -1,0 +1,112 @@
+"""The proxy middleware (`executors/proxy.py`) on plain ASGI apps, without Ray: a request the
+wrapped app leaves unanswered gets a JSON 502 naming the ingress; anything answered passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from servegraph.executors.proxy import PROXY_ENV, IngressDiedGuard, middlewares
+
+
+def call(app: Any, path: str = "/search", headers: list[tuple[bytes, bytes]] | None = None,
+         scope_type: str = "http") -> list[dict[str, Any]]:
+    """Run one request through `IngressDiedGuard(app)`; the messages it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": scope_type, "path": path, "headers": list(headers or [])}
+    asyncio.run(IngressDiedGuard(app)(scope, receive, send))
+    return sent
+
+
+class Router:
+    """Serve's route table as the middleware reads it: `match_route` -> (prefix, handle, _)."""
+
+    def match_route(self, path: str) -> tuple[str, Any, bool] | None:
+        if path.startswith("/search"):
+            return "/search", SimpleNamespace(deployment_name="search_driver"), False
+        return None
+
+
+def serve_like(answer: bool, *, raises: bool = False) -> Any:
+    """An app shaped like Serve's: a request-id middleware (adding the id to the scope, as
+    Serve's does) around a proxy with a route table, which answers or not."""
+
+    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["headers"].append((b"x-request-id", b"made-by-serve"))
+        if raises:
+            raise RuntimeError("the actor died")
+        if answer:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"[]"})
+
+    proxy.proxy_router = Router()  # type: ignore[attr-defined]
+    return RequestIdLike(proxy)
+
+
+class RequestIdLike:
+    """Serve's request-id middleware keeps the proxy it wraps as `_app`."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
+def test_an_unanswered_request_gets_a_502_naming_the_driver() -> None:
+    start, body = call(serve_like(answer=False))
+    length = str(len(body["body"])).encode()
+    assert start == {"type": "http.response.start", "status": 502, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", length),
+        (b"retry-after", b"1"), (b"x-request-id", b"made-by-serve")]}
+    assert json.loads(body["body"]) == {
+        "error": "the ingress search_driver of /search stopped before answering (its replica "
+                 "died); Serve is starting another: retry",
+        "stage": "search_driver", "request_id": "made-by-serve"}
+
+
+def test_a_failing_proxy_is_answered_too_and_an_unknown_route_is_named() -> None:
+    start, body = call(serve_like(answer=False, raises=True), path="/other")
+    assert start["status"] == 502
+    assert json.loads(body["body"])["stage"] is None
+    assert json.loads(body["body"])["error"].startswith("the ingress replica of /other stopped")
+
+
+def test_answered_requests_and_other_scopes_pass_untouched() -> None:
+    assert call(serve_like(answer=True)) == [
+        {"type": "http.response.start", "status": 200, "headers": []},
+        {"type": "http.response.body", "body": b"[]"}]
+
+    async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "lifespan.startup.complete"})
+
+    assert call(lifespan, scope_type="lifespan") == [{"type": "lifespan.startup.complete"}]
+
+
+def test_a_response_already_started_is_never_replaced() -> None:
+    async def breaks_midway(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("stream broke")
+
+    with pytest.raises(RuntimeError, match="stream broke"):
+        call(breaks_midway)
+
+
+def test_serve_finds_the_middleware_by_its_import_path() -> None:
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray.serve._private.utils import call_function_from_import_path
+
+    path = PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
+    found = validate_http_proxy_callback_return(call_function_from_import_path(path))
+    assert [m.cls for m in found] == [m.cls for m in middlewares()] == [IngressDiedGuard]
