@@ -14,6 +14,11 @@ Printed in one run, as ratios within that run (this machine is shared and noisy)
     throughput), ONNX Runtime (`OnnxEncoder`) against PyTorch (`Encoder`,
     sentence-transformers). The per-text cost across batch sizes shows how much a batch can
     save on this hardware at all.
+(c) the ceiling: the ONNX encoder's own path (no servegraph, no Serve) kept busy for a few
+    seconds, texts/s unbatched (batches of 1) against batched (batches of 32), each in its
+    best thread layout on this machine: one call at a time on every CPU's thread, or one
+    single-threaded call per CPU at once (as concurrent unbatched requests run). Their ratio
+    bounds what any batching, servegraph's or hand-written, can buy this encoder here.
 
 Run from anywhere: `python benchmarks/bench_models.py [--quick] [--serve] [--json out.json]`.
 The first run exports the ONNX model into the model cache (about ten seconds).
@@ -202,6 +207,60 @@ def measure_serve(args: argparse.Namespace) -> list[Load]:
 
 
 BATCH_SIZES = (1, 8, 32)
+CEILING_BATCHES = (1, 32)
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The ONNX encoder's raw throughput at one batch size in one thread layout."""
+
+    batch_size: int
+    threads: int  # intra-op threads per call
+    calls: int    # calls running at once, one Python thread each
+    texts_per_s: float
+
+
+def measure_ceiling(args: argparse.Namespace) -> list[Ceiling]:
+    """Each (batch size, layout) kept busy for `args.duration` seconds on fresh texts."""
+    from servegraph.pipelines.search import OnnxEncoder
+
+    cpus = os.cpu_count() or 1
+    layouts = [(cpus, 1), (1, cpus)] if cpus > 1 else [(1, 1)]
+    encoders = {threads: OnnxEncoder(threads=threads) for threads, _ in layouts}
+    rows = []
+    for size in CEILING_BATCHES:
+        for threads, calls in layouts:
+            _log(f"part (c): batches of {size}, {calls} call(s) of {threads} thread(s)")
+            rate = busy(encoders[threads]._embed, size, calls, args.duration)
+            rows.append(Ceiling(size, threads, calls, rate))
+    return rows
+
+
+def busy(embed: Callable[[list[str]], Any], size: int, calls: int, duration: float) -> float:
+    """Texts/s of `calls` Python threads each calling `embed` on batches of `size` unique
+    texts back to back for `duration` seconds (ONNX Runtime releases the GIL)."""
+    import itertools
+    import threading
+
+    corpus = texts()
+    numbers = itertools.count()
+    done = [0] * calls
+    embed(corpus[:size])  # the first call of a shape pays for ONNX Runtime's set-up
+
+    def work(slot: int, deadline: float) -> None:
+        while time.perf_counter() < deadline:
+            first = next(numbers) * size
+            embed([f"{corpus[(first + i) % len(corpus)]} ({first + i})" for i in range(size)])
+            done[slot] += size
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(slot, started + duration))
+               for slot in range(calls)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.perf_counter() - started)
 
 
 def measure_encoders(args: argparse.Namespace) -> list[Encoding]:
@@ -241,9 +300,15 @@ def measure_encoders(args: argparse.Namespace) -> list[Encoding]:
 # --- report ------------------------------------------------------------------------------
 
 
-def ratios(loads: list[Load], encodings: list[Encoding]) -> list[tuple[str, float, str]]:
+def ratios(loads: list[Load], encodings: list[Encoding],
+           ceiling: Sequence[Ceiling] = ()) -> list[tuple[str, float, str]]:
     """(what, value, target) for each comparison the run can make."""
     found = []
+    best = {size: max((row.texts_per_s for row in ceiling if row.batch_size == size),
+                      default=None) for size in CEILING_BATCHES}
+    if all(best.values()):
+        found.append((f"ceiling: raw ONNX texts/s, batches of {CEILING_BATCHES[-1]} / of 1",
+                      best[CEILING_BATCHES[-1]] / best[1], ""))
     for executor in ("local", "serve"):
         by_name = {row.contender: row for row in loads if row.executor == executor}
         if {"sg.batch", "unbatched"} <= set(by_name):
@@ -268,7 +333,8 @@ def ratios(loads: list[Load], encodings: list[Encoding]) -> list[tuple[str, floa
     return found
 
 
-def report(loads: list[Load], encodings: list[Encoding]) -> str:
+def report(loads: list[Load], encodings: list[Encoding],
+           ceiling: Sequence[Ceiling] = ()) -> str:
     lines = [f"(a) ONNX encoder stage, {CONCURRENCY} concurrent single-text requests",
              f"  {'contender':<10} {'executor':<8} {'requests':>8} {'texts/s':>9} "
              f"{'p50 ms':>8} {'p99 ms':>8}"]
@@ -280,8 +346,13 @@ def report(loads: list[Load], encodings: list[Encoding]) -> str:
     lines += [f"  {r.encoder:<12} {r.threads:>7} {r.batch_size:>5} {r.calls:>5} "
               f"{r.call_p50_ms:>11.2f} {r.text_ms:>8.2f} {r.texts_per_s:>8.1f}"
               for r in encodings]
+    if ceiling:
+        lines += ["", "(c) the ceiling: the ONNX encoder's own path kept busy, best layouts",
+                  f"  {'batch':>5} {'threads':>7} {'calls at once':>13} {'texts/s':>8}"]
+        lines += [f"  {r.batch_size:>5} {r.threads:>7} {r.calls:>13} {r.texts_per_s:>8.1f}"
+                  for r in ceiling]
     lines += ["", "ratios"]
-    for what, value, target in ratios(loads, encodings):
+    for what, value, target in ratios(loads, encodings, ceiling):
         verdict = ""
         if target:
             verdict = f"  (target {target}: {'met' if value >= 3 else 'NOT met'})"
@@ -296,13 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         loads += measure_serve(args)
     encodings = measure_encoders(args)
-    print(report(loads, encodings))
+    ceiling = measure_ceiling(args)
+    print(report(loads, encodings, ceiling))
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"loads": [asdict(r) for r in loads],
                        "encoders": [asdict(r) for r in encodings],
+                       "ceiling": [asdict(r) for r in ceiling],
                        "ratios": [{"name": n, "value": v, "target": t}
-                                  for n, v, t in ratios(loads, encodings)]}, out, indent=2)
+                                  for n, v, t in ratios(loads, encodings, ceiling)]},
+                      out, indent=2)
     return 0
 
 

@@ -3,7 +3,8 @@ schedule of nodes the driver walks.
 
 Serve options are chosen per stage role. The driver only awaits other deployments, so Serve's
 default `max_ongoing_requests=5` would starve it (measured on 2 cores: a fan-in served 6 req/s
-at the default, 58 req/s raised); it gets `DRIVER_MAX_ONGOING_REQUESTS` and no CPU of its own.
+at the default, 58 req/s raised); it gets `DRIVER_MAX_ONGOING_REQUESTS` and no CPU of its own,
+only the CPUs the stages fused into it declared.
 A batched stage takes every call in flight into its batch queue (`BATCHED_MAX_ONGOING_REQUESTS`,
 or two batches' worth when that is more): a limit below them leaves calls in Serve's router,
 which retries a full replica after a backoff of up to 0.5 s.
@@ -64,7 +65,7 @@ def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> Compil
                  "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
                  "backpressure_config": DRIVER_BACKPRESSURE,
                  "health_check_period_s": DRIVER_HEALTH_CHECK_PERIOD_S,
-                 "ray_actor_options": {"num_cpus": 0}},
+                 "ray_actor_options": {"num_cpus": fused_cpus(stages)}},
         site=str(graph.site),
     )
     plan = CompiledPipeline(
@@ -78,6 +79,14 @@ def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> Compil
     plan._node_ids.update(ids)
     plan._constants.extend(constants)
     return plan
+
+
+def fused_cpus(stages: list[StagePlan]) -> float:
+    """The driver's CPUs: none for its own awaiting, plus what the stages fused into it
+    declared (`num_cpus`); a fused stage that declared none is light and adds none."""
+    total = sum((stage.options.get("ray_actor_options") or {}).get("num_cpus") or 0
+                for stage in stages if stage.fused_into is not None)
+    return round(total, 4) if total else 0
 
 
 def import_path(obj: Any) -> str:

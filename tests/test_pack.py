@@ -66,6 +66,7 @@ def test_fractions_are_derived_from_memory_on_a_grid_and_packed_best_fit() -> No
     assert plan.stage("Mid").options["ray_actor_options"] == {"num_gpus": 0.25}
     assert plan.stage("Scaled").options["ray_actor_options"] == {"num_gpus": 0.25}
     assert plan.stage("post").options["ray_actor_options"] == {"num_cpus": 0.5}
+    assert plan.driver.options["ray_actor_options"] == {"num_cpus": 0.5}  # post runs there
     layout = plan.gpu_layout
     assert layout is not None and layout.bounded and layout.used == 2
     assert layout.lower_bound == 2
@@ -85,7 +86,7 @@ def test_fractions_are_derived_from_memory_on_a_grid_and_packed_best_fit() -> No
         "80GiB)",
         "  Scaled               class    autoscaling 1..4, 1 at start, 1 CPU, 0.25 GPU "
         "(declared)",
-        "  mixed_driver         driver   1 replica, 0 CPU, max_ongoing_requests=1000, runs post "
+        "  mixed_driver         driver   1 replica, 0.5 CPU, max_ongoing_requests=1000, runs post "
         "in-process",
         "fusion:",
         "  Big                  own deployment: needs a GPU (0.38): never fused across a GPU "
