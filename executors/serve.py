@@ -14,6 +14,7 @@ import asyncio
 import copy
 import inspect
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import ActorDiedError, RayError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -219,11 +220,36 @@ def as_pipeline_error(error: BaseException, where: str, request_id: str | None =
         return error
     found = _find_pipeline_error(error)
     if found is None:
-        found = StageError(where, f"{type(error).__name__}: {error}".splitlines()[0],
-                           error_type=type(error).__name__)
+        dead = _dead_stage(error)
+        if dead is not None:
+            found = StageError(dead, "its replica died before finishing the call; Serve is "
+                               "starting another", error_type="ActorDiedError")
+        else:
+            found = StageError(where, f"{type(error).__name__}: {error}".splitlines()[0],
+                               error_type=type(error).__name__)
     if request_id and hasattr(found, "request_id"):
         found.request_id = request_id
     return found
+
+
+# The name Serve gives a replica actor (`SERVE_REPLICA::<app>#<deployment>#<id>`), which Ray
+# writes into an ActorDiedError, also when Serve wraps it as an upstream's death.
+_REPLICA_NAME = re.compile(r"SERVE_REPLICA::[^#\s]*#([^#\s]+)#")
+
+
+def _dead_stage(error: BaseException) -> str | None:
+    """The stage whose replica died, when a Ray error in `error`'s chain says so: the called
+    stage's own, or an upstream whose unfinished result was passed on."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ActorDiedError):
+            match = _REPLICA_NAME.search(str(current))
+            if match:
+                return match.group(1)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _find_pipeline_error(error: BaseException | None) -> PipelineError | None:

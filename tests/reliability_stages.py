@@ -206,3 +206,32 @@ def queued_plan(*, max_queued: int, retry_after_s: float) -> Any:
                "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
     return plan.model_copy(update={"driver": plan.driver.model_copy(update={
         "options": options})})
+
+
+# --- a stage whose replica dies on one input (the dead-replica naming test) -----------------
+
+DIE = -1  # `doomed` ends its own process for this x, as a crash or an OOM kill would
+
+
+@sg.deployment(fuse=False, **FAST)
+def doomed(x: int) -> int:
+    if x == DIE:
+        import os
+
+        os._exit(1)
+    return x + 1
+
+
+@sg.deployment(fuse=False, **FAST)
+def after(n: int) -> int:
+    return 2 * n
+
+
+def doomed_graph(downstream: bool) -> sg.Graph:
+    """`doomed` alone (the driver awaits its call), or feeding `after` (the driver passes the
+    call on unawaited, so `after`'s call is the one that fails)."""
+    with sg.InputNode() as inp:
+        out = doomed.bind(inp.x)
+        if downstream:
+            out = after.bind(out)
+    return sg.Graph(out, name="doomed_then_after" if downstream else "doomed_alone")

@@ -11,7 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,26 @@ def test_a_killed_replica_loses_no_request(served: str, tmp_path: Path,
     after = rs.run_bench(served, cases, tmp_path / "after.json", requests=200, concurrency=16)
     assert after["correct"] == after["good"] == 180, after
     assert after["bad_not_4xx"] == [], after
+
+
+@pytest.mark.parametrize("downstream", [False, True], ids=["awaited", "passed-on"])
+def test_a_replica_that_dies_is_named_and_serving_goes_on(
+        deploy: Callable[..., Any], downstream: bool) -> None:
+    """A replica that dies mid-call (here `doomed` ends its process) fails that request with a
+    5xx naming the stage that died: awaited by the driver, or passed unawaited to `after`,
+    whose call Serve then fails as an upstream's death. Serve restores it; serving goes on."""
+    name = f"doomed{int(downstream)}"
+    handle = deploy(rs.doomed_graph(downstream), name=name, route_prefix=f"/{name}")
+    expect = (lambda x: 2 * (x + 1)) if downstream else (lambda x: x + 1)
+    assert handle.call({"x": 1}) == expect(1)
+    with pytest.raises(sg.StageError) as caught:
+        handle.call({"x": rs.DIE})
+    assert (caught.value.stage, caught.value.error_type) == ("doomed", "ActorDiedError")
+    assert "its replica died before finishing the call" in str(caught.value)
+    answer = httpx.post(handle.url, json={"x": rs.DIE}, timeout=60)
+    assert answer.status_code == 500
+    assert answer.json()["stage"] == "doomed"
+    assert [handle.call({"x": x}) for x in range(3)] == [expect(x) for x in range(3)]
 
 
 def test_a_rolling_update_under_load_fails_no_request(served: str, tmp_path: Path) -> None:
