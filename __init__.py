@@ -16,7 +16,7 @@ _EXPORTS = {
     "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
     "NodeSpec": "compiler", "detect_cluster": "executors.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
-    "serve": "serving", "PipelineHandle": "executors.serve",
+    "serve": "serving", "PipelineHandle": "executors.handle",
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",

@@ -12,14 +12,14 @@ from typing import Any
 from .compiler import ClusterSpec, CompiledPipeline, as_plan, compile
 from .dag import Graph
 from .errors import DeployError, PipelineError
-from .executors.serve import PipelineHandle, serve_pipeline
+from .executors.handle import PipelineHandle, serve_pipeline
 
 
 def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
           route_prefix: str | None = None, http_port: int | None = None,
           cluster: ClusterSpec | None = None) -> PipelineHandle:
     """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
-    `executors.serve.serve_pipeline`. A graph is compiled for `cluster` (its GPU stages packed
+    `executors.handle.serve_pipeline`. A graph is compiled for `cluster` (its GPU stages packed
     onto it); a plan was packed when it was compiled, so a `cluster` given with one must be
     the plan's own. Returns once every deployment is running."""
     if cluster is not None and isinstance(graph_or_plan, Graph):
