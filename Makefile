@@ -35,6 +35,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_spine.py
 	$(BIN)/python benchmarks/bench_packing.py
 	$(BIN)/python benchmarks/bench_models.py --serve
+	$(BIN)/python benchmarks/bench_fusion.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_reliability.py -n 10000 -c 64 --fault-requests 2000
 
 clean:
 	rm -rf $(VENV) *.egg-info
