@@ -15,7 +15,7 @@ import asyncio
 import copy
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,27 +235,26 @@ _REPLICA_NAME = re.compile(r"SERVE_REPLICA::[^#\s]*#([^#\s]+)#")
 def _dead_stage(error: BaseException) -> str | None:
     """The stage whose replica died, when a Ray error in `error`'s chain says so: the called
     stage's own, or an upstream whose unfinished result was passed on."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ActorDiedError):
-            match = _REPLICA_NAME.search(str(current))
-            if match:
-                return match.group(1)
-        current = current.__cause__ or current.__context__
+    for link in _chain(error):
+        if isinstance(link, ActorDiedError) and (match := _REPLICA_NAME.search(str(link))):
+            return match.group(1)
     return None
 
 
 def _find_pipeline_error(error: BaseException | None) -> PipelineError | None:
+    return next((link for link in _chain(error)
+                 if isinstance(link, PipelineError) and not isinstance(link, RayError)), None)
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then what caused it, each once: a Ray task error's `cause` (the exception its
+    task raised), else `__cause__`."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, PipelineError) and not isinstance(error, RayError):
-            return error
+        yield error
         cause = getattr(error, "cause", None)
         error = cause if isinstance(cause, BaseException) else error.__cause__
-    return None
 
 
 class PipelineDriver:
