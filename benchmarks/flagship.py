@@ -47,15 +47,7 @@ def check(contender: str, x: int, result: Any) -> None:
 def graph(fuse_encoder: bool = False) -> sg.Graph:
     """The flagship as users write it; `fuse_encoder` asks for the encoder in the driver too
     (`fuse=True`), so the whole pipeline is one deployment, as the hand-fused one is."""
-    if not fuse_encoder:
-        return search.onnx_graph
-    encoder = search.OnnxEncoder.options(fuse=True)
-    with sg.InputNode(search.SearchRequest) as inp:
-        enc = encoder.bind()
-        q = enc.encode.bind(inp.query)
-        docs = sg.map(enc.encode, inp.documents)
-        hits = search.Ranker.bind().rank.bind(q, docs, inp.documents, inp.top_k)
-    return sg.Graph(hits, name="search_onnx_all_fused")
+    return search.build_graph(encoder="onnx", fuse=True) if fuse_encoder else search.onnx_graph
 
 
 class HandEncoder:
@@ -67,15 +59,6 @@ class HandEncoder:
     @serve.batch(**BATCH)
     async def encode(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self._encoder._embed, texts)
-
-
-class HandRanker:
-    def __init__(self) -> None:
-        self._ranker = search.Ranker()
-
-    def rank(self, query: list[float], docs: list[list[float]], documents: list[str],
-             top_k: int) -> list[search.Hit]:
-        return self._ranker.rank(query, docs, documents, top_k)
 
 
 class HandIngress:
@@ -97,27 +80,24 @@ class HandIngress:
 
 def hand_app() -> Any:
     encoder = serve.deployment(HandEncoder, name="encoder").options(**encoder_options()).bind()
-    ranker = serve.deployment(HandRanker, name="ranker").options(
+    ranker = serve.deployment(search.Ranker, name="ranker").options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.5}).bind()
     return serve.deployment(HandIngress, name="ingress").options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(encoder, ranker)
 
 
 class HandFused:
-    """The same work hand-fused into one deployment: model and ranking in-process, every
-    text's call started at once into one `serve.batch` queue."""
+    """The same work hand-fused into one deployment: the batched encoder and the ranker
+    in-process, every text's call started at once into its one `serve.batch` queue."""
 
     def __init__(self) -> None:
-        self._encoder = search.OnnxEncoder()
+        self._encoder = HandEncoder()
         self._ranker = search.Ranker()
 
-    @serve.batch(**BATCH)
-    async def _encode(self, texts: list[str]) -> list[list[float]]:
-        return await asyncio.to_thread(self._encoder._embed, texts)
-
     async def run(self, request: dict[str, Any]) -> list[search.Hit]:
+        encode = self._encoder.encode
         query, *docs = await asyncio.gather(
-            self._encode(request["query"]), *(self._encode(text) for text in request["documents"]))
+            encode(request["query"]), *(encode(text) for text in request["documents"]))
         return self._ranker.rank(query, docs, request["documents"], request["top_k"])
 
 

@@ -322,11 +322,14 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
 ENCODERS: dict[str, type] = {"torch": Encoder, "onnx": OnnxEncoder}
 
 
-def build_graph(model_dir: str | None = None,
-                encoder: Literal["torch", "onnx"] = "torch") -> sg.Graph:
+def build_graph(model_dir: str | None = None, encoder: Literal["torch", "onnx"] = "torch",
+                **encoder_options: Any) -> sg.Graph:
     """The search graph; `model_dir` points the encoder at other weights of the same format,
-    `encoder="onnx"` runs them on ONNX Runtime (the graph is then named `search_onnx`)."""
+    `encoder="onnx"` runs them on ONNX Runtime (the graph is then named `search_onnx`), and
+    `encoder_options` override the encoder stage's options (`num_replicas=2`, `fuse=True`)."""
     stage = ENCODERS[encoder]
+    if encoder_options:
+        stage = stage.options(**encoder_options)
     with sg.InputNode(SearchRequest) as inp:
         enc = stage.bind(model_dir) if model_dir else stage.bind()
         q = enc.encode.bind(inp.query)

@@ -103,6 +103,9 @@ def test_onnx_graph_plan() -> None:
     assert batching.batch_size_fn == "servegraph.pipelines.search:padded_blocks"
     assert plan.stage("OnnxEncoder").options["max_ongoing_requests"] == 1000
     assert sg.compile(search.build_graph(encoder="torch")).name == "search"
+    all_fused = sg.compile(search.build_graph(encoder="onnx", fuse=True))
+    assert [stage.name for stage in all_fused.served()] == []
+    assert [stage.name for stage in all_fused.fused()] == ["OnnxEncoder", "Ranker"]
 
 
 @pytest.mark.ray
