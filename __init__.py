@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
     "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
-    "NodeSpec": "compiler", "detect_cluster": "executors.cluster",
+    "NodeSpec": "compiler", "detect_cluster": "serving.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
-    "serve": "serving", "PipelineHandle": "executors.handle",
+    "serve": "serving", "PipelineHandle": "serving.handle",
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
@@ -35,8 +35,7 @@ def __getattr__(name: str) -> Any:
     target = _EXPORTS.get(name)
     if target is None:
         raise AttributeError(f"module 'servegraph' has no attribute {name!r}")
-    module, _, attribute = target.partition(":")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute or name)
+    value = getattr(importlib.import_module(f"{__name__}.{target}"), name)
     globals()[name] = value
     return value
 

@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import servegraph as sg
-from servegraph.compiler.pack import Demand, gpus_needed
-from servegraph.compiler.resources import GRID, RESOLUTION
+from servegraph.compiler.passes.pack import Demand, gpus_needed
+from servegraph.compiler.passes.resources import GRID, RESOLUTION
 
 GIB = 2**30
 GPU_SIZES_GIB = (24, 40, 80)
@@ -121,7 +121,7 @@ def derived_units(memory: int, gpu_memory: int) -> int:
 
 def serve_order(plan: sg.CompiledPipeline) -> list[tuple[str, int]]:
     """(stage, units) per replica in the order Serve creates them: as
-    executors.serve.deploy_order binds the stages (larger fractions first, stable), each
+    serving.app.deploy_order binds the stages (larger fractions first, stable), each
     stage's replicas together."""
     stages = sorted(plan.deployments, key=lambda s: -float(
         (s.options.get("ray_actor_options") or {}).get("num_gpus") or 0))

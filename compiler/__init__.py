@@ -10,13 +10,13 @@ from ..dag import Graph
 from ..dag.site import user_site
 from ..errors import BindError
 from .cluster import ClusterSpec, NodeSpec
-from .fuse import fuse_pass
-from .lower import lower
-from .pack import pack_pass
+from .passes.fuse import fuse_pass
+from .passes.lower import lower
+from .passes.pack import pack_pass
+from .passes.resources import resources
+from .passes.typecheck import typecheck
+from .passes.validate import CheckedGraph, validate
 from .plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
-from .resources import resources
-from .typecheck import typecheck
-from .validate import CheckedGraph, validate
 
 PASSES = ("validate", "typecheck", "resources", "pack", "fuse", "lower")
 

@@ -153,7 +153,7 @@ class CompiledPipeline(BaseModel):
         """A `serve deploy` config (dict) for this pipeline. `graph` is the `module:attr` its
         application builder imports (found by itself when the graph is a module variable);
         `host`, `port` and `runtime_env` go into the config."""
-        from .serve_config import serve_config
+        from .emit.serve_config import serve_config
 
         return serve_config(self, graphs=[graph], **options)
 
@@ -164,7 +164,7 @@ class CompiledPipeline(BaseModel):
         sized from the GPU layout. `image` must contain servegraph and the graph's module; the
         other options (`gpu_image`, `namespace`, `runtime_env`, `worker_cpus`, ...) are
         `compiler.rayservice.rayservice`'s."""
-        from .rayservice import rayservice
+        from .emit.rayservice import rayservice
 
         return rayservice(self, graph, name=name, image=image, ray_version=ray_version,
                           **options)

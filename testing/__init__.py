@@ -15,7 +15,7 @@ provides the `pipeline`, `golden` and `servegraph_ray` fixtures.
 
 from __future__ import annotations
 
-from ..compiler.override import NodeKey, override
+from ..compiler.passes.override import NodeKey, override
 from ..executors.trace import Span, Trace
 from .faults import Fault, FaultHung, hangs, raises, returns
 from .golden import Golden, normalized_plan

@@ -100,7 +100,7 @@ def pipeline(request: pytest.FixtureRequest) -> Iterator[PipelineTester]:
 @pytest.fixture(scope="session")
 def servegraph_ray() -> Iterator[int]:
     """One Ray with Serve for the session; yields Serve's HTTP port."""
-    from ..executors.session import serve_session
+    from ..serving.session import serve_session
 
     with serve_session(num_cpus=RAY_CPUS, num_gpus=RAY_GPUS) as port:
         yield port

@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from ..compiler import CompiledPipeline, as_plan
-from ..compiler.override import override
+from ..compiler.passes.override import override
 from ..dag import Graph
 from ..errors import PipelineError
 from ..executors.local import LocalExecutor
@@ -181,7 +181,7 @@ def _local_client(executor: LocalExecutor) -> Any:
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from ..executors.ingress import handle_http
+    from ..web.ingress import handle_http
 
     async def endpoint(request: Request) -> Response:
         return await handle_http(request, executor.run, stream=executor.stream

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from servegraph.compiler.pack import SERVE_ENV
+    from servegraph.serving.env import SERVE_ENV
 
     # as the runner's embedded Ray does: Serve places replicas the way the pack pass plans
     os.environ.update(SERVE_ENV)

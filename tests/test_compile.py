@@ -8,7 +8,7 @@ import sys
 
 import servegraph as sg
 from servegraph.compiler import PASSES, CompiledPipeline
-from servegraph.compiler.lower import DRIVER_MAX_ONGOING_REQUESTS
+from servegraph.compiler.passes.lower import DRIVER_MAX_ONGOING_REQUESTS
 from servegraph.compiler.types import is_assignable
 from tests.stages import diamond, scoring
 

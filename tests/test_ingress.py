@@ -19,9 +19,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import servegraph as sg
-from servegraph.executors import ingress, views
-from servegraph.executors.ingress import View, handle_http, plan_views
-from servegraph.executors.views import looks_like_token, openapi
+from servegraph.web import ingress, views
+from servegraph.web.ingress import View, handle_http, plan_views
+from servegraph.web.views import looks_like_token, openapi
 from tests.stages import scoring
 from tests.test_local import EXPECTED, PAYLOAD
 

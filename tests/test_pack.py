@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import servegraph as sg
-from servegraph.compiler.pack import Bin, Demand, pack
+from servegraph.compiler.passes.pack import Bin, Demand, pack
 from servegraph.dag.deployment import spec_of
 from tests import sites
 

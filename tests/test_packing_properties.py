@@ -17,8 +17,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import servegraph as sg
-from servegraph.compiler.pack import Bin, Demand, gpus_needed, make_bins, pack
-from servegraph.compiler.resources import GRID, RESOLUTION
+from servegraph.compiler.passes.pack import Bin, Demand, gpus_needed, make_bins, pack
+from servegraph.compiler.passes.resources import GRID, RESOLUTION
 
 GIB = 2**30
 MIB = 2**20

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from servegraph.executors.proxy import PROXY_ENV, IngressDiedGuard, middlewares
+from servegraph.web.proxy import IngressDiedGuard, middlewares
+from servegraph.serving.env import PROXY_ENV
 
 
 def call(app: Any, path: str = "/search", headers: list[tuple[bytes, bytes]] | None = None,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import servegraph as sg
-from servegraph.compiler.rayservice import PINNED_RAY_VERSION, k8s_name, rayservice
+from servegraph.compiler.emit.rayservice import PINNED_RAY_VERSION, k8s_name, rayservice
 from tests import gpu_graphs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -52,7 +52,7 @@ def test_gpu_stage_config_validates_and_carries_the_derived_fraction_and_the_clu
         "applications": [{
             "name": "lengths",
             "route_prefix": "/lengths",
-            "import_path": "servegraph.serving:application",
+            "import_path": "servegraph.serving.app:app_builder",
             "args": {"graph": "tests.cli_graphs:lengths", "cluster": {"nodes": [
                 {"name": "node0", "gpus": 2, "gpu_memory": 80 * 2**30, "cpus": None,
                  "labels": {}}]}},
@@ -83,7 +83,7 @@ def test_every_serve_option_reaches_the_config_and_validates() -> None:
     assert {key: application[key] for key in ("name", "route_prefix", "import_path", "args",
                                               "runtime_env")} == {
         "name": "ranked", "route_prefix": "/ranked",
-        "import_path": "servegraph.serving:application",
+        "import_path": "servegraph.serving.app:app_builder",
         "args": {"graph": "tests.test_serve_config:ranked", "cluster": {"nodes": [
             {"name": "node0", "gpus": 1, "gpu_memory": 24 * 2**30, "cpus": 4.0, "labels": {}}]}},
         "runtime_env": {"env_vars": {"MODE": "test"}}}

@@ -11,9 +11,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ..dag import CallNode, Node, Op
-from ..errors import TypeMismatchError
-from .types import element_type, is_assignable, output_type, parameter_types, type_name
+from ...dag import CallNode, Node, Op
+from ...errors import TypeMismatchError
+from ..types import element_type, is_assignable, output_type, parameter_types, type_name
 from .validate import CheckedGraph
 
 PASS = "typecheck"

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
-from .graphview import schedule
-from .plan import BatchPlan, CompiledPipeline, NodePlan, StagePlan
+from ...dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
+from ..graphview import schedule
+from ..plan import BatchPlan, CompiledPipeline, NodePlan, StagePlan
+from ..types import type_name
 from .typecheck import TypeFacts
-from .types import type_name
 from .validate import CheckedGraph, is_stream, spec_of_group
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000

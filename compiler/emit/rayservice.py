@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
-from ..dag import DeploymentOptions, parse_bytes
-from ..errors import CompileError
-from .cluster import NodeSpec, format_bytes
-from .pack import SERVE_ENV, Bin, Demand, pack
-from .plan import CompiledPipeline, GpuLayout
-from .resources import RESOLUTION, replica_counts, to_units
+from ...dag import DeploymentOptions, parse_bytes
+from ...errors import CompileError
+from ..cluster import NodeSpec, format_bytes
+from ..passes.pack import PACK_SCHEDULING_ENV, Bin, Demand, pack
+from ..passes.resources import RESOLUTION, replica_counts, to_units
+from ..plan import CompiledPipeline, GpuLayout
 
 PASS = "rayservice"
 API_VERSION = "ray.io/v1"
@@ -124,7 +124,7 @@ def rayservice(plan: CompiledPipeline, graph: str | None = None, *, name: str | 
             "name": "ray-head", "image": cpu_image,
             "ports": [{"name": port, "containerPort": number} for port, number in HEAD_PORTS],
             # the Serve controller runs on the head: place replicas as the pack pass planned
-            "env": [{"name": name, "value": value} for name, value in SERVE_ENV.items()],
+            "env": [{"name": name, "value": value} for name, value in PACK_SCHEDULING_ENV.items()],
             "resources": _resources(head_cpus, parse_bytes(head_memory)),
         }]}},
     }

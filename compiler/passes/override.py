@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..dag import DeploymentSpec, Node, spec_of
-from ..errors import CompileError
+from ...dag import DeploymentSpec, Node, spec_of
+from ...errors import CompileError
+from ..plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
+from ..types import parameter_types, return_type
 from .lower import ValueEncoder, import_path
-from .plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
-from .types import parameter_types, return_type
 
 PASS = "override"
 _GPU_KEYS = ("num_gpus", "accelerator_type")
@@ -250,7 +250,7 @@ def _swapped(stage: StagePlan, path: str, target: Any) -> StagePlan:
 
 
 def _batched(target: Any, method: str, kind: str) -> bool:
-    from ..dag import batch_spec
+    from ...dag import batch_spec
 
     fn = target if kind == "function" else getattr(target, method, None)
     return batch_spec(getattr(fn, "__func__", fn)) is not None

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..dag import DeploymentOptions
-from ..errors import CompileError
-from .cluster import ClusterSpec, format_bytes
+from ...dag import DeploymentOptions
+from ...errors import CompileError
+from ..cluster import ClusterSpec, format_bytes
 from .validate import CheckedGraph, spec_of_group
 
 PASS = "resources"

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..dag import CallNode, batch_spec
-from ..dag.nodes import find_nodes
+from ...dag import CallNode, batch_spec
+from ...dag.nodes import find_nodes
 from .validate import CheckedGraph, Group, is_stream
 
 PASS = "fuse"

@@ -11,7 +11,7 @@ Responses the proxy did start pass through untouched.
 
 Serve loads it in every proxy from `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` (Serve's hook
 for proxy middlewares, ray#35619), which must be set before Ray starts: the runner's embedded
-Ray and the test session set `PROXY_ENV`; a cluster started by hand exports it.
+Ray and the test session set `serving.env.PROXY_ENV`; a cluster started by hand exports it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import json
 import logging
 from typing import Any
 
-PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
-             "servegraph.executors.proxy:middlewares"}
 REQUEST_ID_HEADER = b"x-request-id"
 STATUS = 502
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import ray
 from ray import serve
 
-from ..compiler.pack import SERVE_ENV
-from .proxy import PROXY_ENV
+from .env import SESSION_ENV
 
 
 @contextlib.contextmanager
@@ -28,7 +27,7 @@ def serve_session(*, num_cpus: int, num_gpus: int) -> Iterator[int]:
             ray.init(address=address, configure_logging=False)
         else:
             # Serve places replicas as planned, and its proxy names a dead ingress
-            for name, value in {**SERVE_ENV, **PROXY_ENV}.items():
+            for name, value in SESSION_ENV.items():
                 os.environ.setdefault(name, value)
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      include_dashboard=False, configure_logging=False)

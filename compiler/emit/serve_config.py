@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..errors import CompileError
-from .plan import CompiledPipeline
+from ...errors import CompileError
+from ..plan import CompiledPipeline
 
-APP_BUILDER = "servegraph.serving:application"
+APP_BUILDER = "servegraph.serving.app:app_builder"
 
 # DeploymentSchema's fields in Ray 2.60: what a config may set per deployment.
 DEPLOYMENT_FIELDS = (

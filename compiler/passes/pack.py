@@ -21,16 +21,16 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import PackingError
-from .cluster import ClusterSpec, format_bytes
-from .plan import GpuLayout, GpuSlot, Headroom, PlacedReplica
+from ...errors import PackingError
+from ..cluster import ClusterSpec, format_bytes
+from ..plan import GpuLayout, GpuSlot, Headroom, PlacedReplica
 from .resources import RESOLUTION, StageResources
 from .validate import CheckedGraph
 
 PASS = "pack"
 # Serve's own packing of replicas onto nodes, which this pass models; the Serve controller
-# must run with it (the runner's embedded Ray, the RayService head and the tests set it)
-SERVE_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
+# must run with it (serving's embedded Ray and test session, and the RayService head set it)
+PACK_SCHEDULING_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
 
 
 @dataclass(frozen=True)

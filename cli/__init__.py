@@ -24,7 +24,6 @@ Errors print one message without a traceback unless `--debug`; a bad flag is a u
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import signal
@@ -32,43 +31,19 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import PipelineError
+from ..dag.loader import load_graph
+from ..errors import PipelineError
 
 if TYPE_CHECKING:
-    from .compiler import ClusterSpec
+    from ..compiler import ClusterSpec
 
 
 class UsageError(PipelineError):
     """The command line names something that cannot be loaded."""
 
 
-def load_graph(target: str) -> Any:
-    """`pkg.module:attr` -> the `sg.Graph` there (a function is called with no arguments)."""
-    from .dag import Graph
-
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"expected MODULE:ATTR (e.g. servegraph.pipelines.search:graph), "
-                         f"got {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
-    try:
-        value = getattr(module, attribute)
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if callable(value) and not isinstance(value, Graph):
-        value = value()
-    if not isinstance(value, Graph):
-        raise UsageError(f"{target} is a {type(value).__name__}, not an sg.Graph")
-    return value
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    from .compiler import compile
+    from ..compiler import compile
 
     plan = compile(load_graph(args.target), cluster=_cluster(args))
     print(f"ok: {plan.name!r} compiles ({', '.join(plan.passes)})")
@@ -79,7 +54,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Explain the plan, or write it: `-o x.yaml` a Serve config, `-o x.json` (or `--json`)
     the plan, `--rayservice x.yaml` a KubeRay RayService. With `--json` the "wrote" notes go
     to stderr so stdout stays JSON."""
-    from .compiler import compile
+    from ..compiler import compile
 
     plan = compile(load_graph(args.target), cluster=_cluster(args))
     if args.json:
@@ -131,14 +106,14 @@ def _cluster(args: argparse.Namespace) -> ClusterSpec | None:
     cluster with `--detect-cluster`; None when neither."""
     if not args.detect_cluster:
         return args.cluster
-    from .executors.cluster import detect_cluster
+    from ..serving.cluster import detect_cluster
 
     _connect(args.address, quiet=args.verb != "run")
     return detect_cluster(gpu_memory=args.gpu_memory)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .visualize import render
+    from ..visualize import render
 
     render(load_graph(args.target), args.output, format=args.format)
     print(f"wrote {args.output}")
@@ -146,7 +121,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .compiler import compile
+    from ..compiler import compile
 
     graph = load_graph(args.target)
     if not args.local:
@@ -157,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = compile(graph, cluster=_cluster(args))
     if args.local:
         return _run_local(plan, args)
-    from .serving import serve
+    from ..serving import serve
 
     with _waiting(f"deploying {plan.name!r}: {len(plan.served()) + 1} deployments"):
         handle = serve(plan, name=args.name, route_prefix=args.route_prefix,
@@ -199,8 +174,8 @@ def _connect(address: str | None, *, quiet: bool = True) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .compiler import compile
-    from .serving import serve
+    from ..compiler import compile
+    from ..serving import serve
 
     plan = compile(load_graph(args.target), cluster=_cluster(args))
     _connect(args.address)
@@ -238,8 +213,8 @@ def _render_live(name: str | None, applications: dict[str, Any], path: str) -> N
     """Draw one application's plan, each deployment coloured by its live Serve status."""
     from ray import serve
 
-    from .compiler import CompiledPipeline
-    from .visualize import LiveStatus, render
+    from ..compiler import CompiledPipeline
+    from ..visualize import LiveStatus, render
 
     if name is None:
         raise UsageError("--render draws one application: name it (servegraph status NAME "
@@ -268,8 +243,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def _run_local(plan: Any, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .executors.http_local import local_app
-    from .serving import diagram_svg
+    from ..web.local_app import local_app
+    from ..serving import diagram_svg
 
     route = args.route_prefix or f"/{plan.name}"
     port = args.port or 8000
@@ -420,7 +395,7 @@ def _output_file(value: str) -> str:
 
 
 def _size(value: str) -> str:
-    from .dag.options import parse_bytes
+    from ..dag.options import parse_bytes
 
     try:
         parse_bytes(value)
@@ -455,7 +430,7 @@ def _cluster_flags(args: argparse.Namespace) -> None:
     no flags or with `--detect-cluster`, read later); a bad combination is a usage error."""
     from pydantic import ValidationError
 
-    from .compiler import ClusterSpec
+    from ..compiler import ClusterSpec
 
     sizes = {"--gpus": args.gpus, "--nodes": args.nodes, "--gpus-per-node": args.gpus_per_node,
              "--cpus": args.cpus}

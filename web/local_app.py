@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..compiler import CompiledPipeline
+from ..executors.local import LocalExecutor
 from .ingress import handle_http, plan_views
-from .local import LocalExecutor
 
 
 def local_app(plan: CompiledPipeline, route_prefix: str, *, diagram_svg: bytes | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..dag import (
+from ...dag import (
     CallNode,
     ClassNode,
     DeploymentOptions,
@@ -24,9 +24,9 @@ from ..dag import (
     SelectNode,
     batch_spec,
 )
-from ..dag.nodes import find_nodes
-from ..dag.options import SERVEGRAPH_OPTIONS
-from ..errors import CompileError, OptionsError
+from ...dag.nodes import find_nodes
+from ...dag.options import SERVEGRAPH_OPTIONS
+from ...errors import CompileError, OptionsError
 
 PASS = "validate"
 

@@ -17,12 +17,12 @@ from typing import Any
 
 from ray.serve.handle import DeploymentResponse
 
-from .core import Runner, Step
-from .local import _LocalRunner
+from ..core import Runner, Step
+from ..local.runner import LocalRunner
 
 
 class FusedRunner:
-    def __init__(self, local: _LocalRunner, remote: Runner) -> None:
+    def __init__(self, local: LocalRunner, remote: Runner) -> None:
         self.local = local
         self.remote = remote
 

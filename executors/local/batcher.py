@@ -1,0 +1,78 @@
+"""`sg.batch` for the local runner, with Serve's semantics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ...dag import BatchSpec
+
+
+class Batcher:
+    """Serve's batching semantics for the local runner: concurrent single calls are queued and
+    the method is called on lists (one per positional argument), at `max_batch_size` or after
+    `batch_wait_timeout_s`, with at most `max_concurrent_batches` in flight."""
+
+    def __init__(self, fn: Callable[..., Any], spec: BatchSpec) -> None:
+        self.fn = fn
+        self.spec = spec
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.slots = asyncio.Semaphore(self.spec.max_concurrent_batches)
+        self.running: set[asyncio.Task[None]] = set()
+
+    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            self._reset(loop)
+        if kwargs:
+            args = (*args, *kwargs.values())
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((args, future))
+        if self._size(self.pending) >= self.spec.max_batch_size:
+            self._flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
+        return future
+
+    def _size(self, pending: list[tuple[tuple[Any, ...], Any]]) -> int:
+        if self.spec.batch_size_fn is None:
+            return len(pending)
+        return self.spec.batch_size_fn([args[0] for args, _ in pending])
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        while self.pending and (not batch or self._size([*batch, self.pending[0]])
+                                <= self.spec.max_batch_size):
+            batch.append(self.pending.pop(0))
+        if batch:
+            task = asyncio.ensure_future(self._run(batch))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+        if self.pending and self.loop is not None:
+            self.timer = self.loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
+
+    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        async with self.slots:
+            columns = [list(column) for column in zip(*(args for args, _ in batch))]
+            try:
+                results = await self.fn(*columns)
+                if len(results) != len(batch):
+                    raise ValueError(f"a batched method returned {len(results)} results for "
+                                     f"{len(batch)} inputs")
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,185 @@
+"""The local runner: stages as Python objects in this process, on asyncio.
+
+Same concurrency as Serve: every async call is its own task, so independent branches overlap;
+a sync stage whose inputs are ready runs inline (as Serve runs sync methods on the replica's
+loop). `sg.batch` is honoured by a small batcher with Serve's semantics (`batcher`); strict
+mode checks every value crossing an edge (`strict`). On Serve, the driver runs the stages fused
+into it with this runner too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ...compiler import CompiledPipeline, StagePlan
+from ...dag import batch_spec
+from ...errors import PipelineError, StageError
+from ..core import Program, Step
+from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
+from .batcher import Batcher
+from .strict import EdgeChecker
+
+
+def build_instances(plan: CompiledPipeline, stages: list[StagePlan] | None = None
+               ) -> dict[str, Any]:
+    """Stage name -> the object its calls go to (a class instance, or a function), for every
+    stage of the plan or only `stages` (the Serve driver builds the stages fused into it)."""
+    built: dict[str, Any] = {}
+    for stage in plan.deployments if stages is None else stages:
+        try:
+            built[stage.name] = plan.build_stage(stage)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise StageError(stage.name, f"constructor failed: {exc}", site=stage.site,
+                             error_type=type(exc).__name__) from exc
+    return built
+
+
+class LocalRunner:
+    """Calls the stages in `instances` in this process (all of them locally; on Serve, the
+    driver's fused ones)."""
+
+    def __init__(self, program: Program, instances: dict[str, Any], strict: bool) -> None:
+        self.calls: dict[str, _Call] = {}
+        batchers: dict[tuple[str, str], Batcher] = {}  # one per method, as on Serve
+        for step in program.steps:
+            node = step.node
+            if node.stage is None or node.stage not in instances:
+                continue
+            obj = instances[node.stage]
+            fn = getattr(obj, node.method) if node.method else obj
+            spec = batch_spec(getattr(fn, "__func__", fn))
+            batcher = None
+            if spec is not None:
+                batcher = batchers.setdefault((node.stage, node.method or ""),
+                                              Batcher(fn, spec))
+            policy = CallPolicy.of(program.plan, node)
+            self.calls[node.id] = _Call(step, fn, strict, batcher, policy)
+
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        call = self.calls[step.node.id]
+        if call.is_stream:  # unstarted: it runs as its one reader reads it
+            return call.run_stream(leaves)
+        if call.is_async or call.guarded or any(_pending(leaf) for leaf in leaves):
+            return asyncio.get_running_loop().create_task(call.run_async(leaves))
+        return call.run_sync(leaves)
+
+    def is_future(self, value: Any) -> bool:
+        return isinstance(value, asyncio.Future)
+
+    async def resolve(self, value: Any) -> Any:
+        return await value
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        if isinstance(error, PipelineError) and request_id and hasattr(error, "request_id"):
+            error.request_id = request_id
+        return error
+
+    def open(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return stream
+
+    def discard(self, value: asyncio.Future[Any]) -> None:
+        if not value.done():
+            value.cancel()
+        elif not value.cancelled():
+            value.exception()
+
+
+def _pending(leaf: Any) -> bool:
+    return isinstance(leaf, asyncio.Future) or (
+        isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf))
+
+
+async def _ready(leaf: Any) -> Any:
+    if isinstance(leaf, asyncio.Future):
+        return await leaf
+    if isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf):
+        return list(await asyncio.gather(*(_ready(v) for v in leaf)))
+    return leaf
+
+
+class _Call:
+    """One call node bound to its stage object: how to invoke it, batched or not, checked or
+    not, and how its failures are named."""
+
+    def __init__(self, step: Step, fn: Callable[..., Any], strict: bool,
+                 batcher: Batcher | None, policy: CallPolicy) -> None:
+        self.step = step
+        self.fn = fn
+        self.build = step.build
+        self.batcher = batcher
+        self.policy = policy
+        self.guarded = policy.active  # timeout or retries: through `guard`, in a task
+        self.is_async = self.batcher is not None or inspect.iscoroutinefunction(fn)
+        self.is_stream = step.node.stream
+        self.checker = EdgeChecker(step, fn) if strict else None
+
+    def run_sync(self, leaves: list[Any]) -> Any:
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        try:
+            result = self.fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self.checker.result(result) if self.checker else result
+
+    async def run_async(self, leaves: list[Any]) -> Any:
+        leaves = [await _ready(leaf) for leaf in leaves]
+        if self.guarded:
+            return await self.run_guarded(leaves)
+        if not self.is_async:
+            return self.run_sync(leaves)
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        try:
+            if self.batcher is not None:
+                result = await self.batcher.submit(args, kwargs)
+            else:
+                result = await self.fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self.checker.result(result) if self.checker else result
+
+    async def run_guarded(self, leaves: list[Any]) -> Any:
+        """A call under its stage's timeout and retries (see `guard`): the same arguments for
+        every attempt; a sync stage with a timeout runs in a thread of its own."""
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        if self.batcher is not None:
+            invoke = attempt(self.batcher.submit, (args, kwargs), {}, is_async=True,
+                             timeout_s=None)
+        else:
+            invoke = attempt(self.fn, args, kwargs, is_async=self.is_async,
+                             timeout_s=self.policy.timeout_s)
+        result = await call_guarded(invoke, self.policy, self._failed)
+        return self.checker.result(result) if self.checker else result
+
+    async def run_stream(self, leaves: list[Any]) -> AsyncIterator[Any]:
+        """The stage's async generator, chunk by chunk (an upstream stream's failure passes
+        through naming its own stage); with `timeout_s`, each chunk's wait is bounded."""
+        leaves = [await _ready(leaf) for leaf in leaves]
+        args, kwargs = self.build(leaves)  # type: ignore[misc]
+        if self.checker:
+            args, kwargs = self.checker.arguments(args, kwargs)
+        chunks = self.fn(*args, **kwargs)
+        if self.policy.timeout_s is not None:
+            chunks = chunks_guarded(chunks, self.policy, self._failed)
+        try:
+            async for chunk in chunks:
+                yield self.checker.chunk(chunk) if self.checker else chunk
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: Exception) -> StageError:
+        node = self.step.node
+        if isinstance(exc, StageError):
+            return exc
+        return StageError(node.stage or node.label, str(exc), site=node.site,
+                          error_type=type(exc).__name__)

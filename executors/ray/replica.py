@@ -1,0 +1,160 @@
+"""A stage's replica on Ray Serve: the user's object, called by node id.
+
+The driver calls `handle.remote(node_id, shape, *leaves)`. Ray resolves a `DeploymentResponse`
+only as a top-level argument, so a leaf that is a list of responses (a map's results) is
+spread into the arguments, and `shape` tells the replica how to gather it back (`flatten` and
+`unflatten`). A stream a stage reads is passed unstarted (`StreamCall`) and opened here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from ...compiler import CompiledPipeline
+from ...dag import batch_spec
+from ...errors import StageError
+from ..core import Program, Step
+from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
+from .errors import find_pipeline_error
+
+# How a call's leaves were spread into top-level arguments, one entry per spread leaf:
+# ("list", index, length) for a list holding responses, and ("stream", index, stage, node id,
+# its own layout, length) for a stream the called replica opens itself.
+Layout = tuple[tuple[Any, ...], ...]
+OpenStream = Callable[[str, str, Layout, Sequence[Any]], Any]
+
+
+@dataclass(frozen=True)
+class StreamCall:
+    """A streaming node's call, not yet started: its reader's replica starts it with
+    `handle.options(stream=True)` and reads the chunks itself (Serve cannot pass a streaming
+    response into another call, ray-project/ray#57098), or the driver does for an output."""
+
+    stage: str
+    node_id: str
+    layout: Layout
+    flat: tuple[Any, ...]
+
+
+def flatten(leaves: Sequence[Any]) -> tuple[list[Any], Layout]:
+    """Spread every list holding a response, and every stream's own arguments, into
+    top-level arguments, which Serve resolves; `layout` says how to gather them back."""
+    flat: list[Any] = []
+    layout: list[tuple[Any, ...]] = []
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, StreamCall):
+            layout.append(("stream", index, leaf.stage, leaf.node_id, leaf.layout,
+                           len(leaf.flat)))
+            flat.extend(leaf.flat)
+        elif isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
+            layout.append(("list", index, len(leaf)))
+            flat.extend(leaf)
+        else:
+            flat.append(leaf)
+    return flat, tuple(layout)
+
+
+def unflatten(flat: Sequence[Any], layout: Layout,
+              open_stream: OpenStream | None = None) -> list[Any]:
+    if not layout:
+        return list(flat)
+    leaves: list[Any] = []
+    spread = {entry[1]: entry for entry in layout}
+    position = 0
+    while position < len(flat) or len(leaves) in spread:
+        entry = spread.get(len(leaves))
+        if entry is None:
+            leaves.append(flat[position])
+            position += 1
+            continue
+        length = entry[-1]
+        part = flat[position:position + length]
+        position += length
+        if entry[0] == "list":
+            leaves.append(list(part))
+        else:
+            assert open_stream is not None, "a stream reaches a replica that cannot open it"
+            _, _, stage, node_id, inner, _ = entry
+            leaves.append(open_stream(stage, node_id, inner, part))
+    return leaves
+
+
+class StageReplica:
+    """A replica of one stage's deployment: the user's object, called by node id. A stage's
+    `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`)."""
+
+    def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
+        stage = plan.stage(stage_name)
+        self.stage = stage
+        target = plan.build_stage(stage)
+        self.calls: dict[str, tuple[Step, Any, bool, CallPolicy]] = {}
+        self._stream_handles: dict[str, DeploymentHandle] = {}
+        batched: dict[str, Any] = {}
+        for step in Program(plan).steps:
+            node = step.node
+            if node.stage != stage_name:
+                continue
+            fn = getattr(target, node.method) if node.method else target
+            spec = batch_spec(getattr(fn, "__func__", fn))
+            if spec is not None:  # one queue per method: every call node on it shares it
+                key = node.method or ""
+                if key not in batched:
+                    batched[key] = serve.batch(
+                        max_batch_size=spec.max_batch_size,
+                        batch_wait_timeout_s=spec.batch_wait_timeout_s,
+                        max_concurrent_batches=spec.max_concurrent_batches,
+                        batch_size_fn=spec.batch_size_fn,
+                    )(fn)
+                fn = batched[key]
+            self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
+                                   CallPolicy.of(plan, node))
+
+    async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:
+        step, fn, is_async, policy = self.calls[node_id]
+        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        if policy.active:
+            return await call_guarded(
+                attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
+                policy, lambda exc: self._failed(exc, step))
+        try:
+            result = fn(*args, **kwargs)
+            return await result if is_async else result
+        except Exception as exc:
+            raise self._failed(exc, step) from None
+
+    async def stream(self, node_id: str, layout: Layout, *flat: Any) -> AsyncIterator[Any]:
+        """A streaming node: the stage's async generator, chunk by chunk."""
+        step, fn, _, policy = self.calls[node_id]
+        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        chunks = fn(*args, **kwargs)
+        if policy.timeout_s is not None:
+            chunks = chunks_guarded(chunks, policy, lambda exc: self._failed(exc, step))
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:
+            raise self._failed(exc, step) from None
+
+    def _failed(self, exc: Exception, step: Step) -> BaseException:
+        """A servegraph error met on the way (an upstream stream's) passes on as it is."""
+        found = find_pipeline_error(exc)
+        if found is not None:
+            return found
+        return StageError(self.stage.name, str(exc), site=step.node.site,
+                          error_type=type(exc).__name__)
+
+    def _open(self, stage: str, node_id: str, layout: Layout, flat: Sequence[Any]) -> Any:
+        """Start an upstream streaming call; its chunks arrive as this stage reads them."""
+        handle = self._stream_handles.get(stage)
+        if handle is None:
+            app = serve.get_replica_context().app_name
+            handle = serve.get_deployment_handle(stage, app).options(
+                method_name="stream", stream=True)
+            self._stream_handles[stage] = handle
+        return handle.remote(node_id, layout, *flat)

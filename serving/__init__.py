@@ -1,0 +1,41 @@
+"""`sg.serve`: deploy a pipeline on Ray Serve with its own diagram.
+
+The package holds everything that runs a plan on Ray from the outside: the application
+builder (`app`), launching (`launch`: the embedded Ray, `check_fits`), the client
+(`handle.PipelineHandle`), the test session's Ray (`session`), cluster detection (`cluster`)
+and Serve's environment switches (`env`). `serving` renders the diagram and hands the driver
+the bytes, so `executors/` and `web/` never import `visualize/`.
+"""
+
+from __future__ import annotations
+
+from ..compiler import ClusterSpec, CompiledPipeline, as_plan, compile
+from ..dag import Graph
+from ..errors import DeployError
+from .app import diagram_svg
+from .handle import PipelineHandle
+from .launch import serve_pipeline
+
+
+def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
+          route_prefix: str | None = None, http_port: int | None = None,
+          cluster: ClusterSpec | None = None) -> PipelineHandle:
+    """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
+    `serving.launch.serve_pipeline`. A graph is compiled for `cluster` (its GPU stages packed
+    onto it); a plan was packed when it was compiled, so a `cluster` given with one must be
+    the plan's own. Returns once every deployment is running."""
+    if cluster is not None and isinstance(graph_or_plan, Graph):
+        plan = compile(graph_or_plan, cluster=cluster)
+    else:
+        plan = as_plan(graph_or_plan)
+    if cluster is not None and plan.cluster != cluster:
+        packed = plan.cluster.describe() if plan.cluster is not None else "no cluster spec"
+        raise DeployError(
+            f"sg.serve got the plan {plan.name!r}, compiled for {packed}, with cluster="
+            f"{cluster.describe()}; pass the graph to compile it for that cluster, or "
+            f"sg.compile(graph, cluster=...) and serve that plan without cluster=")
+    return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
+                          diagram_svg=diagram_svg(plan))
+
+
+__all__ = ["PipelineHandle", "serve"]

@@ -1,0 +1,38 @@
+"""The one place servegraph reads Ray's private attributes (names starting with `_`, or
+modules under `ray.serve._private`). Each is read through `getattr` with the name spelled once
+in `PRIVATE_NAMES`, and `tests/serving/test_ray_private.py` fails loudly, naming it, when a Ray
+upgrade moves one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# (module, attribute): what this module reads, checked against the installed Ray by a test
+PRIVATE_NAMES = (
+    ("ray.serve._private.constants", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"),
+    ("ray.serve.context", "_get_global_client"),
+)
+DEFAULT_HTTP_PORT = 8000
+
+
+def read(module: str, attribute: str) -> Any:
+    """One of `PRIVATE_NAMES`, as the installed Ray has it."""
+    return getattr(importlib.import_module(module), attribute)
+
+
+def router_in_separate_loop() -> bool:
+    """Whether this process's handles route on Serve's own loop thread (Serve's default), or,
+    imported in its throughput-optimised mode, on the loop they were first used in."""
+    return bool(read(*PRIVATE_NAMES[0]))
+
+
+def http_url(route_prefix: str) -> str:
+    """The URL of `route_prefix` on the running Serve instance's HTTP proxy."""
+    try:
+        config = read(*PRIVATE_NAMES[1])().http_config
+    except Exception:
+        return f"http://127.0.0.1:{DEFAULT_HTTP_PORT}{route_prefix}"
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "", None) else config.host
+    return f"http://{host}:{config.port}{route_prefix}"
