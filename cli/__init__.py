@@ -243,8 +243,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def _run_local(plan: Any, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..web.local_app import local_app
     from ..serving import diagram_svg
+    from ..web.local_app import local_app
 
     route = args.route_prefix or f"/{plan.name}"
     port = args.port or 8000

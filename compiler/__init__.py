@@ -16,7 +16,8 @@ from .passes.pack import pack_pass
 from .passes.resources import resources
 from .passes.typecheck import typecheck
 from .passes.validate import CheckedGraph, validate
-from .plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
+from .pipeline import CompiledPipeline
+from .plan import GpuLayout, NodePlan, Plan, StagePlan
 
 PASSES = ("validate", "typecheck", "resources", "pack", "fuse", "lower")
 
@@ -55,4 +56,4 @@ def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
 
 
 __all__ = ["PASSES", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan", "NodeSpec",
-           "StagePlan", "as_plan", "compile"]
+           "Plan", "StagePlan", "as_plan", "compile"]

@@ -1,4 +1,4 @@
-"""`CompiledPipeline`: the plan the executors run and the artifacts are made from.
+"""The plan's data: what the executors run and the artifacts are made from.
 
 A pydantic model that round-trips through JSON. Argument templates are tagged JSON:
 `{"ref": "n3"}` a node's value, `{"const": v}` a JSON constant, `{"list": [...]}`,
@@ -128,8 +128,10 @@ class NodePlan(BaseModel):
     site: str = ""
 
 
-class CompiledPipeline(BaseModel):
-    """The compiled plan: a schedule of nodes, the deployments and the ingress driver."""
+class Plan(BaseModel):
+    """The compiled plan's data: a schedule of nodes, the deployments and the ingress driver.
+    `CompiledPipeline` (in `pipeline`) adds what is made from it: explain, the Serve config and
+    the RayService."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -148,30 +150,6 @@ class CompiledPipeline(BaseModel):
     _constants: list[Any] = PrivateAttr(default_factory=list)
     _graph: Any = PrivateAttr(default=None)  # the sg.Graph compiled, when compiled here
     _node_ids: dict[int, str] = PrivateAttr(default_factory=dict)  # graph Node.id -> plan id
-
-    def to_serve_config(self, graph: str | None = None, **options: Any) -> dict[str, Any]:
-        """A `serve deploy` config (dict) for this pipeline. `graph` is the `module:attr` its
-        application builder imports (found by itself when the graph is a module variable);
-        `host`, `port` and `runtime_env` go into the config."""
-        from .emit.serve_config import serve_config
-
-        return serve_config(self, graphs=[graph], **options)
-
-    def to_rayservice(self, graph: str | None = None, *, name: str | None = None,
-                      image: str | None = None, ray_version: str | None = None,
-                      **options: Any) -> dict[str, Any]:
-        """A KubeRay `RayService` manifest (dict): this pipeline's Serve config and a Ray cluster
-        sized from the GPU layout. `image` must contain servegraph and the graph's module; the
-        other options (`gpu_image`, `namespace`, `runtime_env`, `worker_cpus`, ...) are
-        `compiler.rayservice.rayservice`'s."""
-        from .emit.rayservice import rayservice
-
-        return rayservice(self, graph, name=name, image=image, ray_version=ray_version,
-                          **options)
-
-    def explain(self) -> str:
-        """What the compiler decided: deployments, resources, the GPU layout, headroom."""
-        return explain(self)
 
     def served(self) -> list[StagePlan]:
         """The stages deployed as Serve deployments of their own (not fused into another)."""
@@ -246,73 +224,3 @@ class CompiledPipeline(BaseModel):
         if tag == "dict":
             return {key: self.decode(item, values) for key, item in body.items()}
         raise ValueError(f"unknown template tag {tag!r}")
-
-
-def explain(plan: CompiledPipeline) -> str:
-    """What the compiler decided, as text: deployments, their resources, the GPU layout."""
-    from .cluster import format_bytes
-
-    fused = plan.fused()
-    inside = f" ({len(fused)} fused into the driver)" if fused else ""
-    lines = [f"pipeline {plan.name!r}: {len(plan.nodes)} nodes, {len(plan.served())} "
-             f"stage deployments + driver{inside}; passes: {', '.join(plan.passes)}"]
-    if plan.cluster is not None:
-        lines.append(f"cluster: {plan.cluster.describe()}")
-    lines.append("deployments:")
-    for stage in [*plan.served(), plan.driver]:
-        options = stage.options
-        actor = options.get("ray_actor_options") or {}
-        auto = options.get("autoscaling_config")
-        if auto is not None or options.get("num_replicas") == "auto":
-            auto = auto or {}
-            low = auto.get("min_replicas", 1)
-            replicas = (f"autoscaling {low}..{auto.get('max_replicas', 1)}, "
-                        f"{auto.get('initial_replicas', low)} at start")
-        else:
-            count = options.get("num_replicas", 1)
-            replicas = f"{count} replica{'s' if count != 1 else ''}"
-        parts = [replicas, f"{actor.get('num_cpus', 1):g} CPU"]
-        gpus = actor.get("num_gpus")
-        if gpus:
-            how = "declared"
-            if stage.gpus_from_memory and plan.cluster is not None:
-                how = (f"from gpu_memory {format_bytes(stage.gpu_memory)} of "
-                       f"{format_bytes(plan.cluster.smallest_gpu_memory)}")
-            parts.append(f"{gpus:g} GPU ({how})")
-        for method, batch in stage.batching.items():
-            parts.append(f"batch {method} <= {batch.max_batch_size} "
-                         f"within {batch.batch_wait_timeout_s * 1000:g} ms")
-        limit = options.get("max_ongoing_requests")
-        if limit is not None:
-            parts.append(f"max_ongoing_requests={limit}")
-        if stage.timeout_s is not None:
-            parts.append(f"timeout {stage.timeout_s:g} s per call")
-        if stage.max_retries:
-            parts.append(f"{stage.max_retries} retr{'ies' if stage.max_retries > 1 else 'y'}")
-        if stage.role == "driver" and fused:
-            parts.append(f"runs {', '.join(s.name for s in fused)} in-process")
-        lines.append(f"  {stage.name:<20} {stage.kind:<8} {', '.join(parts)}")
-    if "fuse" in plan.passes:
-        lines.append("fusion:")
-        for stage in plan.deployments:
-            where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
-            lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
-    layout = plan.gpu_layout
-    if layout is None:
-        lines.append("GPU layout: no GPU stages")
-        return "\n".join(lines)
-    where = "on the cluster" if layout.bounded else "(no cluster spec: GPUs counted as needed)"
-    lines.append(f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} used, "
-                 f"lower bound {layout.lower_bound}")
-    for gpu in layout.gpus:
-        size = f" of {format_bytes(gpu.memory)}" if gpu.memory else ""
-        memory = f", {format_bytes(gpu.memory_used)}{size}" if gpu.memory_used is not None \
-            else ""
-        held = ", ".join(f"{r.stage}#{r.replica} {r.gpus:g}" for r in gpu.replicas) or "free"
-        lines.append(f"  {gpu.node} GPU {gpu.index}: {gpu.fraction_used:.0%}{memory}: {held}")
-    for room in layout.headroom:
-        lines.append(f"  headroom: {room.stage} starts {room.placed}, may scale to "
-                     f"{room.max_replicas}; {room.fits} more fit on the GPUs left"
-                     + ("" if room.placed + room.fits >= room.max_replicas
-                        else " (the rest would stay pending)"))
-    return "\n".join(lines)

@@ -6,6 +6,7 @@ servegraph only attaches a `DeploymentSpec` and the `bind`/`options` entry point
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -83,21 +84,17 @@ def deployment(_target: T | None = None, **options: Any) -> Any:
 
 
 def _unwrap_ray_deployment(target: Any) -> tuple[Any, dict[str, Any]]:
-    """A `ray.serve.Deployment` gives its class or function and the options its user set."""
+    """A `ray.serve.Deployment` gives its class or function and the options its user set.
+
+    Ray's own `deployment_to_schema` lists just those options; it is taken from the module the
+    deployment's class comes from (Ray is loaded wherever such an object exists), so this layer
+    neither imports Ray nor reads its private attributes."""
     if not type(target).__module__.startswith("ray.serve") or not hasattr(target, "func_or_class"):
         return target, {}
-    config = target._deployment_config
-    inherited = {name: getattr(config, name) for name in config.user_configured_option_names}
-    actor_options = target._replica_config.ray_actor_options or {}
-    if actor_options:
-        inherited["ray_actor_options"] = dict(actor_options)
-    if target.name != target.func_or_class.__name__:
+    to_schema = sys.modules[type(target).__module__].deployment_to_schema
+    inherited = to_schema(target).model_dump(exclude_unset=True, mode="json")
+    if inherited.pop("name", target.name) != target.func_or_class.__name__:
         inherited["name"] = target.name
-    for key, value in list(inherited.items()):
-        if hasattr(value, "model_dump"):
-            inherited[key] = value.model_dump(exclude_unset=True)
-        elif hasattr(value, "dict"):
-            inherited[key] = value.dict(exclude_unset=True)
     return target.func_or_class, inherited
 
 

@@ -14,13 +14,23 @@ import itertools
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import BindError, SourceSite
 from .site import user_site
 
-if TYPE_CHECKING:
-    from .deployment import DeploymentSpec
+
+class StageSpec(Protocol):
+    """What nodes read of a stage definition (`deployment.DeploymentSpec`): typed here as a
+    protocol so that this module does not import the one that builds nodes."""
+
+    target: Any
+    raw_options: Mapping[str, Any]
+    site: SourceSite
+    is_function: bool
+
+    @property
+    def name(self) -> str: ...
 
 
 class Op(str, enum.Enum):
@@ -156,11 +166,11 @@ class SelectNode(_Selectable):
 class CallTarget:
     """What a call node calls: a method of a ClassNode's actor group, or a function stage."""
 
-    group: ClassNode | DeploymentSpec
+    group: ClassNode | StageSpec
     method: str | None
 
     @property
-    def spec(self) -> DeploymentSpec:
+    def spec(self) -> StageSpec:
         return self.group.target if isinstance(self.group, ClassNode) else self.group
 
     @property

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from servegraph.web.proxy import IngressDiedGuard, middlewares
 from servegraph.serving.env import PROXY_ENV
+from servegraph.web.proxy import IngressDiedGuard, middlewares
 
 
 def call(app: Any, path: str = "/search", headers: list[tuple[bytes, bytes]] | None = None,

@@ -39,7 +39,8 @@ from ...errors import CompileError
 from ..cluster import NodeSpec, format_bytes
 from ..passes.pack import PACK_SCHEDULING_ENV, Bin, Demand, pack
 from ..passes.resources import RESOLUTION, replica_counts, to_units
-from ..plan import CompiledPipeline, GpuLayout
+from ..plan import GpuLayout, Plan
+from .serve_config import serve_config
 
 PASS = "rayservice"
 API_VERSION = "ray.io/v1"
@@ -84,7 +85,7 @@ class WorkerGroup:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-def rayservice(plan: CompiledPipeline, graph: str | None = None, *, name: str | None = None,
+def rayservice(plan: Plan, graph: str | None = None, *, name: str | None = None,
                image: str | None = None, gpu_image: str | None = None,
                ray_version: str | None = None, namespace: str | None = None,
                runtime_env: dict[str, Any] | None = None, worker_cpus: int = 4,
@@ -129,7 +130,7 @@ def rayservice(plan: CompiledPipeline, graph: str | None = None, *, name: str | 
         }]}},
     }
     cluster["workerGroupSpecs"] = workers
-    config = plan.to_serve_config(graph, runtime_env=runtime_env)
+    config = serve_config(plan, graphs=[graph], runtime_env=runtime_env)
     return {
         "apiVersion": API_VERSION,
         "kind": "RayService",
@@ -154,7 +155,7 @@ def k8s_name(text: str) -> str:
     return name[:MAX_NAME_LENGTH].rstrip("-")
 
 
-def stage_needs(plan: CompiledPipeline) -> list[StageNeeds]:
+def stage_needs(plan: Plan) -> list[StageNeeds]:
     """Per deployment (the driver last): its replica's CPUs and GPU share, its replica counts."""
     needs = []
     for stage in [*plan.served(), plan.driver]:
@@ -185,7 +186,7 @@ def gpu_pods(layout: GpuLayout | None, stages: list[StageNeeds]) -> tuple[list[P
     return start, _pods(bins, bounded, by_name)
 
 
-def gpu_groups(plan: CompiledPipeline, stages: list[StageNeeds]) -> list[WorkerGroup]:
+def gpu_groups(plan: Plan, stages: list[StageNeeds]) -> list[WorkerGroup]:
     """One group per GPU node shape of the cluster spec (per GPUs per pod without one)."""
     start, most = gpu_pods(plan.gpu_layout, stages)
     layout = plan.gpu_layout

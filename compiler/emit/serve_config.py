@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ...errors import CompileError
-from ..plan import CompiledPipeline
+from ..plan import Plan
 
 APP_BUILDER = "servegraph.serving.app:app_builder"
 
@@ -43,7 +43,7 @@ def find_graph_path(graph: Any) -> str | None:
     return None
 
 
-def application(plan: CompiledPipeline, graph: str | None = None, *,
+def application(plan: Plan, graph: str | None = None, *,
                 name: str | None = None, route_prefix: str | None = None,
                 runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """One entry of the config's `applications` list."""
@@ -76,11 +76,11 @@ def application(plan: CompiledPipeline, graph: str | None = None, *,
     return app
 
 
-def serve_config(plans: list[CompiledPipeline] | CompiledPipeline, *,
+def serve_config(plans: list[Plan] | Plan, *,
                  graphs: list[str | None] | None = None, host: str = "0.0.0.0",
                  port: int = 8000, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Serve config (`ServeDeploySchema`) holding one application per plan."""
-    plans = [plans] if isinstance(plans, CompiledPipeline) else list(plans)
+    plans = [plans] if isinstance(plans, Plan) else list(plans)
     graphs = graphs or [None] * len(plans)
     apps = [application(plan, graph, runtime_env=runtime_env)
             for plan, graph in zip(plans, graphs, strict=True)]

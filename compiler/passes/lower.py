@@ -17,7 +17,8 @@ from typing import Any
 
 from ...dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
 from ..graphview import schedule
-from ..plan import BatchPlan, CompiledPipeline, NodePlan, StagePlan
+from ..pipeline import CompiledPipeline
+from ..plan import BatchPlan, NodePlan, StagePlan
 from ..types import type_name
 from .typecheck import TypeFacts
 from .validate import CheckedGraph, is_stream, spec_of_group

@@ -29,7 +29,8 @@ from typing import Any
 
 from ...dag import DeploymentSpec, Node, spec_of
 from ...errors import CompileError
-from ..plan import CompiledPipeline, GpuLayout, NodePlan, StagePlan
+from ..pipeline import CompiledPipeline
+from ..plan import GpuLayout, NodePlan, StagePlan
 from ..types import parameter_types, return_type
 from .lower import ValueEncoder, import_path
 
