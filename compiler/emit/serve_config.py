@@ -43,7 +43,7 @@ def find_graph_path(graph: Any) -> str | None:
     return None
 
 
-def application(plan: Plan, graph: str | None = None, *,
+def app_config(plan: Plan, graph: str | None = None, *,
                 name: str | None = None, route_prefix: str | None = None,
                 runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """One entry of the config's `applications` list."""
@@ -82,7 +82,7 @@ def serve_config(plans: list[Plan] | Plan, *,
     """A Serve config (`ServeDeploySchema`) holding one application per plan."""
     plans = [plans] if isinstance(plans, Plan) else list(plans)
     graphs = graphs or [None] * len(plans)
-    apps = [application(plan, graph, runtime_env=runtime_env)
+    apps = [app_config(plan, graph, runtime_env=runtime_env)
             for plan, graph in zip(plans, graphs, strict=True)]
     for key in ("name", "route_prefix"):
         seen = [app[key] for app in apps]

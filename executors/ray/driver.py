@@ -36,18 +36,18 @@ class ServeRunner:
         self.driver_name = driver_name
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
-        flat, layout = flatten(leaves)
+        flat, shape = flatten(leaves)
         node = step.node
         if node.stream:
-            return StreamCall(node.stage, node.id, layout, tuple(flat))  # type: ignore[arg-type]
-        return self.handles[node.stage].remote(node.id, layout, *flat)  # type: ignore[index]
+            return StreamCall(node.stage, node.id, shape, tuple(flat))  # type: ignore[arg-type]
+        return self.handles[node.stage].remote(node.id, shape, *flat)  # type: ignore[index]
 
     def open(self, stream: StreamCall) -> AsyncIterator[Any]:
         handle = self.stream_handles.get(stream.stage)
         if handle is None:
             handle = self.handles[stream.stage].options(method_name="stream", stream=True)
             self.stream_handles[stream.stage] = handle
-        return handle.remote(stream.node_id, stream.layout, *stream.flat)
+        return handle.remote(stream.node_id, stream.shape, *stream.flat)
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, DeploymentResponse)

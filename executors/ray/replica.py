@@ -25,9 +25,9 @@ from .errors import find_pipeline_error
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:
 # ("list", index, length) for a list holding responses, and ("stream", index, stage, node id,
-# its own layout, length) for a stream the called replica opens itself.
-Layout = tuple[tuple[Any, ...], ...]
-OpenStream = Callable[[str, str, Layout, Sequence[Any]], Any]
+# its own shape, length) for a stream the called replica opens itself.
+ArgShape = tuple[tuple[Any, ...], ...]
+OpenStream = Callable[[str, str, ArgShape, Sequence[Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -38,34 +38,34 @@ class StreamCall:
 
     stage: str
     node_id: str
-    layout: Layout
+    shape: ArgShape
     flat: tuple[Any, ...]
 
 
-def flatten(leaves: Sequence[Any]) -> tuple[list[Any], Layout]:
+def flatten(leaves: Sequence[Any]) -> tuple[list[Any], ArgShape]:
     """Spread every list holding a response, and every stream's own arguments, into
-    top-level arguments, which Serve resolves; `layout` says how to gather them back."""
+    top-level arguments, which Serve resolves; `shape` says how to gather them back."""
     flat: list[Any] = []
-    layout: list[tuple[Any, ...]] = []
+    shape: list[tuple[Any, ...]] = []
     for index, leaf in enumerate(leaves):
         if isinstance(leaf, StreamCall):
-            layout.append(("stream", index, leaf.stage, leaf.node_id, leaf.layout,
+            shape.append(("stream", index, leaf.stage, leaf.node_id, leaf.shape,
                            len(leaf.flat)))
             flat.extend(leaf.flat)
         elif isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
-            layout.append(("list", index, len(leaf)))
+            shape.append(("list", index, len(leaf)))
             flat.extend(leaf)
         else:
             flat.append(leaf)
-    return flat, tuple(layout)
+    return flat, tuple(shape)
 
 
-def unflatten(flat: Sequence[Any], layout: Layout,
+def unflatten(flat: Sequence[Any], shape: ArgShape,
               open_stream: OpenStream | None = None) -> list[Any]:
-    if not layout:
+    if not shape:
         return list(flat)
     leaves: list[Any] = []
-    spread = {entry[1]: entry for entry in layout}
+    spread = {entry[1]: entry for entry in shape}
     position = 0
     while position < len(flat) or len(leaves) in spread:
         entry = spread.get(len(leaves))
@@ -115,9 +115,9 @@ class StageReplica:
             self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
                                    CallPolicy.of(plan, node))
 
-    async def __call__(self, node_id: str, layout: Layout, *flat: Any) -> Any:
+    async def __call__(self, node_id: str, shape: ArgShape, *flat: Any) -> Any:
         step, fn, is_async, policy = self.calls[node_id]
-        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        args, kwargs = step.build(unflatten(flat, shape, self._open))  # type: ignore[misc]
         if policy.active:
             return await call_guarded(
                 attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
@@ -128,10 +128,10 @@ class StageReplica:
         except Exception as exc:
             raise self._failed(exc, step) from None
 
-    async def stream(self, node_id: str, layout: Layout, *flat: Any) -> AsyncIterator[Any]:
+    async def stream(self, node_id: str, shape: ArgShape, *flat: Any) -> AsyncIterator[Any]:
         """A streaming node: the stage's async generator, chunk by chunk."""
         step, fn, _, policy = self.calls[node_id]
-        args, kwargs = step.build(unflatten(flat, layout, self._open))  # type: ignore[misc]
+        args, kwargs = step.build(unflatten(flat, shape, self._open))  # type: ignore[misc]
         chunks = fn(*args, **kwargs)
         if policy.timeout_s is not None:
             chunks = chunks_guarded(chunks, policy, lambda exc: self._failed(exc, step))
@@ -149,7 +149,7 @@ class StageReplica:
         return StageError(self.stage.name, str(exc), site=step.node.site,
                           error_type=type(exc).__name__)
 
-    def _open(self, stage: str, node_id: str, layout: Layout, flat: Sequence[Any]) -> Any:
+    def _open(self, stage: str, node_id: str, shape: ArgShape, flat: Sequence[Any]) -> Any:
         """Start an upstream streaming call; its chunks arrive as this stage reads them."""
         handle = self._stream_handles.get(stage)
         if handle is None:
@@ -157,4 +157,4 @@ class StageReplica:
             handle = serve.get_deployment_handle(stage, app).options(
                 method_name="stream", stream=True)
             self._stream_handles[stage] = handle
-        return handle.remote(node_id, layout, *flat)
+        return handle.remote(node_id, shape, *flat)
