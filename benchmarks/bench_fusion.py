@@ -73,7 +73,7 @@ def contenders(pipeline: str) -> list[tuple[str, Deploy]]:
         def deploy(name: str) -> Callable[[], Call]:
             plan = sg.compile(graph(), fuse=fuse)
             pipeline_handle = sg.serve(plan, name=name, route_prefix=f"/{name}")
-            return lambda: pipeline_handle.remote
+            return lambda: pipeline_handle.acall
         return deploy
 
     def hand(app: Callable[[], Any]) -> Deploy:

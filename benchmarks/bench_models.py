@@ -177,7 +177,7 @@ def measure_local(args: argparse.Namespace) -> list[Load]:
 
     encoder = OnnxEncoder(threads=args.threads)
     calls = {name: sg.LocalExecutor(encoder_graph(batched),
-                                    overrides={OnnxEncoder: encoder}).run
+                                    overrides={OnnxEncoder: encoder}).acall
              for name, batched in CONTENDERS.items()}
     return rounds("local", calls, args)
 
@@ -197,7 +197,7 @@ def measure_serve(args: argparse.Namespace) -> list[Load]:
         handles = {name: sg.serve(encoder_graph(batched),
                                   route_prefix=f"/{name.replace('.', '-')}")
                    for name, batched in CONTENDERS.items()}
-        return rounds("serve", {name: handle.remote for name, handle in handles.items()}, args)
+        return rounds("serve", {name: handle.acall for name, handle in handles.items()}, args)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -123,10 +123,9 @@ def serve_order(plan: sg.CompiledPipeline) -> list[tuple[str, int]]:
     """(stage, units) per replica in the order Serve creates them: as
     serving.app.deploy_order binds the stages (larger fractions first, stable), each
     stage's replicas together."""
-    stages = sorted(plan.deployments, key=lambda s: -float(
-        (s.options.get("ray_actor_options") or {}).get("num_gpus") or 0))
-    return [(s.name, round(s.options["ray_actor_options"]["num_gpus"] * RESOLUTION))
-            for s in stages for _ in range(s.options.get("num_replicas", 1))]
+    stages = sorted(plan.deployments, key=lambda s: -s.resources.gpus)
+    return [(s.name, round(s.resources.gpus * RESOLUTION))
+            for s in stages for _ in range(s.resources.replicas.start)]
 
 
 def ray_place(units: Sequence[int], gpus: int) -> list[tuple[int, ...] | None]:

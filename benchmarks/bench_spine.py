@@ -150,7 +150,7 @@ def measure_local(args: argparse.Namespace) -> list[Latency]:
     ltm = serve.run(diamond.hand_app(), name="ltm", _local_testing_mode=True)
 
     async def servegraph_local(request: dict[str, Any]) -> Any:
-        return await executor.run(request)
+        return await executor.acall(request)
 
     async def plain_asyncio(request: dict[str, Any]) -> Any:
         return await diamond.run_asyncio(inc, request)
@@ -256,7 +256,7 @@ def contenders() -> list[tuple[str, Deploy]]:
     def compiled() -> tuple[Callable[[], Call], str]:
         pipeline = sg.serve(sg.compile(diamond.graph()), name="servegraph",
                             route_prefix="/servegraph")
-        return (lambda: pipeline.remote), "/servegraph"
+        return (lambda: pipeline.acall), "/servegraph"
 
     def hand(name: str, options: dict[str, Any]) -> Deploy:
         def deploy() -> tuple[Callable[[], Call], str]:

@@ -107,6 +107,29 @@ class CheckedReport(LoadReport):
     first_error_at_s: float | None = None
     last_error_at_s: float | None = None
 
+    def failed_at(self, at_s: float) -> None:
+        """Note a failure `at_s` seconds into the load: the first and last bound the outage."""
+        self.first_error_at_s = self.first_error_at_s or at_s
+        self.last_error_at_s = at_s
+
+    def check(self, case: Case, request_id: str, response: httpx.Response, *,
+              at_s: float) -> None:
+        """Count one answer and hold it to its case: a bad case must get a 4xx; a good one
+        must get a 200 with the expected output, and a 5xx must name what failed."""
+        status = response.status_code
+        self.statuses[str(status)] += 1
+        if case.bad:
+            if not 400 <= status < 500:
+                self.bad_not_4xx.append(_said(request_id, response))
+            return
+        if status == 200 and response.json() == case.expect:
+            self.correct += 1
+            return
+        self.failed_at(at_s)
+        if status >= 500 and not _names_a_stage(response):
+            self.unnamed_5xx.append(_said(request_id, response))
+        self.wrong.append(_said(request_id, response))
+
     @property
     def lost(self) -> int:
         """Requests with no HTTP response at all (a timeout or a connection error)."""
@@ -144,49 +167,10 @@ async def load_cases(url: str, cases: list[Case], *, requests: int, concurrency:
     done = 0
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
 
-        def failed(at: float) -> None:
-            report.first_error_at_s = report.first_error_at_s or at
-            report.last_error_at_s = at
-
-        async def one(index: int) -> None:
-            case = cases[index % len(cases)]
-            report.bad += case.bad
-            report.good += not case.bad
-            started = time.perf_counter()
-            try:
-                if case.raw is not None:
-                    response = await client.post(url, content=case.raw.encode(), headers={
-                        "content-type": "application/json", "x-request-id": f"r{index}"})
-                else:
-                    response = await client.post(url, json=case.body,
-                                                 headers={"x-request-id": f"r{index}"})
-            except httpx.TimeoutException:
-                report.statuses["timeout"] += 1
-                failed(started - began)
-                return
-            except httpx.TransportError as exc:
-                report.statuses[f"error {type(exc).__name__}"] += 1
-                failed(started - began)
-                return
-            report.latencies_ms.append((time.perf_counter() - started) * 1000)
-            status = response.status_code
-            report.statuses[str(status)] += 1
-            if case.bad:
-                if not 400 <= status < 500:
-                    report.bad_not_4xx.append(f"r{index}: {status} {response.text[:200]}")
-                return
-            if status == 200 and response.json() == case.expect:
-                report.correct += 1
-                return
-            failed(started - began)
-            if status >= 500 and not _names_a_stage(response):
-                report.unnamed_5xx.append(f"r{index}: {status} {response.text[:200]}")
-            report.wrong.append(f"r{index}: {status} {response.text[:200]}")
-
         async def worker() -> None:
             nonlocal done
             for index in remaining:
-                await one(index)
+                await _one_case(client, report, cases[index % len(cases)], index, began)
                 done += 1
                 if progress_every and done % progress_every == 0:
                     print(f"answered {done}", flush=True)
@@ -195,6 +179,42 @@ async def load_cases(url: str, cases: list[Case], *, requests: int, concurrency:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         report.seconds = time.perf_counter() - began
     return report
+
+
+async def _one_case(client: httpx.AsyncClient, report: CheckedReport, case: Case, index: int,
+                    began: float) -> None:
+    """Send request `index` (`case`) and record it in `report`: no response at all (a timeout,
+    a connection error) is counted by kind, an answer is checked against the case."""
+    report.bad += case.bad
+    report.good += not case.bad
+    started = time.perf_counter()
+    try:
+        response = await _send(client, report.url, case, index)
+    except httpx.TimeoutException:
+        report.statuses["timeout"] += 1
+        report.failed_at(started - began)
+        return
+    except httpx.TransportError as exc:
+        report.statuses[f"error {type(exc).__name__}"] += 1
+        report.failed_at(started - began)
+        return
+    report.latencies_ms.append((time.perf_counter() - started) * 1000)
+    report.check(case, f"r{index}", response, at_s=started - began)
+
+
+async def _send(client: httpx.AsyncClient, url: str, case: Case, index: int) -> httpx.Response:
+    """POST the case's body as JSON, or its `raw` text as it is (malformed on purpose), with
+    `x-request-id: r<index>` so a wrong answer can be found in the service's logs."""
+    headers = {"x-request-id": f"r{index}"}
+    if case.raw is not None:
+        return await client.post(url, content=case.raw.encode(),
+                                 headers={"content-type": "application/json", **headers})
+    return await client.post(url, json=case.body, headers=headers)
+
+
+def _said(request_id: str, response: httpx.Response) -> str:
+    """A wrong answer as the report lists it: the request, its status, its body's start."""
+    return f"{request_id}: {response.status_code} {response.text[:200]}"
 
 
 def _names_a_stage(response: httpx.Response) -> bool:

@@ -15,9 +15,10 @@ from .passes.lower import lower
 from .passes.pack import pack_pass
 from .passes.resources import resources
 from .passes.typecheck import typecheck
-from .passes.validate import CheckedGraph, validate
+from .passes.validate import validate
 from .pipeline import CompiledPipeline
-from .plan import GpuLayout, NodePlan, Plan, StagePlan
+from .plan import GpuLayout, NodePlan, Plan, ReplicaRange, StagePlan, StageResources
+from .state import CompileState
 
 PASSES = ("validate", "typecheck", "resources", "pack", "fuse", "lower")
 
@@ -40,12 +41,12 @@ def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True
     if not isinstance(fuse, bool):
         raise BindError(f"fuse= needs True or False, got {fuse!r}", site=user_site(),
                         hint="sg.compile(graph, fuse=False) keeps every stage a deployment")
-    checked: CheckedGraph = validate(graph)
-    checked = typecheck(checked)
-    checked = resources(checked, cluster)
-    checked = pack_pass(checked)
-    checked = fuse_pass(checked, enabled=fuse)
-    return lower(checked, list(PASSES), fuse)
+    state: CompileState = validate(graph)
+    state = typecheck(state)
+    state = resources(state, cluster)
+    state = pack_pass(state)
+    state = fuse_pass(state, enabled=fuse)
+    return lower(state, list(PASSES), fuse)
 
 
 def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
@@ -56,4 +57,4 @@ def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
 
 
 __all__ = ["PASSES", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan", "NodeSpec",
-           "Plan", "StagePlan", "as_plan", "compile"]
+           "Plan", "ReplicaRange", "StagePlan", "StageResources", "as_plan", "compile"]

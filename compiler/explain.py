@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .cluster import format_bytes
-from .plan import Plan
+from .plan import Plan, ReplicaRange, StagePlan
 
 
 def explain(plan: Plan) -> str:
@@ -16,50 +16,56 @@ def explain(plan: Plan) -> str:
         lines.append(f"cluster: {plan.cluster.describe()}")
     lines.append("deployments:")
     for stage in [*plan.served(), plan.driver]:
-        options = stage.options
-        actor = options.get("ray_actor_options") or {}
-        auto = options.get("autoscaling_config")
-        if auto is not None or options.get("num_replicas") == "auto":
-            auto = auto or {}
-            low = auto.get("min_replicas", 1)
-            replicas = (f"autoscaling {low}..{auto.get('max_replicas', 1)}, "
-                        f"{auto.get('initial_replicas', low)} at start")
-        else:
-            count = options.get("num_replicas", 1)
-            replicas = f"{count} replica{'s' if count != 1 else ''}"
-        parts = [replicas, f"{actor.get('num_cpus', 1):g} CPU"]
-        gpus = actor.get("num_gpus")
-        if gpus:
-            how = "declared"
-            if stage.gpus_from_memory and plan.cluster is not None:
-                how = (f"from gpu_memory {format_bytes(stage.gpu_memory)} of "
-                       f"{format_bytes(plan.cluster.smallest_gpu_memory)}")
-            parts.append(f"{gpus:g} GPU ({how})")
-        for method, batch in stage.batching.items():
-            parts.append(f"batch {method} <= {batch.max_batch_size} "
-                         f"within {batch.batch_wait_timeout_s * 1000:g} ms")
-        limit = options.get("max_ongoing_requests")
-        if limit is not None:
-            parts.append(f"max_ongoing_requests={limit}")
-        if stage.timeout_s is not None:
-            parts.append(f"timeout {stage.timeout_s:g} s per call")
-        if stage.max_retries:
-            parts.append(f"{stage.max_retries} retr{'ies' if stage.max_retries > 1 else 'y'}")
-        if stage.role == "driver" and fused:
-            parts.append(f"runs {', '.join(s.name for s in fused)} in-process")
-        lines.append(f"  {stage.name:<20} {stage.kind:<8} {', '.join(parts)}")
+        lines.append(f"  {stage.name:<20} {stage.kind:<8} "
+                     f"{', '.join(_deployment(plan, stage, fused))}")
     if "fuse" in plan.passes:
         lines.append("fusion:")
         for stage in plan.deployments:
             where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
             lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
+    return "\n".join([*lines, *_gpu_layout(plan)])
+
+
+def replicas_text(replicas: ReplicaRange) -> str:
+    """`2 replicas`, or `autoscaling 1..100, 1 at start`."""
+    if replicas.autoscaling:
+        return f"autoscaling {replicas.min}..{replicas.max}, {replicas.start} at start"
+    return f"{replicas.start} replica{'s' if replicas.start != 1 else ''}"
+
+
+def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[str]:
+    """One deployment's line: its replicas, what each reserves, and how it is called."""
+    facts = stage.resources
+    parts = [replicas_text(facts.replicas), f"{facts.cpus:g} CPU"]
+    if facts.gpus:
+        how = "declared"
+        if facts.gpus_from_memory and plan.cluster is not None:
+            how = (f"from gpu_memory {format_bytes(facts.gpu_memory)} of "
+                   f"{format_bytes(plan.cluster.smallest_gpu_memory)}")
+        parts.append(f"{facts.gpus:g} GPU ({how})")
+    for method, batch in stage.batching.items():
+        parts.append(f"batch {method} <= {batch.max_batch_size} "
+                     f"within {batch.batch_wait_timeout_s * 1000:g} ms")
+    limit = stage.options.get("max_ongoing_requests")
+    if limit is not None:
+        parts.append(f"max_ongoing_requests={limit}")
+    if stage.timeout_s is not None:
+        parts.append(f"timeout {stage.timeout_s:g} s per call")
+    if stage.max_retries:
+        parts.append(f"{stage.max_retries} retr{'ies' if stage.max_retries > 1 else 'y'}")
+    if stage.role == "driver" and fused:
+        parts.append(f"runs {', '.join(s.name for s in fused)} in-process")
+    return parts
+
+
+def _gpu_layout(plan: Plan) -> list[str]:
+    """The GPUs the plan uses, what shares each, and how far autoscaled stages can grow."""
     layout = plan.gpu_layout
     if layout is None:
-        lines.append("GPU layout: no GPU stages")
-        return "\n".join(lines)
+        return ["GPU layout: no GPU stages"]
     where = "on the cluster" if layout.bounded else "(no cluster spec: GPUs counted as needed)"
-    lines.append(f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} used, "
-                 f"lower bound {layout.lower_bound}")
+    lines = [f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} used, "
+             f"lower bound {layout.lower_bound}"]
     for gpu in layout.gpus:
         size = f" of {format_bytes(gpu.memory)}" if gpu.memory else ""
         memory = f", {format_bytes(gpu.memory_used)}{size}" if gpu.memory_used is not None \
@@ -71,4 +77,4 @@ def explain(plan: Plan) -> str:
                      f"{room.max_replicas}; {room.fits} more fit on the GPUs left"
                      + ("" if room.placed + room.fits >= room.max_replicas
                         else " (the rest would stay pending)"))
-    return "\n".join(lines)
+    return lines

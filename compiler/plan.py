@@ -1,21 +1,26 @@
 """The plan's data: what the executors run and the artifacts are made from.
 
-A pydantic model that round-trips through JSON. Argument templates are tagged JSON:
-`{"ref": "n3"}` a node's value, `{"const": v}` a JSON constant, `{"list": [...]}`,
-`{"tuple": [...]}`, `{"dict": {...}}`, and `{"opaque": i, "repr": "..."}` for a constant JSON
-cannot hold (kept in memory with the plan; a plan read back from JSON cannot run those).
-Stage targets are import paths; in memory the plan also keeps the objects themselves, so
-classes defined in a test or a notebook run without being importable.
+A pydantic model that round-trips through JSON: a plan read back equals the plan written.
+Arguments are templates, tagged JSON written and read only by `templates`. Stage targets are
+import paths. A plan compiled in this process also carries a `PlanMemory` beside its data, never
+in it: the objects behind the import paths (so classes defined in a test or a notebook run
+without being importable), the constants JSON cannot hold, the graph it was compiled from and
+its nodes' plan ids. A plan read back from JSON has an empty one.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from typing_extensions import Self  # typing's from Python 3.11; pydantic depends on it
 
+from ..dag import Graph
 from ..errors import CompileError
+from . import templates
 from .cluster import ClusterSpec
 
 # "const": a call node replaced by a constant (`args[0]` its template), see `override`
@@ -31,6 +36,41 @@ class BatchPlan(BaseModel):
     batch_size_fn: str | None = None
 
 
+class ReplicaRange(BaseModel):
+    """How many replicas Serve runs of a deployment, its defaults applied: `start` at deploy
+    time (what `serve.run` waits for), and the range autoscaling keeps it in. A fixed count
+    has `start == min == max`; with `num_replicas="auto"` an unset `max_replicas` is 100."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: int = 1
+    min: int = 1
+    max: int = 1
+    autoscaling: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaRange:
+        if not self.min <= self.start <= self.max:
+            raise ValueError(f"replicas out of order: min {self.min}, start {self.start}, "
+                             f"max {self.max}")
+        return self
+
+
+class StageResources(BaseModel):
+    """The resources pass's facts about one deployment, computed once from its options and
+    read by every later pass and output (the packer, fusion, explain, the Serve config, the
+    RayService, the diagram, the launcher): how many replicas, and what one reserves as Ray
+    counts it (`num_cpus` unset is Serve's 1 CPU; `num_gpus` unset is none)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    replicas: ReplicaRange = ReplicaRange()
+    cpus: float = 1.0               # per replica
+    gpus: float = 0.0               # per replica: declared, or derived from gpu_memory
+    gpu_memory: int | None = None   # bytes one replica uses on its GPU(s), when declared
+    gpus_from_memory: bool = False  # `gpus` derived from gpu_memory and the cluster's GPU size
+
+
 class StagePlan(BaseModel):
     """One Serve deployment: an actor group of a class stage, a function stage, or the driver."""
 
@@ -44,9 +84,8 @@ class StagePlan(BaseModel):
     init_kwargs: dict[str, Any] = {}
     methods: list[str] = []
     batching: dict[str, BatchPlan] = {}
-    options: dict[str, Any] = {}
-    gpu_memory: int | None = None
-    gpus_from_memory: bool = False  # num_gpus derived from gpu_memory by the resources pass
+    options: dict[str, Any] = {}    # what the user set, in Ray's names: Serve fills in the rest
+    resources: StageResources = StageResources()  # as Serve counts them, defaults filled in
     fuse: bool | None = None
     timeout_s: float | None = None  # bound on each call (a stream: on each chunk's wait)
     max_retries: int = 0            # calls retried after a failure or a timeout
@@ -128,6 +167,19 @@ class NodePlan(BaseModel):
     site: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class PlanMemory:
+    """What a plan compiled in this process keeps beside its data, never in it: objects JSON
+    cannot hold. Not part of the plan's JSON, equality or hash, so a plan read back from JSON
+    equals the plan written; such a plan has an empty memory and imports its stages by path.
+    Passes that make a plan attach a new one (`Plan.with_memory`); nobody mutates one."""
+
+    objects: Mapping[str, Any] = field(default_factory=dict)  # import path -> class/function
+    constants: Sequence[Any] = ()       # the `$opaque` constants, by index
+    graph: Graph | None = None          # the graph compiled (a Serve config finds its module)
+    node_ids: Mapping[int, str] = field(default_factory=dict)  # graph Node.id -> plan node id
+
+
 class Plan(BaseModel):
     """The compiled plan's data: a schedule of nodes, the deployments and the ingress driver.
     `CompiledPipeline` (in `pipeline`) adds what is made from it: explain, the Serve config and
@@ -146,10 +198,30 @@ class Plan(BaseModel):
     gpu_layout: GpuLayout | None = None
     fuse: bool = True  # compiled with fusion on (a Serve config's builder compiles the same)
 
-    _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _constants: list[Any] = PrivateAttr(default_factory=list)
-    _graph: Any = PrivateAttr(default=None)  # the sg.Graph compiled, when compiled here
-    _node_ids: dict[int, str] = PrivateAttr(default_factory=dict)  # graph Node.id -> plan id
+    _memory: PlanMemory = PrivateAttr(default_factory=PlanMemory)
+
+    @property
+    def memory(self) -> PlanMemory:
+        """What this plan keeps beside its data (see `PlanMemory`)."""
+        return self._memory
+
+    def with_memory(self, memory: PlanMemory) -> Self:
+        """This plan's data with `memory` beside it (a copy: the plan is immutable)."""
+        plan = self.model_copy()
+        plan._memory = memory
+        return plan
+
+    def __eq__(self, other: object) -> bool:
+        """Plans are equal when their data is; the memory beside it is not compared."""
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return type(self) is type(other) and all(
+            getattr(self, name) == getattr(other, name) for name in type(self).model_fields)
+
+    def __hash__(self) -> int:
+        """From the name, node ids and stage names: what equal plans share, cheap to read."""
+        return hash((type(self).__qualname__, self.name, tuple(node.id for node in self.nodes),
+                     tuple(stage.name for stage in self.deployments)))
 
     def served(self) -> list[StagePlan]:
         """The stages deployed as Serve deployments of their own (not fused into another)."""
@@ -167,8 +239,8 @@ class Plan(BaseModel):
 
     def resolve(self, import_path: str) -> Any:
         """The object behind an import path: kept from compile time, else imported."""
-        if import_path in self._objects:
-            return self._objects[import_path]
+        if import_path in self.memory.objects:
+            return self.memory.objects[import_path]
         module_name, _, qualname = import_path.partition(":")
         try:
             value: Any = importlib.import_module(module_name)
@@ -199,28 +271,7 @@ class Plan(BaseModel):
     def input_type(self) -> Any:
         return self.resolve(self.input_model) if self.input_model else None
 
-    def decode(self, template: Any, values: dict[str, Any] | None = None) -> Any:
-        """Turn an argument template back into Python values (`ref`s read from `values`)."""
-        if "opaque" in template:
-            index = template["opaque"]
-            if index >= len(self._constants):
-                raise CompileError(
-                    f"the constant {template.get('repr')} was not saved with the plan",
-                    pass_name="load",
-                    hint="compile the graph in this process, or use JSON-able constants",
-                )
-            return self._constants[index]
-        tag, body = next(iter(template.items()))
-        if tag == "ref":
-            if values is None:
-                raise KeyError(body)
-            return values[body]
-        if tag == "const":
-            return body
-        if tag == "list":
-            return [self.decode(item, values) for item in body]
-        if tag == "tuple":
-            return tuple(self.decode(item, values) for item in body)
-        if tag == "dict":
-            return {key: self.decode(item, values) for key, item in body.items()}
-        raise ValueError(f"unknown template tag {tag!r}")
+    def decode(self, template: Any, values: Mapping[str, Any] | None = None) -> Any:
+        """An argument template as Python values: refs read from `values`, opaque constants
+        from this plan's memory (see `templates.decode`)."""
+        return templates.decode(template, values, self.memory.constants)

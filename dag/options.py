@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SERVEGRAPH_OPTIONS = frozenset({"gpu_memory", "fuse", "timeout_s", "max_retries"})
 
@@ -61,25 +68,47 @@ class ActorOptions(_Open):
         return value
 
 
+# Serve's `AutoscalingConfig.default()` (ray/serve/config.py): with `num_replicas="auto"` Serve
+# lays the keys the user set over these (`handle_num_replicas_auto` in
+# ray/serve/_private/config.py; a `serve deploy` override does the same in
+# `override_deployment_info`, ray/serve/_private/application_state.py). Written out here because
+# the dag layer does not import ray; tests/test_dag.py pins it to Ray's own.
+AUTO_AUTOSCALING_DEFAULTS: dict[str, Any] = {
+    "target_ongoing_requests": 2.0, "min_replicas": 1, "max_replicas": 100}
+
+
 class AutoscalingOptions(_Open):
+    """Serve's `AutoscalingConfig`; the defaults are its own (a plain `autoscaling_config`
+    without `num_replicas="auto"` scales 1..1 unless told otherwise). Their order is checked
+    by `DeploymentOptions`, which knows whether `"auto"` changes them."""
+
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     initial_replicas: int | None = Field(default=None, ge=0)
     target_ongoing_requests: float | None = Field(default=None, gt=0)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> AutoscalingOptions:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})"
-            )
-        initial = self.initial_replicas
-        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
-            raise ValueError(
-                f"initial_replicas ({initial}) is outside "
-                f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]"
-            )
-        return self
+    def under_auto(self) -> AutoscalingOptions:
+        """The config Serve runs for `num_replicas="auto"`: the keys set here laid over
+        `AUTO_AUTOSCALING_DEFAULTS`."""
+        return AutoscalingOptions.model_validate(
+            AUTO_AUTOSCALING_DEFAULTS | self.model_dump(exclude_unset=True))
+
+    def check_order(self, auto: bool) -> None:
+        """min_replicas <= initial_replicas <= max_replicas, judged on the values Serve will
+        use (`auto`: under `num_replicas="auto"`); a bound the user left out says so."""
+        used = self.under_auto() if auto else self
+        low, high, initial = used.min_replicas, used.max_replicas, used.initial_replicas
+        unset = [key for key in ("min_replicas", "max_replicas")
+                 if key not in self.model_fields_set]
+        note = "" if not unset else (
+            f"; {' and '.join(unset)} "
+            + ("is Serve's default" if len(unset) == 1 else "are Serve's defaults")
+            + (" for num_replicas='auto'" if auto else ""))
+        if low > high:
+            raise ValueError(f"min_replicas ({low}) > max_replicas ({high}){note}")
+        if initial is not None and not low <= initial <= high:
+            raise ValueError(f"initial_replicas ({initial}) is outside [min_replicas={low}, "
+                             f"max_replicas={high}]{note}")
 
 
 class DeploymentOptions(BaseModel):
@@ -149,6 +178,16 @@ class DeploymentOptions(BaseModel):
             raise ValueError("must be a whole number >= 0")
         return value
 
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _bounds(cls, value: AutoscalingOptions | None,
+                info: ValidationInfo) -> AutoscalingOptions | None:
+        """`num_replicas` is validated first (declared above), so whether it is "auto"
+        is known here."""
+        if value is not None:
+            value.check_order(auto=info.data.get("num_replicas") == "auto")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentOptions:
         if self.autoscaling_config is not None and isinstance(self.num_replicas, int):
@@ -158,6 +197,18 @@ class DeploymentOptions(BaseModel):
             )
         return self
 
+    def autoscaling(self) -> AutoscalingOptions | None:
+        """The autoscaling config Serve runs with, its defaults filled in: for
+        `num_replicas="auto"` the user's keys over `AUTO_AUTOSCALING_DEFAULTS`; None for a
+        fixed number of replicas."""
+        if self.num_replicas == "auto":
+            return (self.autoscaling_config or AutoscalingOptions()).under_auto()
+        return self.autoscaling_config
+
     def serve_options(self) -> dict[str, Any]:
-        """Keyword arguments for `serve.deployment(...).options(...)`: JSON-able, Ray's names."""
-        return self.model_dump(exclude_none=True, exclude=set(SERVEGRAPH_OPTIONS))
+        """Keyword arguments for `serve.deployment(...).options(...)`: JSON-able, Ray's names,
+        only what the user set (a None counts as unset). Our models' defaults stay out, so
+        Serve applies its own: `autoscaling_config` with `num_replicas="auto"` defaults its
+        `max_replicas` to 100, not to the 1 our model holds for a plain config."""
+        return self.model_dump(exclude_unset=True, exclude_none=True,
+                               exclude=set(SERVEGRAPH_OPTIONS))

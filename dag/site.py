@@ -11,8 +11,9 @@ from ..errors import SourceSite
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # servegraph's own machinery; frames in pipelines/, tests/ and benchmarks/ are user code.
 _INTERNAL = tuple(os.path.join(_PACKAGE, part) for part in
-                  ("dag" + os.sep, "compiler" + os.sep, "executors" + os.sep,
-                   "visualize" + os.sep, "__init__.py", "errors.py", "cli.py"))
+                  ("dag" + os.sep, "compiler" + os.sep, "executors" + os.sep, "web" + os.sep,
+                   "serving" + os.sep, "visualize" + os.sep, "testing" + os.sep,
+                   "cli" + os.sep, "__init__.py", "errors.py"))
 
 
 def user_site() -> SourceSite:

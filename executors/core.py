@@ -13,33 +13,32 @@ itself locally, an unstarted call on Serve) that flows, unread, into the one nod
 consumes it chunk by chunk, or out of `stream()` to the caller. Awaited as an output by
 `execute`, a stream is read to the end and its chunks returned as a list.
 
-Arguments are precompiled per node into `refs` (the node values it reads, in order: the
-*leaves*) and a `build(leaves)` that rebuilds the user's nesting of lists and dicts. Serve
+Arguments are precompiled per node, by the plan's one template codec (`compiler.templates`),
+into `refs` (the node values it reads, in order: the *leaves*) and a `build(leaves)` that
+rebuilds the user's nesting of lists and dicts. Serve
 needs the leaves flat, because it resolves a `DeploymentResponse` only as a top-level argument.
 A map's per-element call reads the element as leaf 0 (`ITEM`). A `const` node (a call node an
 override replaced by a constant) is a value the core reads from the plan.
 
-With a `Trace`, the runner is wrapped in a `TracingRunner` (see `trace`) that records every
-node's inputs, output and timing.
+An `Observer` the caller passes (a trace: `trace.Tracer`) wraps the runner and sees every
+node's value and the request's end; the core knows only the protocol, never who implements it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..compiler import CompiledPipeline, NodePlan
+from ..compiler import CompiledPipeline, NodePlan, templates
+from ..compiler.templates import Build, BuildCall, RefSlots
 from ..dag.nodes import Selector
 from ..errors import InputError
-from .trace import Trace, TracingRunner
 
 ITEM = "<item>"
-Build = Callable[[Sequence[Any]], Any]
-BuildCall = Callable[[Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,21 @@ class Runner(Protocol):
         """Start reading a stream this runner's `call` gave for a streaming node."""
 
 
+class Observer(Protocol):
+    """Watches one request as `execute` runs it: the hooks a trace needs, so the core calls
+    whatever the caller attaches without importing it."""
+
+    def wrap(self, runner: Runner, nodes: Sequence[NodePlan]) -> Runner:
+        """The runner `execute` calls instead of `runner` (to see every call it makes)."""
+
+    def computed(self, node: NodePlan, value: Any) -> None:
+        """A node the core computed itself: the input, a selection, a constant."""
+
+    def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
+        """The request ended: every node's value as far as it is known, and the output (None
+        for an opened stream) or the servegraph error."""
+
+
 class Program:
     """A plan prepared once for many requests: steps with precompiled argument builders."""
 
@@ -81,12 +95,12 @@ class Program:
         self.plan = plan
         self.steps = [_prepare(plan, node) for node in plan.nodes]
         self.by_id = {step.node.id: step for step in self.steps}
-        refs = _Refs()
-        self.build_outputs = _compile(plan, plan.outputs, refs)
+        refs = RefSlots()
+        self.build_outputs = templates.builder(plan.outputs, refs, plan.memory.constants)
         self.output_refs = tuple(refs)
         self.stream_refs = frozenset(node.id for node in plan.nodes if node.stream)
         # the graph's output is one stream: HTTP and `stream()` pass its chunks on as they come
-        self.streams = "ref" in plan.outputs and plan.outputs["ref"] in self.stream_refs
+        self.streams = templates.ref_of(plan.outputs) in self.stream_refs
         model = plan.input_type()
         self._input_adapter = TypeAdapter(model) if model is not None else None
 
@@ -105,64 +119,25 @@ class Program:
 
 
 def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
+    """One node's step: its argument templates compiled by the codec, once for all requests."""
     if node.op == "input":
         return Step(node)
     if node.op == "select":
-        return Step(node, refs=(node.args[0]["ref"],), selector=Selector(*node.select))
+        return Step(node, refs=tuple(templates.refs(node.args[0])),
+                    selector=Selector(*node.select))
     if node.op == "const":
         return Step(node, constant=plan.decode(node.args[0]))
-    refs = _Refs()
+    constants = plan.memory.constants
+    refs = RefSlots()
     if node.op == "map":
-        item_refs = _Refs()
-        items = _compile(plan, node.args[0], item_refs)
+        item_refs = RefSlots()
+        items = templates.builder(node.args[0], item_refs, constants)
         refs.slot(ITEM)
-        build = _compile_call(plan, [{"ref": ITEM}, *node.args[1:]], node.kwargs, refs)
+        build = templates.call_builder([templates.ref(ITEM), *node.args[1:]], node.kwargs,
+                                       refs, constants)
         return Step(node, tuple(refs), build, items, tuple(item_refs))
-    build = _compile_call(plan, node.args, node.kwargs, refs)
+    build = templates.call_builder(node.args, node.kwargs, refs, constants)
     return Step(node, tuple(refs), build)
-
-
-def _compile_call(plan: CompiledPipeline, args: list[Any], kwargs: dict[str, Any],
-                  refs: _Refs) -> BuildCall:
-    arg_builds = [_compile(plan, a, refs) for a in args]
-    kw_builds = {k: _compile(plan, v, refs) for k, v in kwargs.items()}
-    plain = not kw_builds and len(refs) == len(args) and all("ref" in a for a in args) \
-        and len(set(refs)) == len(refs)
-    if plain:  # the common case: every argument is a node value, in order
-        return lambda leaves: (tuple(leaves), {})
-    return lambda leaves: (tuple(b(leaves) for b in arg_builds),
-                           {k: b(leaves) for k, b in kw_builds.items()})
-
-
-def _compile(plan: CompiledPipeline, template: dict[str, Any], refs: _Refs) -> Build:
-    """A template -> a function of the leaves; appends the refs it reads to `refs`."""
-    if "ref" in template:
-        slot = refs.slot(template["ref"])
-        return lambda leaves: leaves[slot]
-    if "list" in template or "tuple" in template:
-        parts = [_compile(plan, t, refs) for t in template.get("list", template.get("tuple"))]
-        kind = list if "list" in template else tuple
-        return lambda leaves: kind(b(leaves) for b in parts)
-    if "dict" in template:
-        fields = {k: _compile(plan, t, refs) for k, t in template["dict"].items()}
-        return lambda leaves: {k: b(leaves) for k, b in fields.items()}
-    constant = plan.decode(template)
-    return lambda leaves: constant
-
-
-class _Refs(list[str]):
-    """The refs a template reads, in order, with their leaf indexes beside them (a call or an
-    output of thousands of refs stays linear to compile)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slots: dict[str, int] = {}
-
-    def slot(self, ref: str) -> int:
-        if ref not in self.slots:
-            self.slots[ref] = len(self)
-            self.append(ref)
-        return self.slots[ref]
 
 
 class _Deferred:
@@ -175,7 +150,7 @@ class _Deferred:
 
 
 async def stream(program: Program, payload: Any, runner: Runner,
-                 request_id: str | None = None) -> AsyncIterator[Any]:
+                 request_id: str | None = None) -> AsyncGenerator[Any, None]:
     """Run one request of a pipeline whose output is a stream; yield its chunks as they come.
     A failure before the first chunk or mid-stream raises the servegraph error naming the
     stage."""
@@ -189,62 +164,80 @@ async def stream(program: Program, payload: Any, runner: Runner,
 
 async def execute(program: Program, payload: Any, runner: Runner,
                   request_id: str | None = None, *, open_stream: bool = False,
-                  trace: Trace | None = None) -> Any:
+                  observer: Observer | None = None) -> Any:
     """Run one request through the plan with `runner`; return the outputs' values (streams
-    read to the end), or with `open_stream` the output stream itself, opened. With `trace`,
-    record every node into it (see `trace.TracingRunner`)."""
+    read to the end), or with `open_stream` the output stream itself, opened. An `observer`
+    (a trace) wraps the runner and is told every computed node and the request's end."""
     values: dict[str, Any] = {}
     deferred: list[asyncio.Task[Any]] = []
-    tracer = None
-    if trace is not None:
-        runner = tracer = TracingRunner(runner, trace, program.plan.nodes)
+    output: Any = None
+    error: BaseException | None = None
+    if observer is not None:
+        runner = observer.wrap(runner, program.plan.nodes)
     try:
-        for step in program.steps:
-            node = step.node
-            if node.op in ("input", "select", "const"):
-                if node.op == "input":
-                    values[node.id] = program.validate_input(payload)
-                elif node.op == "select":
-                    values[node.id] = _select(step, values[step.refs[0]])
-                else:
-                    values[node.id] = step.constant
-                if tracer is not None:
-                    tracer.computed(node, values[node.id])
-            else:
-                leaves = [values.get(ref) for ref in step.refs]
-                if step.items is not None:
-                    mapped = _map_now(step, values, leaves, runner)
-                    if mapped is not None:
-                        values[node.id] = mapped
-                        continue
-                if step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
-                    task = asyncio.ensure_future(_run_later(step, values, runner))
-                    deferred.append(task)
-                    values[node.id] = _Deferred(task)
-                else:
-                    values[node.id] = runner.call(step, leaves)
+        _dispatch(program, payload, runner, values, deferred, observer)
         if open_stream:
             return runner.open(await _settle(values[program.output_refs[0]], runner))
         results = [await _collect(values[ref], runner) if ref in program.stream_refs
                    else await _value(values[ref], runner) for ref in program.output_refs]
         output = program.build_outputs(results)
-        if trace is not None:
-            trace.output = output
         return output
     except BaseException as exc:
-        for task in deferred:  # stop the core's own waits; retrieve the errors of finished ones
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()
-        _discard_all(values.values(), runner)
+        _abandon(deferred, values, runner)
         error = runner.on_error(exc, request_id)
-        if trace is not None:
-            trace.error = error
         raise error from None
     finally:
-        if tracer is not None:
-            tracer.finish({key: _known(value) for key, value in values.items()})
+        if observer is not None:
+            observer.finish({key: _known(value) for key, value in values.items()}, output,
+                            error)
+
+
+def _dispatch(program: Program, payload: Any, runner: Runner, values: dict[str, Any],
+              deferred: list[asyncio.Task[Any]], observer: Observer | None) -> None:
+    """Start every node in schedule order, awaiting nothing: the core computes the input,
+    selections and constants; a call goes to the runner at once, or, when it must wait for
+    the core (a map's list, a deferred argument), into a task of its own in `deferred`."""
+    for step in program.steps:
+        node = step.node
+        if node.op in _COMPUTED:
+            values[node.id] = _computed(program, step, payload, values)
+            if observer is not None:
+                observer.computed(node, values[node.id])
+            continue
+        leaves = [values.get(ref) for ref in step.refs]
+        mapped = None if step.items is None else _map_now(step, values, leaves, runner)
+        if mapped is not None:
+            values[node.id] = mapped
+        elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
+            task = asyncio.ensure_future(_run_later(step, values, runner))
+            deferred.append(task)
+            values[node.id] = _Deferred(task)
+        else:
+            values[node.id] = runner.call(step, leaves)
+
+
+_COMPUTED = ("input", "select", "const")
+
+
+def _computed(program: Program, step: Step, payload: Any, values: dict[str, Any]) -> Any:
+    """The value of a node the core computes itself, from the request or the plan."""
+    if step.node.op == "input":
+        return program.validate_input(payload)
+    if step.node.op == "select":
+        return _select(step, values[step.refs[0]])
+    return step.constant
+
+
+def _abandon(deferred: list[asyncio.Task[Any]], values: dict[str, Any], runner: Runner
+             ) -> None:
+    """The request failed: stop the core's own waits (retrieving the errors of finished ones)
+    and discard the runner's futures still in flight."""
+    for task in deferred:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()
+    _discard_all(values.values(), runner)
 
 
 def _known(value: Any) -> Any:

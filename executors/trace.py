@@ -1,11 +1,13 @@
 """A trace of one request: every node's inputs, output, start and duration, in order.
 
-`execute(..., trace=Trace(...))` wraps the runner in a `TracingRunner`, a runner like any
-other: before each call it awaits the call's inputs (so it can show them), times the call and
-keeps its output. That serialises nothing (independent branches still overlap), but each call
-then starts from plain values: on Serve the driver awaits every intermediate value, one
-transfer per node that an untraced request does not make, and a duration there includes the
-handle hop. Tracing is for tests and debugging, not for the serving path.
+`record(trace, program, ...)` runs one request with a `Tracer`, the `Observer` the core's
+`execute` takes (the core never imports this module). It wraps the runner in a
+`TracingRunner`, a runner like any other: before each call it awaits the call's inputs (so it
+can show them), times the call and keeps its output. That serialises nothing (independent
+branches still overlap), but each call then starts from plain values: on Serve the driver
+awaits every intermediate value, one transfer per node that an untraced request does not make,
+and a duration there includes the handle hop. Tracing is for tests and debugging, not for the
+serving path.
 
 A map is one span (its element calls counted in `calls`, their outputs in order); a streaming
 node's span shows `<stream>`: its chunks are read by its consumer, whose span shows what it
@@ -16,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..compiler import NodePlan
-
-if TYPE_CHECKING:
-    from .core import Runner, Step
+from ..errors import PipelineError
+from .core import Program, Runner, Step, execute
 
 STREAM = "<stream>"
 _COMPUTED = ("input", "select", "const")  # nodes the core computes: no call, no inputs shown
@@ -118,7 +119,7 @@ class _PendingStream:
 class TracingRunner:
     """Wraps a runner: each call awaits its inputs, then is timed and recorded."""
 
-    def __init__(self, inner: Runner, trace: Trace, nodes: list[NodePlan]) -> None:
+    def __init__(self, inner: Runner, trace: Trace, nodes: Sequence[NodePlan]) -> None:
         self.inner = inner
         self.trace = trace
         self.began = time.perf_counter()
@@ -243,3 +244,35 @@ class TracingRunner:
 
     def _now(self) -> float:
         return time.perf_counter() - self.began
+
+
+class Tracer:
+    """The `Observer` that `execute` takes to record one request into `trace`: the runner
+    wrapped in a `TracingRunner`, the spans, output and error written at the end."""
+
+    runner: TracingRunner  # made by `wrap`, which the core calls first
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def wrap(self, runner: Runner, nodes: Sequence[NodePlan]) -> Runner:
+        self.runner = TracingRunner(runner, self.trace, nodes)
+        return self.runner
+
+    def computed(self, node: NodePlan, value: Any) -> None:
+        self.runner.computed(node, value)
+
+    def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
+        self.trace.output, self.trace.error = output, error
+        self.runner.finish(values)
+
+
+async def record(trace: Trace, program: Program, payload: Any, runner: Runner,
+                 request_id: str | None = None) -> Trace:
+    """Run one request with `runner`, recorded into `trace` and returned; a servegraph error
+    is kept in `trace.error`, not raised (a trace is for looking at a failure)."""
+    try:
+        await execute(program, payload, runner, request_id, observer=Tracer(trace))
+    except PipelineError:
+        pass
+    return trace

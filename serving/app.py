@@ -38,8 +38,7 @@ def bind_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
 
 def deploy_order(plan: CompiledPipeline) -> list[Any]:
     """The deployed stages, whole GPUs and larger fractions first (stable otherwise)."""
-    return sorted(plan.served(), key=lambda stage: -float(
-        (stage.options.get("ray_actor_options") or {}).get("num_gpus") or 0))
+    return sorted(plan.served(), key=lambda stage: -stage.resources.gpus)
 
 
 def diagram_svg(plan: CompiledPipeline) -> bytes | None:

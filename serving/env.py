@@ -23,7 +23,13 @@ FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # JSON 502 naming the driver (see `web.proxy`)
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "servegraph.web.proxy:middlewares"}
 
+# In the throughput-optimised mode the driver answers HTTP itself (Serve's direct ingress), and
+# a stopped driver replica lingers this long so that an external load balancer can drop it. An
+# embedded Ray has no load balancer: without this, deleting an application or shutting Serve
+# down waited 30 s and then warned "Controller failed to shut down within 30.0s".
+DIRECT_INGRESS_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
 # what an embedded Ray (`sg.serve`, `servegraph run`) starts with
-EMBEDDED_ENV = {**SERVE_ENV, **FAST_PATH_ENV, **PROXY_ENV}
+EMBEDDED_ENV = {**SERVE_ENV, **FAST_PATH_ENV, **PROXY_ENV, **DIRECT_INGRESS_ENV}
 # what the test session's Ray starts with (handles there stay on Serve's default path)
 SESSION_ENV = {**SERVE_ENV, **PROXY_ENV}

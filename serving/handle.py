@@ -1,6 +1,7 @@
 """`PipelineHandle`: the client side of a served pipeline, calling its driver deployment
-blocking, awaited or streamed. Deploying a plan is `launch.serve_pipeline`; the replicas' side
-(stage replicas, the driver) is `executors/ray`.
+blocking, awaited or streamed, with the methods of the local executor (`LocalExecutor`).
+Deploying a plan is `launch.serve_pipeline`; the replicas' side (stage replicas, the driver)
+is `executors/ray`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ..executors.ray.errors import as_pipeline_error
+from ..errors import StageTimeoutError
+from ..executors.ray.errors import as_pipeline_error, find_pipeline_error
+from ..executors.ray.ray_private import router_in_separate_loop
 from ..executors.trace import Trace
-from .ray_private import router_in_separate_loop
 
 
 class PipelineHandle:
-    """A served pipeline: `call()` blocks, `await remote()` does not; HTTP at `url`.
+    """A served pipeline: the client that mirrors `LocalExecutor` (as httpx's `Client` mirrors
+    its `AsyncClient`), `call`/`acall`, `stream`/`astream`, `trace`/`atrace` with the same
+    arguments and meaning; `await remote()` is `acall` by its first name. HTTP at `url`.
+
+    `request_id` goes to the driver, which names the request in its errors; `timeout_s` bounds
+    the whole request: past it, a `StageTimeoutError` naming the pipeline.
 
     Where this process imported Serve in its throughput-optimised mode, a handle routes on the
     event loop it was first used in and cannot block outside one; every call then runs on one
-    loop of our own in a daemon thread, so `call()`, `remote()` and `stream()` work alike."""
+    loop of our own in a daemon thread, so the blocking and the async methods work alike."""
 
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
         self._loop = None if router_in_separate_loop() else _own_loop()
@@ -33,69 +40,68 @@ class PipelineHandle:
         self.route_prefix = route_prefix
         self.url = url
 
-    def _on_loop(self, fn: Callable[..., Any], *args: Any,
-                 timeout_s: float | None = None) -> Any:
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` here, or, with a loop of our own, there (blocking for its result)."""
         if self._loop is None:
             return fn(*args)
-        return asyncio.run_coroutine_threadsafe(_awaited(fn, *args), self._loop).result(
-            timeout=timeout_s)
+        return asyncio.run_coroutine_threadsafe(_awaited(fn, *args), self._loop).result()
 
-    def _result(self, handle: DeploymentHandle, payload: Any, timeout_s: float | None) -> Any:
-        """One blocking call of a driver method, on our own loop when we have one."""
-        if self._loop is None:
-            return handle.remote(payload).result(timeout_s=timeout_s)
-        return self._on_loop(handle.remote, payload, timeout_s=timeout_s)
+    def call(self, payload: Any = None, request_id: str | None = None, *,
+             timeout_s: float | None = None) -> Any:
+        """The outputs' values, blocking."""
+        return self._blocking(self._run, payload, request_id, timeout_s)
 
-    def call(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
+    async def acall(self, payload: Any = None, request_id: str | None = None, *,
+                    timeout_s: float | None = None) -> Any:
+        """The outputs' values (a streamed output read to the end: its list of chunks)."""
+        return await self._awaiting(self._run, payload, request_id, timeout_s)
+
+    remote = acall  # its first name (`await handle.remote(payload)`), kept
+
+    def trace(self, payload: Any = None, request_id: str | None = None, *,
+              timeout_s: float | None = None) -> Trace:
+        """`atrace`, blocking."""
         try:
-            return self._result(self._run, payload, timeout_s)
-        except Exception as exc:
-            raise as_pipeline_error(exc, self.name) from None
+            return self._blocking(self._trace, payload, request_id, timeout_s)
+        except StageTimeoutError as exc:
+            return Trace(self.name, executor="ray", error=exc)
 
-    async def remote(self, payload: Any = None) -> Any:
-        try:
-            if self._loop is None:
-                return await self._run.remote(payload)
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                _awaited(self._run.remote, payload), self._loop))
-        except Exception as exc:
-            raise as_pipeline_error(exc, self.name) from None
-
-    def trace(self, payload: Any = None, *, timeout_s: float | None = None) -> Trace:
+    async def atrace(self, payload: Any = None, request_id: str | None = None, *,
+                     timeout_s: float | None = None) -> Trace:
         """Run one request with a trace of every node (its `output`, or its `error`, which is
         kept in the trace, not raised). The driver then awaits every intermediate value, so
         the request costs a transfer per node: for tests and debugging."""
         try:
-            return self._result(self._trace, payload, timeout_s)
-        except Exception as exc:
-            raise as_pipeline_error(exc, self.name) from None
+            return await self._awaiting(self._trace, payload, request_id, timeout_s)
+        except StageTimeoutError as exc:
+            return Trace(self.name, executor="ray", error=exc)
 
-    def stream(self, payload: Any = None) -> Iterator[Any]:
-        """The chunks of a streaming pipeline as they come (blocking iteration)."""
+    def stream(self, payload: Any = None, request_id: str | None = None) -> Iterator[Any]:
+        """The chunks of a streaming pipeline, blocking, each as it comes."""
         try:
             if self._loop is None:
-                yield from self._stream.remote(payload)
+                yield from self._stream.remote(payload, request_id)
                 return
-            chunks = self._on_loop(lambda: aiter(self._stream.remote(payload)))
+            chunks = self._on_loop(_started, self._stream, payload, request_id)
             while True:
                 try:
                     yield self._on_loop(anext, chunks)
                 except StopAsyncIteration:
                     return
         except Exception as exc:
-            raise as_pipeline_error(exc, self.name) from None
+            raise as_pipeline_error(exc, self.name, request_id) from None
 
-    async def astream(self, payload: Any = None) -> AsyncIterator[Any]:
+    async def astream(self, payload: Any = None, request_id: str | None = None
+                      ) -> AsyncIterator[Any]:
         """The chunks of a streaming pipeline as they come, in an event loop."""
         try:
             if self._loop is None:
-                async for chunk in self._stream.remote(payload):
+                async for chunk in self._stream.remote(payload, request_id):
                     yield chunk
                 return
             loop = self._loop
             chunks = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                _awaited(lambda: aiter(self._stream.remote(payload))), loop))
+                _started(self._stream, payload, request_id), loop))
             while True:
                 try:
                     yield await asyncio.wrap_future(
@@ -103,7 +109,41 @@ class PipelineHandle:
                 except StopAsyncIteration:
                     return
         except Exception as exc:
-            raise as_pipeline_error(exc, self.name) from None
+            raise as_pipeline_error(exc, self.name, request_id) from None
+
+    def _blocking(self, method: DeploymentHandle, payload: Any, request_id: str | None,
+                  timeout_s: float | None) -> Any:
+        """One blocking call of a driver method, on our own loop when we have one."""
+        try:
+            if self._loop is None:
+                response = method.remote(payload, request_id)
+                return _cancelled_past(response, lambda: response.result(timeout_s=timeout_s))
+            future = asyncio.run_coroutine_threadsafe(
+                _awaited(method.remote, payload, request_id), self._loop)
+            return _cancelled_past(future, lambda: future.result(timeout=timeout_s))
+        except Exception as exc:
+            raise self._error(exc, request_id, timeout_s) from None
+
+    async def _awaiting(self, method: DeploymentHandle, payload: Any, request_id: str | None,
+                        timeout_s: float | None) -> Any:
+        """One awaited call of a driver method, on our own loop when we have one."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._loop is None:
+                    return await method.remote(payload, request_id)
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    _awaited(method.remote, payload, request_id), self._loop))
+        except Exception as exc:
+            raise self._error(exc, request_id, timeout_s) from None
+
+    def _error(self, error: Exception, request_id: str | None, timeout_s: float | None
+               ) -> BaseException:
+        """The servegraph error of a failed call; past `timeout_s`, a StageTimeoutError naming
+        the pipeline (what `LocalExecutor` raises there)."""
+        if timeout_s is not None and isinstance(error, TimeoutError) \
+                and find_pipeline_error(error) is None:
+            return StageTimeoutError(self.name, timeout_s, request_id=request_id)
+        return as_pipeline_error(error, self.name, request_id)
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Delete this pipeline's Serve application (Ray and Serve keep running); with
@@ -127,9 +167,24 @@ def _options_of(handle: DeploymentHandle) -> tuple[DeploymentHandle, ...]:
             handle.options(method_name="trace"))
 
 
+def _cancelled_past(call: Any, result: Callable[[], Any]) -> Any:
+    """`result()`, or past its timeout `call` cancelled: the request stops, not only the wait."""
+    try:
+        return result()
+    except TimeoutError:
+        call.cancel()
+        raise
+
+
 async def _awaited(fn: Callable[..., Any], *args: Any) -> Any:
     result = fn(*args)
     return await result if inspect.isawaitable(result) else result
+
+
+async def _started(method: DeploymentHandle, payload: Any, request_id: str | None) -> Any:
+    """A streaming call, started on the loop this runs on; its response generator is returned
+    as it is (it looks awaitable, but awaiting it raises)."""
+    return method.remote(payload, request_id)
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

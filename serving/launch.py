@@ -5,19 +5,17 @@ and checked so that every replica fits, then `serve.run` of the plan's applicati
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ray
 from ray import serve
 
-from ..compiler import CompiledPipeline, as_plan
-from ..compiler.passes.resources import AUTO_MAX_REPLICAS
+from ..compiler import CompiledPipeline, StagePlan, as_plan
 from ..dag import Graph
 from ..errors import DeployError
+from ..executors.ray.ray_private import http_url
 from .app import bind_app
 from .env import EMBEDDED_ENV
 from .handle import PipelineHandle
-from .ray_private import http_url
 
 
 def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
@@ -67,13 +65,14 @@ def cpus_needed(plan: CompiledPipeline) -> int:
 
 
 def resources_needed(plan: CompiledPipeline, *, at_most: bool = False) -> dict[str, float]:
-    """CPUs and GPUs the plan's replicas reserve: the replicas `serve.run` waits for, or
-    (`at_most`) the most autoscaling may start."""
+    """CPUs and GPUs the plan's replicas reserve: the replicas `serve.run` waits for (each
+    stage's start), or (`at_most`) the most autoscaling may start."""
     needed = {"CPU": 0.0, "GPU": 0.0}
     for stage in [*plan.served(), plan.driver]:
+        replicas = stage.resources.replicas
         for resource in needed:
-            needed[resource] += _replicas(stage.options, at_most) * _per_replica(
-                stage.options, resource)
+            needed[resource] += (replicas.max if at_most else replicas.start) * _per_replica(
+                stage, resource)
     return needed
 
 
@@ -86,8 +85,8 @@ def check_fits(plan: CompiledPipeline, cluster: dict[str, float]) -> None:
             continue
         option = _OPTION[resource]
         per_stage = ", ".join(
-            f"{stage.name} {_replicas(stage.options, False)} x {each:g}"
-            for stage in plan.served() if (each := _per_replica(stage.options, resource)))
+            f"{stage.name} {stage.resources.replicas.start} x {each:g}"
+            for stage in plan.served() if (each := _per_replica(stage, resource)))
         raise DeployError(
             f"pipeline {plan.name!r} needs {amount:g} {resource} for its replicas ({per_stage}), "
             f"but the Ray cluster has {available:g}; lower num_replicas or {option}, or give "
@@ -97,18 +96,5 @@ def check_fits(plan: CompiledPipeline, cluster: dict[str, float]) -> None:
 _OPTION = {"CPU": "num_cpus", "GPU": "num_gpus"}
 
 
-def _replicas(options: dict[str, Any], at_most: bool) -> int:
-    auto = options.get("autoscaling_config")
-    if options.get("num_replicas") == "auto" or auto:
-        auto = auto or {}
-        if at_most:  # num_replicas="auto" defaults to Serve's max of 100
-            return int(auto.get("max_replicas", AUTO_MAX_REPLICAS
-                                if options.get("num_replicas") == "auto" else 1))
-        return int(auto.get("initial_replicas", auto.get("min_replicas", 1)))
-    return int(options.get("num_replicas", 1))
-
-
-def _per_replica(options: dict[str, Any], resource: str) -> float:
-    """Serve's default is one CPU and no GPU per replica."""
-    default = 1.0 if resource == "CPU" else 0.0
-    return float((options.get("ray_actor_options") or {}).get(_OPTION[resource], default))
+def _per_replica(stage: StagePlan, resource: str) -> float:
+    return stage.resources.cpus if resource == "CPU" else stage.resources.gpus

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from ..compiler import CompiledPipeline, as_plan
@@ -32,7 +32,9 @@ _apps = itertools.count(1)
 
 
 class PipelineTester:
-    """Runs graphs on one executor: `run`, `arun`, `trace`, `http`; `executor` names it."""
+    """Runs graphs on one executor: `run`/`arun`, `trace`/`atrace`, `stream`/`astream`,
+    `http`; `executor` names it. Its client (a `LocalExecutor` or a `PipelineHandle`) has
+    the same methods either way, so only HTTP and clean-up tell them apart."""
 
     def __init__(self, executor: str) -> None:
         if executor not in EXECUTORS:
@@ -61,32 +63,51 @@ class PipelineTester:
             faults: Mapping[Any, Any] | None = None, trace: bool | None = None) -> Any:
         """One request; its output, or the pipeline's error raised. `trace`: None traces on
         the local executors only, True everywhere, False nowhere."""
-        target = self._target(graph_or_plan, overrides, faults)
-        if trace if trace is not None else not self.on_ray:
-            return self._traced(target, payload)
-        if self.on_ray:
-            return target.call(payload)
-        return _blocking(target.run(payload))
+        _refuse_in_loop("run")
+        client = self._target(graph_or_plan, overrides, faults)
+        if self._traces(trace):
+            return self._keep(client.trace(payload))
+        return client.call(payload)
 
     async def arun(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
                    overrides: Mapping[Any, Any] | None = None,
-                   faults: Mapping[Any, Any] | None = None) -> Any:
-        """One request from inside an event loop (concurrent requests: gather these)."""
-        target = self._target(graph_or_plan, overrides, faults)
-        if self.on_ray:
-            return await target.remote(payload)
-        trace = await target.trace(payload)
-        return self._keep(trace)
+                   faults: Mapping[Any, Any] | None = None, trace: bool | None = None) -> Any:
+        """`run` from inside an event loop (concurrent requests: gather these)."""
+        client = self._target(graph_or_plan, overrides, faults)
+        if self._traces(trace):
+            return self._keep(await client.atrace(payload))
+        return await client.acall(payload)
 
     def trace(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
               overrides: Mapping[Any, Any] | None = None,
               faults: Mapping[Any, Any] | None = None) -> Trace:
         """One request, traced: every node's inputs, output, start and duration. The
         pipeline's error, if any, is in `trace.error` (not raised)."""
-        target = self._target(graph_or_plan, overrides, faults)
-        trace = target.trace(payload) if self.on_ray else _blocking(target.trace(payload))
+        _refuse_in_loop("trace")
+        trace = self._target(graph_or_plan, overrides, faults).trace(payload)
         self.traces.append(trace)
         return trace
+
+    async def atrace(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
+                     overrides: Mapping[Any, Any] | None = None,
+                     faults: Mapping[Any, Any] | None = None) -> Trace:
+        """`trace` from inside an event loop."""
+        trace = await self._target(graph_or_plan, overrides, faults).atrace(payload)
+        self.traces.append(trace)
+        return trace
+
+    def stream(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
+               overrides: Mapping[Any, Any] | None = None,
+               faults: Mapping[Any, Any] | None = None) -> Iterator[Any]:
+        """The chunks of a pipeline whose output is a stream, each as it comes (untraced)."""
+        _refuse_in_loop("stream")
+        return self._target(graph_or_plan, overrides, faults).stream(payload)
+
+    def astream(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
+                overrides: Mapping[Any, Any] | None = None,
+                faults: Mapping[Any, Any] | None = None) -> AsyncIterator[Any]:
+        """`stream` from inside an event loop: `async for chunk in pipeline.astream(...)`."""
+        return self._target(graph_or_plan, overrides, faults).astream(payload)
 
     def http(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
              overrides: Mapping[Any, Any] | None = None,
@@ -126,9 +147,10 @@ class PipelineTester:
             head += f", the last {len(shown)} shown"
         return "\n\n".join([head, *(trace.table() for trace in shown)])
 
-    def _traced(self, target: Any, payload: Any) -> Any:
-        trace = target.trace(payload) if self.on_ray else _blocking(target.trace(payload))
-        return self._keep(trace)
+    def _traces(self, asked: bool | None) -> bool:
+        """Whether a request is traced: as asked, else on the local executors only (cheap
+        there; on Ray the driver would await every intermediate value)."""
+        return asked if asked is not None else not self.on_ray
 
     def _keep(self, trace: Trace) -> Any:
         self.traces.append(trace)
@@ -163,14 +185,16 @@ class PipelineTester:
         return client
 
 
-def _blocking(coroutine: Coroutine[Any, Any, Any]) -> Any:
+def _refuse_in_loop(method: str) -> None:
+    """The blocking methods, called in a running event loop (an async test), would block it."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
-    coroutine.close()
-    raise PipelineError("pipeline.run()/trace() block, and an event loop is running here (an "
-                        "async test): use `await pipeline.arun(graph, payload)`")
+        return
+    instead = "async for chunk in pipeline.astream" if method == "stream" else \
+        f"await pipeline.a{method}"
+    raise PipelineError(f"pipeline.{method}() blocks, and an event loop is running here (an "
+                        f"async test): use `{instead}(graph, payload)`")
 
 
 def _local_client(executor: LocalExecutor) -> Any:
@@ -184,7 +208,7 @@ def _local_client(executor: LocalExecutor) -> Any:
     from ..web.ingress import handle_http
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run, stream=executor.stream
+        return await handle_http(request, executor.acall, stream=executor.astream
                                  if executor.program.streams else None)
 
     client = TestClient(Starlette(routes=[Route("/pipeline", endpoint, methods=["GET", "POST"])]))

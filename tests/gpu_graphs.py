@@ -42,6 +42,16 @@ class ScaledEmbedder:
         return [float(len(token)) for token in tokens]
 
 
+@sg.deployment(num_replicas="auto", autoscaling_config={"target_ongoing_requests": 2},
+               gpu_memory="20GiB")
+class AutoEmbedder:
+    """Serve scales it from 1 replica up to 100, its default for num_replicas="auto" (the
+    user's keys laid over `AutoscalingConfig.default()`); 0.25 of an 80 GiB GPU."""
+
+    def embed(self, tokens: list[str]) -> list[float]:
+        return [float(len(token)) for token in tokens]
+
+
 @sg.deployment(ray_actor_options={"num_gpus": 1}, num_replicas=2)
 class Reranker:
     """A whole GPU per replica."""
@@ -82,6 +92,13 @@ def _scaled() -> sg.Graph:
     return sg.Graph(scores, name="scaled")
 
 
+def _auto() -> sg.Graph:
+    """tokenize -> an autoscaled GPU stage left to Serve's defaults."""
+    with sg.InputNode() as inp:
+        vector = AutoEmbedder.bind().embed.bind(tokenize.bind(inp.text))
+    return sg.Graph(vector, name="auto")
+
+
 def _caption() -> sg.Graph:
     """Declared GPU shares only (0.5, 1 and 2 GPUs): compiles without a cluster spec."""
     with sg.InputNode() as inp:
@@ -99,5 +116,6 @@ def _words() -> sg.Graph:
 
 rag = _rag()
 scaled = _scaled()
+auto = _auto()
 caption = _caption()
 words = _words()

@@ -158,7 +158,7 @@ def run_check(graph: str, views: Path, deadline_s: int) -> None:
     states = {name: dict(status.replica_states)
               for name, status in sorted(application.deployments.items())}
     print(f"application {application.status.value}; replica states: {states}")
-    replicas = {stage.name: stage.options.get("num_replicas", 1)
+    replicas = {stage.name: stage.resources.replicas.start
                 for stage in [*plan.served(), plan.driver]}
     check(application.status == ApplicationStatus.RUNNING, "the application is not RUNNING")
     check(states == {name: {"RUNNING": count} for name, count in sorted(replicas.items())},

@@ -159,7 +159,7 @@ def test_the_pipeline_streams_locally_chunk_by_chunk() -> None:
 
     chunks = sg.run_local(charlm.graph, REQUEST)
     assert chunks == list(EXPECTED)  # one character per chunk
-    streamed = asyncio.run(collect(sg.LocalExecutor(charlm.graph).stream(REQUEST)))
+    streamed = list(sg.LocalExecutor(charlm.graph).stream(REQUEST))
     assert streamed == chunks
 
 

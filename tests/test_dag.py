@@ -6,11 +6,13 @@ import inspect
 import os
 
 import pytest
+from pydantic import ValidationError
 from ray import serve
+from ray.serve.config import AutoscalingConfig
 
 import servegraph as sg
 from servegraph.dag import CallNode, ClassNode, DeploymentOptions, Op, SelectNode
-from servegraph.dag.options import SERVEGRAPH_OPTIONS
+from servegraph.dag.options import AUTO_AUTOSCALING_DEFAULTS, SERVEGRAPH_OPTIONS
 from tests.stages import Inc, Scorer, add, double
 
 
@@ -116,6 +118,49 @@ def test_options_validate_and_convert() -> None:
         "ray_actor_options": {"num_gpus": 0.25, "num_cpus": 2.0},
     }
     assert DeploymentOptions(ray_actor_options={"num_gpus": 2}).ray_actor_options.num_gpus == 2
+
+
+def test_auto_autoscaling_defaults_are_serves_own() -> None:
+    """The dag layer writes Serve's num_replicas="auto" defaults out (it imports no ray)."""
+    assert AUTO_AUTOSCALING_DEFAULTS == AutoscalingConfig.default().model_dump(
+        exclude_unset=True)
+
+
+def test_serve_options_hold_only_what_the_user_set() -> None:
+    """Our models' defaults (a plain autoscaling_config's max_replicas=1) never reach Serve,
+    which would take them as the user's and not apply its own (100 under "auto")."""
+    options = DeploymentOptions.model_validate(
+        {"num_replicas": "auto", "autoscaling_config": {"target_ongoing_requests": 2},
+         "ray_actor_options": {"num_cpus": None}, "max_ongoing_requests": None})
+    assert options.serve_options() == {
+        "num_replicas": "auto", "autoscaling_config": {"target_ongoing_requests": 2.0},
+        "ray_actor_options": {}}
+    auto = options.autoscaling()
+    assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas) == (1, None, 100)
+    assert DeploymentOptions(num_replicas=2).autoscaling() is None
+
+
+def test_autoscaling_bounds_are_judged_on_the_values_serve_uses() -> None:
+    """num_replicas="auto" with min_replicas=5 is fine (max is then 100); the same
+    autoscaling_config alone is not (max is then 1), as Serve judges them."""
+    auto = DeploymentOptions.model_validate(
+        {"num_replicas": "auto", "autoscaling_config": {"min_replicas": 5}})
+    assert auto.serve_options() == {"num_replicas": "auto",
+                                    "autoscaling_config": {"min_replicas": 5}}
+    for options, message in [
+        ({"autoscaling_config": {"min_replicas": 5}},
+         "min_replicas (5) > max_replicas (1); max_replicas is Serve's default"),
+        ({"num_replicas": "auto", "autoscaling_config": {"min_replicas": 200}},
+         "min_replicas (200) > max_replicas (100); max_replicas is Serve's default for "
+         "num_replicas='auto'"),
+        ({"num_replicas": "auto", "autoscaling_config": {"initial_replicas": 101}},
+         "initial_replicas (101) is outside [min_replicas=1, max_replicas=100]; min_replicas "
+         "and max_replicas are Serve's defaults for num_replicas='auto'"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            DeploymentOptions.model_validate(options)
+        assert caught.value.errors()[0]["msg"] == f"Value error, {message}"
+        assert caught.value.errors()[0]["loc"] == ("autoscaling_config",)
 
 
 def test_map_builds_a_map_node_on_the_shared_group() -> None:

@@ -100,7 +100,7 @@ def test_onnx_classifiers_give_probabilities() -> None:
 def test_bad_images_are_input_errors(executor: sg.LocalExecutor, images: list[Any],
                                      loc: list[Any], kind: str) -> None:
     with pytest.raises(sg.InputError) as caught:
-        asyncio.run(executor.run({"images": images}))
+        executor.call({"images": images})
     assert [(error["loc"], error["type"]) for error in caught.value.errors] == [(loc, kind)]
 
 
@@ -120,7 +120,7 @@ def test_every_executor_answers_as_the_local_one(pipeline: Any,
                                                 executor: sg.LocalExecutor) -> None:
     """One body on local, local-strict and Ray Serve (servegraph's pytest plugin)."""
     async def locally() -> list[Any]:
-        return [await executor.run(payload) for payload in payloads()]
+        return [await executor.acall(payload) for payload in payloads()]
 
     expected = asyncio.run(locally())
     assert [pipeline.run(digits.graph, payload) for payload in payloads()] == expected
@@ -139,4 +139,4 @@ def test_every_executor_answers_as_the_local_one(pipeline: Any,
 def test_strict_mode_checks_every_edge_and_agrees(executor: sg.LocalExecutor) -> None:
     payload = payloads()[1]
     strict = sg.run_local(digits.graph, payload, strict=True)
-    assert strict == asyncio.run(executor.run(payload))
+    assert strict == executor.call(payload)

@@ -225,7 +225,7 @@ def test_a_fused_stage_keeps_its_errors_and_concurrency(ray_serve: int) -> None:
     with served(plan, "fused-scoring") as handle:
         async def concurrent() -> list[Any]:
             payloads = [{**PAYLOAD, "words": ["x" * n, "y"]} for n in range(1, 9)]
-            return await asyncio.gather(*(handle.remote(p) for p in payloads))
+            return await asyncio.gather(*(handle.acall(p) for p in payloads))
 
         results = asyncio.run(concurrent())
         assert [r["report"]["scores"] for r in results] == [[0.5 * n, 0.5] for n in range(1, 9)]

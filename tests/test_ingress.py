@@ -30,7 +30,7 @@ def client_for(graph: sg.Graph) -> TestClient:
     executor = sg.LocalExecutor(graph)
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run)
+        return await handle_http(request, executor.acall)
 
     app = Starlette(routes=[Route("/p", endpoint, methods=["GET", "POST"])])
     return TestClient(app)
@@ -89,7 +89,7 @@ def test_get_views_below_the_route() -> None:
     views = {"/-/plan": View(b'{"name": "scoring"}', "application/json")}
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run, views=views)
+        return await handle_http(request, executor.acall, views=views)
 
     app = Starlette(routes=[Route("/p", endpoint, methods=["GET", "POST"]),
                             Route("/p/-/plan", endpoint, methods=["GET", "POST"])])
@@ -106,7 +106,7 @@ def test_a_body_over_the_limit_is_a_413_read_no_further() -> None:
     read: list[int] = []
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run, max_body_bytes=1000)
+        return await handle_http(request, executor.acall, max_body_bytes=1000)
 
     app = Starlette(routes=[Route("/p", endpoint, methods=["POST"])])
     with TestClient(app) as test_client:
@@ -173,11 +173,11 @@ def test_the_served_plan_redacts_secrets_the_plan_keeps_them() -> None:
     assert not [secret for secret in [*SECRETS[1:], "abc"] if secret in served]
     stage = next(d for d in json.loads(served)["deployments"] if d["name"] == "Keyed")
     assert stage["init_args"] == [
-        {"const": "<redacted>"}, {"const": "models/minilm-l6"},
-        {"dict": {"HF_TOKEN": {"const": "<redacted>"}, "MODE": {"const": "fast"}}}]
-    assert stage["init_kwargs"] == {"hub_token": {"const": "<redacted>"},
-                                    "retries": {"const": 2}}
-    assert plan.deployments[0].init_args[0] == {"const": SECRETS[3]}  # the plan is unchanged
+        {"$const": "<redacted>"}, {"$const": "models/minilm-l6"},
+        {"$dict": {"HF_TOKEN": {"$const": "<redacted>"}, "MODE": {"$const": "fast"}}}]
+    assert stage["init_kwargs"] == {"hub_token": {"$const": "<redacted>"},
+                                    "retries": {"$const": 2}}
+    assert plan.deployments[0].init_args[0] == {"$const": SECRETS[3]}  # the plan is unchanged
 
 
 @pytest.mark.parametrize(("value", "secret"), [

@@ -60,7 +60,7 @@ def test_independent_branches_run_concurrently(strict: bool) -> None:
     async def main() -> int:
         for event in started.values():
             event.clear()
-        return await sg.LocalExecutor(graph, strict=strict).run({"x": 1})
+        return await sg.LocalExecutor(graph, strict=strict).acall({"x": 1})
 
     assert asyncio.run(main()) == 5
 
@@ -168,7 +168,7 @@ def test_run_local_inside_a_running_loop_says_what_to_do() -> None:
     async def main() -> None:
         with pytest.raises(sg.PipelineError, match=r"await sg\.LocalExecutor"):
             sg.run_local(diamond(), {"x": 1})
-        assert await sg.LocalExecutor(diamond()).run({"x": 1}) == 10
+        assert await sg.LocalExecutor(diamond()).acall({"x": 1}) == 10
 
     asyncio.run(main())
 
@@ -214,7 +214,7 @@ def test_a_second_failure_does_not_leak_unretrieved_tasks() -> None:
         reported: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
         with pytest.raises(sg.StageError, match="raised RuntimeError: bad 1"):
-            await executor.run({"x": 1, "y": 2})
+            await executor.acall({"x": 1, "y": 2})
         await asyncio.sleep(0)
         gc.collect()
         return reported

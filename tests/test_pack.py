@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 import servegraph as sg
+from servegraph import testing as sgt
 from servegraph.compiler.passes.pack import Bin, Demand, pack
+from servegraph.compiler.plan import Headroom, ReplicaRange, StageResources
 from servegraph.dag.deployment import spec_of
-from tests import sites
+from tests import gpu_graphs, sites
 
 GiB = 2**30
 
@@ -111,6 +113,55 @@ def test_the_plan_with_its_layout_round_trips_through_json() -> None:
     assert again.cluster == plan.cluster
     assert again.explain() == plan.explain()
     assert [(h.stage, h.fits) for h in plan.gpu_layout.headroom] == [("Scaled", 3)]
+
+
+def test_an_auto_stage_scales_to_serves_default_max_in_every_line_of_explain() -> None:
+    """num_replicas="auto" with only target_ongoing_requests: Serve lays it over
+    AutoscalingConfig.default(), so 1..100 replicas. The plan keeps the user's options as
+    given (nothing invented) and the numbers in its typed facts; explain's deployment line and
+    the packer's headroom read the same facts."""
+    plan = sg.compile(gpu_graphs.auto, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    stage = plan.stage("AutoEmbedder")
+    assert stage.options == {"name": "AutoEmbedder", "num_replicas": "auto",
+                             "autoscaling_config": {"target_ongoing_requests": 2.0},
+                             "ray_actor_options": {"num_gpus": 0.25}}
+    assert stage.resources == StageResources(
+        replicas=ReplicaRange(start=1, min=1, max=100, autoscaling=True), cpus=1.0, gpus=0.25,
+        gpu_memory=20 * GiB, gpus_from_memory=True)
+    assert plan.gpu_layout.headroom == [
+        Headroom(stage="AutoEmbedder", placed=1, max_replicas=100, fits=7)]
+    assert plan.explain() == "\n".join([
+        "pipeline 'auto': 4 nodes, 2 stage deployments + driver; passes: validate, typecheck, "
+        "resources, pack, fuse, lower",
+        "cluster: node0: 2 x 80GiB GPU",
+        "deployments:",
+        "  tokenize             function 2 replicas, 1 CPU",
+        "  AutoEmbedder         class    autoscaling 1..100, 1 at start, 1 CPU, 0.25 GPU (from "
+        "gpu_memory 20GiB of 80GiB)",
+        "  auto_driver          driver   1 replica, 0 CPU, max_ongoing_requests=1000",
+        "fusion:",
+        "  tokenize             own deployment: num_replicas=2: scales on its own",
+        "  AutoEmbedder         own deployment: needs a GPU (0.25): never fused across a GPU "
+        "boundary",
+        "GPU layout on the cluster: 1 GPU used, lower bound 1",
+        "  node0 GPU 0: 25%, 20GiB of 80GiB: AutoEmbedder#0 0.25",
+        "  node0 GPU 1: 0%, 0B of 80GiB: free",
+        "  headroom: AutoEmbedder starts 1, may scale to 100; 7 more fit on the GPUs left (the "
+        "rest would stay pending)",
+    ])
+
+
+class CpuEmbedder:
+    def embed(self, tokens: list[str]) -> list[float]:
+        return [0.0 for _ in tokens]
+
+
+def test_a_stand_in_drops_the_gpu_facts_with_the_gpu_request() -> None:
+    plan = sg.compile(gpu_graphs.auto, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    fake = sgt.override(plan, {gpu_graphs.AutoEmbedder: CpuEmbedder})
+    assert fake.stage("AutoEmbedder").resources == StageResources(
+        replicas=ReplicaRange(start=1, min=1, max=100, autoscaling=True), cpus=1.0)
+    assert "ray_actor_options" not in fake.stage("AutoEmbedder").options
 
 
 def test_too_few_gpus_says_how_many_it_would_need() -> None:

@@ -1,4 +1,4 @@
-"""The proxy middleware (`executors/proxy.py`) on plain ASGI apps, without Ray: a request the
+"""The proxy middleware (`web/proxy.py`) on plain ASGI apps, without Ray: a request the
 wrapped app leaves unanswered gets a JSON 502 naming the ingress; anything answered passes."""
 
 from __future__ import annotations

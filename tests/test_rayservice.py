@@ -181,6 +181,21 @@ def test_autoscaled_stages_size_max_replicas_and_turn_on_the_autoscaler() -> Non
     ]
 
 
+def test_an_auto_stage_may_grow_to_serves_default_max() -> None:
+    """AutoEmbedder (num_replicas="auto", 0.25 of a GPU) starts 1 replica and Serve may run
+    100: on four one-GPU nodes it may fill all four, so the GPU group grows from 1 pod to 4;
+    tokenize's 2 replicas take one CPU pod."""
+    cluster = sg.ClusterSpec(nodes=[NodeSpec(gpus=1, cpus=4) for _ in range(4)],
+                             gpu_memory="80GiB")
+    spec = rayservice(sg.compile(gpu_graphs.auto, cluster=cluster),
+                      ray_version="2.60.0")["spec"]["rayClusterConfig"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["workerGroupSpecs"] == [
+        worker("gpu-1x80gib", GPU_IMAGE, replicas=1, most=4, cpus="4", memory="16Gi", gpus="1"),
+        worker("cpu", CPU_IMAGE, replicas=1, cpus="4", memory="16Gi"),
+    ]
+
+
 def test_max_replicas_stop_at_the_cluster_spec() -> None:
     """On two nodes the 4 extra ScaledEmbedders fit on node1's other GPU only partly; the rest
     would stay pending, and the group never asks for a third node."""

@@ -34,7 +34,7 @@ def served(ray_serve: int) -> Iterator[str]:
         handle.shutdown()
 
 
-# What the proxy (executors/proxy.py) answers for a request in flight on a driver replica that
+# What the proxy (web/proxy.py) answers for a request in flight on a driver replica that
 # died, good or bad alike: the driver never got to validate it.
 DRIVER_DIED = f'502 {{"error": "the ingress {APP}_driver of /{APP} stopped before answering'
 
@@ -107,8 +107,8 @@ def test_served_plan_redacts_secrets_and_openapi_describes_the_input(served: str
     assert plan.status_code == 200
     assert rs.SECRET not in plan.text
     middle = next(d for d in plan.json()["deployments"] if d["name"] == "Middle")
-    assert middle["init_args"] == [{"const": "<redacted>"}]
-    assert middle["init_kwargs"] == {"version": {"const": "v1"}}
+    assert middle["init_args"] == [{"$const": "<redacted>"}]
+    assert middle["init_kwargs"] == {"version": {"$const": "v1"}}
     schema = httpx.get(f"{served}/-/openapi.json", timeout=30).json()
     post = schema["paths"][f"/{APP}"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
@@ -131,7 +131,7 @@ def test_a_killed_replica_loses_no_request(served: str, tmp_path: Path,
         summary = rs.finish_bench(load, tmp_path / "load.json")
     print(f"{deployment}: replica restored in {recovery_s:.1f} s; {summary['statuses']}")
     # Requests Serve was handing to a killed driver wait in its proxy for the replacement; the
-    # driver's 1 s health check (compiler/lower.py) keeps that wait far below the timeout.
+    # driver's 1 s health check (compiler/passes/lower.py) keeps that wait far below the timeout.
     assert (summary["answered"], summary["lost"]) == (600, 0), summary
     assert only_stage_failures(summary, driver=deployment.endswith("_driver")) == [], summary
     if deployment.endswith("_driver"):  # the proxy's 502 naming the driver, never a bare 500
@@ -174,7 +174,7 @@ def test_a_rolling_update_under_load_fails_no_request(served: str, tmp_path: Pat
     assert summary["wrong"] == [] and summary["bad_not_4xx"] == [], summary
     plan = httpx.get(f"{served}/-/plan", timeout=30).json()
     middle = next(d for d in plan["deployments"] if d["name"] == "Middle")
-    assert middle["init_kwargs"] == {"version": {"const": "v2"}}
+    assert middle["init_kwargs"] == {"version": {"$const": "v2"}}
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(served: str) -> None:

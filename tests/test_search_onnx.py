@@ -118,7 +118,7 @@ def test_served_onnx_search_answers_as_the_local_one(
     assert [handle.call(payload) for payload in PAYLOADS] == expected
 
     async def concurrently() -> list[Any]:
-        return list(await asyncio.gather(*(handle.remote(payload) for payload in PAYLOADS)))
+        return list(await asyncio.gather(*(handle.acall(payload) for payload in PAYLOADS)))
 
     assert asyncio.run(concurrently()) == expected
     with httpx.Client(timeout=60) as client:

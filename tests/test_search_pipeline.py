@@ -68,7 +68,7 @@ def test_graph_compiles_to_encoder_ranker_and_driver() -> None:
     assert "batch(encode)<=32 wait=5ms" in summary[1]
     assert summary[2].split()[:5] == ["Ranker", "class", "fused", "into", "search_driver"]
     other_weights = sg.compile(search.build_graph("/models/minilm")).stage("Encoder")
-    assert other_weights.init_args == [{"const": "/models/minilm"}]
+    assert other_weights.init_args == [{"$const": "/models/minilm"}]
 
 
 async def test_encoder_stays_a_plain_class(encoder: search.Encoder) -> None:
@@ -142,7 +142,7 @@ def test_served_pipeline_answers_as_the_local_one(deploy: Callable[..., Any],
     assert [handle.call(payload) for payload in PAYLOADS] == expected
 
     async def concurrently() -> list[Any]:
-        return list(await asyncio.gather(*(handle.remote(payload) for payload in PAYLOADS)))
+        return list(await asyncio.gather(*(handle.acall(payload) for payload in PAYLOADS)))
 
     assert asyncio.run(concurrently()) == expected
     with pytest.raises(sg.InputError, match="invalid query"):

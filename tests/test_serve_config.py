@@ -12,7 +12,8 @@ from ray.serve.schema import ServeDeploySchema
 
 import servegraph as sg
 from servegraph.errors import DeployError
-from tests import cli_graphs
+from servegraph.serving import launch
+from tests import cli_graphs, gpu_graphs
 from tests.stages import diamond
 
 CLUSTER = sg.ClusterSpec(gpus=2, gpu_memory="80GiB")
@@ -98,6 +99,38 @@ def test_every_serve_option_reaches_the_config_and_validates() -> None:
          "backpressure_config": {"status_code": 503, "retry_after_s": 1},
          "health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0}},
     ]
+
+
+def test_an_auto_stage_shows_the_replica_range_serve_uses() -> None:
+    """num_replicas="auto" passes through, and the autoscaling_config shows the range Serve
+    will run: the user's target_ongoing_requests laid over AutoscalingConfig.default() (max
+    100), not the 1..1 of a plain autoscaling_config."""
+    plan = sg.compile(gpu_graphs.auto, cluster=CLUSTER)
+    config = plan.to_serve_config(graph="tests.gpu_graphs:auto")
+    assert ray_reads(config) == config
+    assert config["applications"][0]["deployments"][:2] == [
+        {"name": "tokenize", "num_replicas": 2},
+        {"name": "AutoEmbedder", "num_replicas": "auto",
+         "autoscaling_config": {"target_ongoing_requests": 2.0, "min_replicas": 1,
+                                "max_replicas": 100},
+         "ray_actor_options": {"num_gpus": 0.25}},
+    ]
+
+
+def test_the_launcher_counts_replicas_at_start_and_at_most() -> None:
+    """`serve.run` waits for the replicas each stage starts with (tokenize 2, AutoEmbedder 1,
+    the driver's none of its own CPU); an embedded Ray is sized for all 100 AutoEmbedders."""
+    plan = sg.compile(gpu_graphs.auto, cluster=CLUSTER)
+    assert launch.resources_needed(plan) == {"CPU": 3.0, "GPU": 0.25}
+    assert launch.resources_needed(plan, at_most=True) == {"CPU": 102.0, "GPU": 25.0}
+    assert launch.cpus_needed(plan) == 102
+    launch.check_fits(plan, {"CPU": 3.0, "GPU": 0.25})
+    with pytest.raises(DeployError) as caught:
+        launch.check_fits(plan, {"CPU": 2.0, "GPU": 1.0})
+    assert str(caught.value) == (
+        "pipeline 'auto' needs 3 CPU for its replicas (tokenize 2 x 1, AutoEmbedder 1 x 1), but "
+        "the Ray cluster has 2; lower num_replicas or num_cpus, or give Ray more "
+        "(ray.init(num_cpus=...))")
 
 
 def test_serve_refuses_a_plan_with_another_cluster() -> None:

@@ -39,7 +39,8 @@ async def _chunks(stream: Any) -> list[Any]:
 def test_a_stream_feeds_a_stage_that_reads_it_chunk_by_chunk_locally() -> None:
     assert sg.run_local(shouted(), {"text": "hello big world"}) == ["HELLO ", "BIG ", "WORLD "]
     assert sg.run_local(counted(), {"text": "hello big world"}) == 3
-    stream = sg.LocalExecutor(shouted()).stream({"text": "a b"})
+    assert list(sg.LocalExecutor(shouted()).stream({"text": "a b"})) == ["A ", "B "]
+    stream = sg.LocalExecutor(shouted()).astream({"text": "a b"})
     assert asyncio.run(_chunks(stream)) == ["A ", "B "]
 
 
@@ -47,24 +48,33 @@ def test_chunks_arrive_before_the_last_is_made_locally(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
 
     async def read() -> list[str]:
-        stream = sg.LocalExecutor(gate_graph()).stream({"gate": str(gate)})
+        stream = sg.LocalExecutor(gate_graph()).astream({"gate": str(gate)})
         first = await anext(stream)
         assert not gate.exists()  # 'first' came while the generator waits at the gate
         gate.touch()
         return [first, *[chunk async for chunk in stream]]
 
     assert asyncio.run(read()) == ["first", "last"]
+    gate.unlink()
+    blocking = sg.LocalExecutor(gate_graph()).stream({"gate": str(gate)})
+    assert next(blocking) == "first" and not gate.exists()  # the same, blocking
+    gate.touch()
+    assert list(blocking) == ["last"]
 
 
 def test_a_failure_mid_stream_names_the_streaming_stage() -> None:
     async def read() -> list[int]:
-        return await _chunks(sg.LocalExecutor(numbers_graph()).stream({"n": 3}))
+        return await _chunks(sg.LocalExecutor(numbers_graph()).astream({"n": 3}))
 
     with pytest.raises(sg.StageError) as caught:
         asyncio.run(read())
     assert caught.value.stage == "numbers"
     assert caught.value.message == "3 is too many"
     assert caught.value.error_type == "ValueError"
+    seen: list[int] = []
+    with pytest.raises(sg.StageError, match="3 is too many"):
+        seen.extend(sg.LocalExecutor(numbers_graph()).stream({"n": 3}))
+    assert seen == [0, 1, 2]
 
 
 def test_strict_mode_checks_every_chunk() -> None:
@@ -82,6 +92,8 @@ def test_strict_mode_checks_every_chunk() -> None:
 def test_a_plan_that_does_not_stream_says_so() -> None:
     with pytest.raises(sg.PipelineError, match="does not stream"):
         sg.LocalExecutor(counted()).stream({"text": "x"})
+    with pytest.raises(sg.PipelineError, match="does not stream"):
+        sg.LocalExecutor(counted()).astream({"text": "x"})
 
 
 def test_a_stream_is_read_once() -> None:
@@ -149,6 +161,28 @@ def test_streams_on_serve_over_the_handle_and_http(deploy: Callable[..., Any]) -
     counter = deploy(counted(), name="counted", route_prefix="/counted")
     assert counter.call(payload) == 3
     assert httpx.post(counter.url, json=payload, timeout=60).json() == 3
+
+
+@pytest.mark.ray
+def test_a_handle_on_an_event_loop_of_its_own_streams_too(deploy: Callable[..., Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Serve was imported in its throughput-optimised mode, a `PipelineHandle` runs every
+    call on a loop of its own (a response generator there must be started, not awaited)."""
+    from ray import serve
+
+    from servegraph.serving.handle import PipelineHandle
+
+    served = deploy(shouted(), name="ownloop", route_prefix="/ownloop")
+    monkeypatch.setattr("servegraph.serving.handle.router_in_separate_loop", lambda: False)
+    handle = PipelineHandle(serve.get_app_handle("ownloop"), "ownloop", "/ownloop", served.url)
+    payload, expected = {"text": "a b"}, ["A ", "B "]
+    assert list(handle.stream(payload)) == handle.call(payload) == expected
+
+    async def awaited() -> tuple[list[str], list[str]]:
+        return [chunk async for chunk in handle.astream(payload)], await handle.acall(payload)
+
+    assert asyncio.run(awaited()) == (expected, expected)
+    assert handle.trace(payload).output == expected
 
 
 @pytest.mark.ray

@@ -163,6 +163,28 @@ def test_the_trace_lists_every_node_once_with_its_output(pipeline: sgt.PipelineT
     assert pipeline.traces[-1].executor == pipeline.executor
 
 
+def test_awaited_and_streamed_requests_answer_as_blocking_ones(
+        pipeline: sgt.PipelineTester) -> None:
+    """The tester calls its client's mirrored methods (`LocalExecutor` and `PipelineHandle`
+    alike): call/acall, trace/atrace, stream/astream."""
+    from tests.stream_stages import shouted
+
+    graph, payload = diamond(), {"x": 1}
+    streaming, text = shouted(), {"text": "a b"}
+    assert pipeline.run(graph, payload) == pipeline.trace(graph, payload).output == 10
+    assert list(pipeline.stream(streaming, text)) == ["A ", "B "]
+
+    async def awaited() -> tuple[Any, ...]:
+        with pytest.raises(sg.PipelineError, match=r"use `await pipeline\.arun\(graph"):
+            pipeline.run(graph, payload)
+        traced = await pipeline.atrace(graph, payload)
+        chunks = [chunk async for chunk in pipeline.astream(streaming, text)]
+        return (await pipeline.arun(graph, payload, trace=True), traced.output,
+                traced.executor, chunks)
+
+    assert asyncio.run(awaited()) == (10, 10, pipeline.executor, ["A ", "B "])
+
+
 @pytest.mark.servegraph_executors("local")
 def test_golden_files_of_the_plan_and_its_diagram(golden: sgt.Golden) -> None:
     golden.check(diamond(), "diamond")

@@ -13,6 +13,7 @@ import pytest
 
 import servegraph as sg
 from servegraph.visualize import to_dot, to_mermaid
+from tests import gpu_graphs
 from tests.stages import scoring
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
@@ -112,6 +113,20 @@ def test_the_gpu_layout_is_drawn_beside_the_plan_in_mermaid() -> None:
         '<br/>Mid#35;2 0.25<br/>Scaled#35;0 0.25"]]',
         "  end", "  n1 -.- gpu0", "  n2 -.- gpu1", "  n3 -.- gpu1"]
     assert '  subgraph d0["Big · 2 replicas · 1 CPU · 0.38 GPU"]' in lines
+
+
+def test_each_deployment_is_labelled_with_the_replicas_serve_runs() -> None:
+    """An autoscaled stage shows its range (num_replicas="auto": Serve's 1..100), a fixed one
+    its count, each with what one replica reserves."""
+    plan = sg.compile(gpu_graphs.auto, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
+    lines = sg.render(plan, format="mmd").decode().splitlines()
+    assert [line for line in lines if line.startswith("  subgraph d")] == [
+        '  subgraph d0["tokenize · 2 replicas · 1 CPU"]',
+        '  subgraph d1["AutoEmbedder · 1-100 replicas · 1 CPU · 0.25 GPU"]',
+    ]
+    scaled = to_mermaid(sg.compile(gpu_graphs.scaled,
+                                   cluster=sg.ClusterSpec(gpus=4, gpu_memory="24GiB")))
+    assert '  subgraph d0["join · 1-8 replicas · 1 CPU"]' in scaled.splitlines()
 
 
 @needs_dot

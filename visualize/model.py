@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from ..compiler import CompiledPipeline, StagePlan
 from ..compiler.cluster import format_bytes
+from ..compiler.templates import refs
 
 Shape = Literal["input", "select", "call", "map", "const", "output"]
 
@@ -85,10 +85,10 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
         label = f"{node.label} = constant" if node.op == "const" else node.label
         diagram.boxes.append(Box(node.id, label, node.op, cluster))
         sources = [*node.args, *node.kwargs.values()]
-        for source in dict.fromkeys(_refs(sources)):
+        for source in dict.fromkeys(refs(*sources)):
             diagram.edges.append((source, node.id, types[source]))
     diagram.boxes.append(Box("out", "output", "output"))
-    for source in dict.fromkeys(_refs([plan.outputs])):
+    for source in dict.fromkeys(refs(plan.outputs)):
         diagram.edges.append((source, "out", types[source]))
     _add_gpu_layout(diagram, plan)
     return diagram
@@ -121,20 +121,17 @@ def _add_gpu_layout(diagram: Diagram, plan: CompiledPipeline) -> None:
 
 
 def _stage_label(stage: StagePlan, fused: list[StagePlan] | None = None) -> str:
-    options = stage.options
-    auto = options.get("autoscaling_config")
-    if auto:
-        replicas = f"{auto.get('min_replicas', 1)}-{auto.get('max_replicas', 1)} replicas"
+    facts = stage.resources
+    count = facts.replicas
+    if count.autoscaling:
+        replicas = f"{count.min}-{count.max} replicas"
     else:
-        count = options.get("num_replicas", 1)
-        replicas = f"{count} replica{'s' if count != 1 else ''}"
-    actor = options.get("ray_actor_options") or {}
-    gpus = actor.get("num_gpus")
-    parts = [stage.name, replicas, f"{actor.get('num_cpus', 1):g} CPU"]
+        replicas = f"{count.start} replica{'s' if count.start != 1 else ''}"
+    parts = [stage.name, replicas, f"{facts.cpus:g} CPU"]
     if stage.role == "driver" and fused:
         parts.append(f"fused: {', '.join(s.name for s in fused)}")
-    if gpus:
-        parts.append(f"{gpus:g} GPU")
+    if facts.gpus:
+        parts.append(f"{facts.gpus:g} GPU")
     if stage.batching:
         sizes = ", ".join(f"{m}≤{b.max_batch_size}" for m, b in stage.batching.items())
         parts.append(f"batch {sizes}")
@@ -143,15 +140,3 @@ def _stage_label(stage: StagePlan, fused: list[StagePlan] | None = None) -> str:
     if stage.max_retries:
         parts.append(f"retries {stage.max_retries}")
     return " · ".join(parts)
-
-
-def _refs(templates: list[Any]) -> Iterator[str]:
-    for template in templates:
-        if not isinstance(template, dict):
-            continue
-        if "ref" in template:
-            yield template["ref"]
-        elif "list" in template or "tuple" in template:
-            yield from _refs(template.get("list", template.get("tuple")))
-        elif "dict" in template:
-            yield from _refs(list(template["dict"].values()))

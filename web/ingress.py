@@ -38,16 +38,15 @@ logger = logging.getLogger("servegraph")
 MAX_BODY_BYTES = int(os.environ.get("SERVEGRAPH_MAX_BODY_BYTES", 10 * 2**20))
 
 
-def request_id_for(request: Request) -> str:
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_for(request: Request, new_id: Callable[[], str] = new_request_id) -> str:
+    """The client's `x-request-id` (at most 128 characters), else `new_id()`: behind Serve's
+    proxy, the id the proxy made for this request (the driver passes it in)."""
     given = request.headers.get("x-request-id")
-    if given:
-        return given[:128]
-    try:
-        from ray.serve.context import _get_serve_request_context
-    except ImportError:  # the in-process server runs without Ray
-        return uuid.uuid4().hex
-    # Serve's proxy made one for this request; outside Serve the context holds "".
-    return _get_serve_request_context().request_id or uuid.uuid4().hex
+    return given[:128] if given else new_id()
 
 
 def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
@@ -88,15 +87,17 @@ def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSO
 async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True,
                       views: Mapping[str, View] | None = None,
                       stream: Streamer | None = None,
-                      max_body_bytes: int | None = None) -> Response:
+                      max_body_bytes: int | None = None,
+                      new_id: Callable[[], str] = new_request_id) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
     `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
     client's when given) on every response. `max_body_bytes` (default `MAX_BODY_BYTES`) bounds
     the body: a larger one gets a 413. With `stream` (a pipeline whose output is a
-    stream) the response is chunked: text chunks as they are, other chunks as JSON lines."""
-    request_id = request_id_for(request)
+    stream) the response is chunked: text chunks as they are, other chunks as JSON lines.
+    `new_id` makes the request id when the client sent none."""
+    request_id = request_id_for(request, new_id)
     headers = {"x-request-id": request_id} if echo_request_id else {}
     if request.method == "GET" and views:
         path = request.url.path.rstrip("/")

@@ -1,5 +1,7 @@
-"""The local executor behind the same HTTP API as the Serve driver (`servegraph run --local`):
-one process, no Ray, for trying a pipeline with curl or a front end."""
+"""A pipeline behind the same HTTP API as the Serve driver, in this process: what
+`servegraph run --local` serves with the local executor, for trying a pipeline with curl or a
+front end. The caller passes the entry points (`run`, and `stream` for a streamed output), so
+this layer never imports an executor."""
 
 from __future__ import annotations
 
@@ -12,19 +14,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..compiler import CompiledPipeline
-from ..executors.local import LocalExecutor
-from .ingress import handle_http, plan_views
+from .ingress import Runner, Streamer, handle_http, plan_views
 
 
-def local_app(plan: CompiledPipeline, route_prefix: str, *, diagram_svg: bytes | None = None,
+def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
+              stream: Streamer | None = None, diagram_svg: bytes | None = None,
               on_startup: Callable[[], None] | None = None) -> Starlette:
-    """A Starlette app answering `POST <route_prefix>` and `GET <route_prefix>/-/...`."""
-    executor = LocalExecutor(plan)
+    """A Starlette app answering `POST <route_prefix>` with `run(payload, request_id)` (or
+    `stream`'s chunks, for a streamed output) and `GET <route_prefix>/-/...` with the plan's
+    views."""
     views = plan_views(plan, diagram_svg)
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.run, views=views,
-                                 stream=executor.stream if executor.program.streams else None)
+        return await handle_http(request, run, views=views, stream=stream)
 
     route = "/" + route_prefix.strip("/")
     routes = [Route(route, endpoint, methods=["GET", "POST"])]

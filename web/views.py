@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from ..compiler import CompiledPipeline
+from ..compiler.templates import const
 
 REDACTED = "<redacted>"
 SECRET_NAME = re.compile(
@@ -70,7 +71,7 @@ def redacted_plan(plan: CompiledPipeline) -> dict[str, Any]:
         names = _init_parameter_names(plan, stage)
         for index, name in enumerate(names[:len(shown.get("init_args", []))]):
             if is_secret_name(name):
-                shown["init_args"][index] = {"const": REDACTED}
+                shown["init_args"][index] = const(REDACTED)
     return _redact(data)
 
 
@@ -96,7 +97,7 @@ def _redact(value: Any, key: str = "") -> Any:
 
 
 def _blank(value: Any) -> Any:
-    """A secret-named entry: its values go, its shape (a `const` wrapper) stays."""
+    """A secret-named entry: its values go, its shape (an argument template's tags) stays."""
     if isinstance(value, dict):
         return {k: _blank(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
-from ...dag import DeploymentOptions, parse_bytes
+from ...dag import parse_bytes
 from ...errors import CompileError
 from ..cluster import NodeSpec, format_bytes
-from ..passes.pack import PACK_SCHEDULING_ENV, Bin, Demand, pack
-from ..passes.resources import RESOLUTION, replica_counts, to_units
-from ..plan import GpuLayout, Plan
+from ..passes.pack import PACK_SCHEDULING_ENV, Bin, Demand, pack, replica_demands
+from ..passes.resources import RESOLUTION, to_units
+from ..plan import GpuLayout, Plan, StagePlan
 from .serve_config import serve_config
 
 PASS = "rayservice"
@@ -49,18 +49,6 @@ PYTHON_TAG = "py311"
 MAX_NAME_LENGTH = 47  # KubeRay: a RayService name is a DNS-1035 label of at most 47 characters
 DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("serve", 8000))
-
-
-@dataclass(frozen=True)
-class StageNeeds:
-    """What one replica of a deployment reserves, and how many run at deploy time / at most."""
-
-    name: str
-    cpus: float
-    gpu_units: int
-    gpu_memory: int | None
-    replicas: int
-    most: int
 
 
 @dataclass(frozen=True)
@@ -112,7 +100,7 @@ def rayservice(plan: Plan, graph: str | None = None, *, name: str | None = None,
     cpu_image = image or f"rayproject/ray:{version}-{PYTHON_TAG}"
     gpu_image = gpu_image or image or f"rayproject/ray:{version}-{PYTHON_TAG}-gpu"
     per_cpu = parse_bytes(memory_per_cpu)
-    stages = stage_needs(plan)
+    stages = [*plan.served(), plan.driver]
     groups = [*gpu_groups(plan, stages), *cpu_groups(stages, worker_cpus)]
     workers = [_worker(group, gpu_image if group.gpus else cpu_image, per_cpu)
                for group in groups]
@@ -155,29 +143,16 @@ def k8s_name(text: str) -> str:
     return name[:MAX_NAME_LENGTH].rstrip("-")
 
 
-def stage_needs(plan: Plan) -> list[StageNeeds]:
-    """Per deployment (the driver last): its replica's CPUs and GPU share, its replica counts."""
-    needs = []
-    for stage in [*plan.served(), plan.driver]:
-        actor = stage.options.get("ray_actor_options") or {}
-        cpus = actor.get("num_cpus")
-        replicas, most = replica_counts(DeploymentOptions.model_validate(stage.options))
-        needs.append(StageNeeds(stage.name, 1.0 if cpus is None else float(cpus),
-                                to_units(actor.get("num_gpus") or 0), stage.gpu_memory,
-                                replicas, most))
-    return needs
-
-
-def gpu_pods(layout: GpuLayout | None, stages: list[StageNeeds]) -> tuple[list[Pod], list[Pod]]:
+def gpu_pods(layout: GpuLayout | None, stages: list[StagePlan]) -> tuple[list[Pod], list[Pod]]:
     """The GPU pods the replicas need at deploy time, and when every stage runs its maximum."""
     bounded = layout is not None and layout.bounded
     by_name = {stage.name: stage for stage in stages}
     bins = [] if layout is None else [
         Bin(slot.node, slot.index, slot.memory, free=RESOLUTION - to_units(slot.fraction_used),
-            items=[(Demand(r.stage, r.replica, by_name[r.stage].gpu_units), to_units(r.gpus))
-                   for r in slot.replicas])
+            items=[(Demand(r.stage, r.replica, to_units(by_name[r.stage].resources.gpus)),
+                    to_units(r.gpus)) for r in slot.replicas])
         for slot in layout.gpus]
-    gpu_stages = [(order, s) for order, s in enumerate(stages) if s.gpu_units]
+    gpu_stages = [(order, s) for order, s in enumerate(stages) if s.resources.gpus]
     grow = None if bounded else Bin("gpu", 0, None)
     if layout is None:
         pack(_demands(gpu_stages, extra=False), bins, grow=grow)
@@ -186,7 +161,7 @@ def gpu_pods(layout: GpuLayout | None, stages: list[StageNeeds]) -> tuple[list[P
     return start, _pods(bins, bounded, by_name)
 
 
-def gpu_groups(plan: Plan, stages: list[StageNeeds]) -> list[WorkerGroup]:
+def gpu_groups(plan: Plan, stages: list[StagePlan]) -> list[WorkerGroup]:
     """One group per GPU node shape of the cluster spec (per GPUs per pod without one)."""
     start, most = gpu_pods(plan.gpu_layout, stages)
     layout = plan.gpu_layout
@@ -213,16 +188,16 @@ def gpu_groups(plan: Plan, stages: list[StageNeeds]) -> list[WorkerGroup]:
     return groups
 
 
-def cpu_groups(stages: list[StageNeeds], worker_cpus: int) -> list[WorkerGroup]:
+def cpu_groups(stages: list[StagePlan], worker_cpus: int) -> list[WorkerGroup]:
     """The CPU group: pods of `worker_cpus` (more when one replica needs more) for the replicas
     of the stages without a GPU; none when they reserve no CPU."""
-    cpu_stages = [s for s in stages if not s.gpu_units and s.cpus > 0]
+    cpu_stages = [s.resources for s in stages if not s.resources.gpus and s.resources.cpus > 0]
     if not cpu_stages:
         return []
     size = max(worker_cpus, math.ceil(max(s.cpus for s in cpu_stages) - 1e-9))
-    start = _bins_needed([to_units(s.cpus) for s in cpu_stages for _ in range(s.replicas)],
-                         size * RESOLUTION)
-    most = _bins_needed([to_units(s.cpus) for s in cpu_stages for _ in range(s.most)],
+    start = _bins_needed([to_units(s.cpus) for s in cpu_stages
+                          for _ in range(s.replicas.start)], size * RESOLUTION)
+    most = _bins_needed([to_units(s.cpus) for s in cpu_stages for _ in range(s.replicas.max)],
                         size * RESOLUTION)
     return [WorkerGroup(name="cpu", replicas=start, most=most, cpus=size)]
 
@@ -235,13 +210,17 @@ def quantity(size: int) -> str:
     return str(size)
 
 
-def _demands(gpu_stages: list[tuple[int, StageNeeds]], *, extra: bool) -> list[Demand]:
+def _demands(gpu_stages: list[tuple[int, StagePlan]], *, extra: bool) -> list[Demand]:
     """The replicas placed at deploy time, or (`extra`) the ones autoscaling may add."""
-    return [Demand(s.name, i, s.gpu_units, s.gpu_memory, order) for order, s in gpu_stages
-            for i in (range(s.replicas, s.most) if extra else range(s.replicas))]
+    demands = []
+    for order, stage in gpu_stages:
+        replicas = stage.resources.replicas
+        indices = range(replicas.start, replicas.max) if extra else range(replicas.start)
+        demands += replica_demands(stage.name, stage.resources, order, indices)
+    return demands
 
 
-def _pods(bins: list[Bin], bounded: bool, stages: dict[str, StageNeeds]) -> list[Pod]:
+def _pods(bins: list[Bin], bounded: bool, stages: dict[str, StagePlan]) -> list[Pod]:
     """Used GPUs grouped into pods: by node on a cluster spec; else one pod per GPU, or per
     replica of whole GPUs."""
     gpus: dict[str, int] = {}
@@ -258,7 +237,7 @@ def _pods(bins: list[Bin], bounded: bool, stages: dict[str, StageNeeds]) -> list
             key = f"{gpu.node}/{gpu.index}"
         gpus[key] = gpus.get(key, 0) + 1
         replicas.setdefault(key, set()).update((d.stage, d.replica) for d, _ in gpu.items)
-    return [Pod(key, count, sum(stages[stage].cpus for stage, _ in replicas[key]))
+    return [Pod(key, count, sum(stages[stage].resources.cpus for stage, _ in replicas[key]))
             for key, count in gpus.items()]
 
 

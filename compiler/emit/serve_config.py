@@ -47,7 +47,7 @@ def app_config(plan: Plan, graph: str | None = None, *,
                 name: str | None = None, route_prefix: str | None = None,
                 runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """One entry of the config's `applications` list."""
-    source = graph or find_graph_path(plan._graph)
+    source = graph or find_graph_path(plan.memory.graph)
     if source is None:
         raise CompileError(
             f"cannot tell which module holds the graph {plan.name!r}, so a Serve config "
@@ -68,11 +68,16 @@ def app_config(plan: Plan, graph: str | None = None, *,
     }
     if runtime_env:
         app["runtime_env"] = runtime_env
-    app["deployments"] = [
-        {"name": stage.name}
-        | {key: stage.options[key] for key in DEPLOYMENT_FIELDS if key in stage.options}
-        for stage in [*plan.served(), plan.driver]
-    ]
+    app["deployments"] = []
+    for stage in [*plan.served(), plan.driver]:
+        options = dict(stage.options)
+        replicas = stage.resources.replicas
+        if replicas.autoscaling:  # the range Serve will use, shown (its defaults filled in)
+            options["autoscaling_config"] = (options.get("autoscaling_config") or {}) | {
+                "min_replicas": replicas.min, "max_replicas": replicas.max}
+        app["deployments"].append(
+            {"name": stage.name}
+            | {key: options[key] for key in DEPLOYMENT_FIELDS if key in options})
     return app
 
 

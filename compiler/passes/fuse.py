@@ -18,56 +18,49 @@ and why, is kept in the plan (`StagePlan.fused_into`, `StagePlan.fusion`) for `e
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from ...dag import CallNode, batch_spec
 from ...dag.nodes import find_nodes
-from .validate import CheckedGraph, Group, is_stream
+from ..state import CompileState, FuseDecision, Group
+from .validate import is_stream
 
 PASS = "fuse"
 # options only a process of the stage's own can honour
 _OWN_PROCESS = ("runtime_env", "resources", "memory", "accelerator_type")
 
 
-@dataclass(frozen=True)
-class FuseDecision:
-    """One stage: whether it runs inside the driver, and why (or why not)."""
-
-    fused: bool
-    reason: str
-
-
-def fuse_pass(checked: CheckedGraph, enabled: bool = True) -> CheckedGraph:
+def fuse_pass(state: CompileState, enabled: bool = True) -> CompileState:
     """Decide, for every actor group, whether it is fused into the driver."""
     calls: dict[int, list[CallNode]] = {}
-    for node in checked.graph.nodes:
+    for node in state.graph.nodes:
         if isinstance(node, CallNode):
             calls.setdefault(id(node.call.group), []).append(node)
     streaming = {node.id for group in calls.values() for node in group if is_stream(node)}
     decisions = {}
-    for group in checked.groups:
+    for group in state.groups:
         if not enabled:
             decision = FuseDecision(False, "fusion off: compiled with fuse=False")
         else:
-            decision = decide(checked, group, calls.get(id(group), []), streaming)
-        decisions[id(group)] = decision
-    return dataclasses.replace(checked, fusion=decisions)
+            decision = decide(state, group, calls.get(id(group), []), streaming)
+        decisions[state.name_of(group)] = decision
+    return dataclasses.replace(state, fusion=decisions)
 
 
-def decide(checked: CheckedGraph, group: Group, calls: list[CallNode],
+def decide(state: CompileState, group: Group, calls: list[CallNode],
            streaming: set[int]) -> FuseDecision:
     """The rules, hard ones first: those `fuse=True` cannot lift."""
-    options = checked.options[id(group)]
-    needs = checked.resources.get(id(group))
+    name = state.name_of(group)
+    options = state.options[name]
+    facts = state.resources[name]
     if options.fuse is False:
         return FuseDecision(False, "fuse=False")
-    if needs is not None and needs.gpu_units:
-        return FuseDecision(False, f"needs a GPU ({needs.gpus:g}): never fused across a GPU "
+    if facts.gpus:
+        return FuseDecision(False, f"needs a GPU ({facts.gpus:g}): never fused across a GPU "
                                    "boundary")
-    if options.autoscaling_config is not None or options.num_replicas == "auto":
+    if facts.replicas.autoscaling:
         return FuseDecision(False, "autoscaled: scales on its own")
-    if isinstance(options.num_replicas, int) and options.num_replicas > 1:
-        return FuseDecision(False, f"num_replicas={options.num_replicas}: scales on its own")
+    if facts.replicas.max > 1:
+        return FuseDecision(False, f"num_replicas={facts.replicas.max}: scales on its own")
     if any(is_stream(node) for node in calls):
         return FuseDecision(False, "streams its output")
     if any(source.id in streaming for node in calls

@@ -12,16 +12,17 @@ which retries a full replica after a backoff of up to 0.5 s.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ...dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
 from ..graphview import schedule
 from ..pipeline import CompiledPipeline
-from ..plan import BatchPlan, NodePlan, StagePlan
+from ..plan import BatchPlan, NodePlan, PlanMemory, StagePlan, StageResources
+from ..state import CompileState, spec_of_group
+from ..templates import ValueEncoder
 from ..types import type_name
 from .typecheck import TypeFacts
-from .validate import CheckedGraph, is_stream, spec_of_group
+from .validate import is_stream
 
 DRIVER_MAX_ONGOING_REQUESTS = 1000
 DRIVER_MAX_QUEUED_REQUESTS = 1000  # then Serve answers 503: memory stays bounded
@@ -38,8 +39,8 @@ DRIVER_HEALTH_CHECK_PERIOD_S = 1.0
 BATCHED_MAX_ONGOING_REQUESTS = 1000
 
 
-def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> CompiledPipeline:
-    graph = checked.graph
+def lower(state: CompileState, passes: list[str], fuse: bool = True) -> CompiledPipeline:
+    graph = state.graph
     order = [node for node in schedule(graph.nodes) if not isinstance(node, ClassNode)]
     ids = {node.id: f"n{index}" for index, node in enumerate(order)}
     objects: dict[str, Any] = {}
@@ -51,35 +52,34 @@ def lower(checked: CheckedGraph, passes: list[str], fuse: bool = True) -> Compil
         if isinstance(node, CallNode):
             calls_of.setdefault(id(node.call.group), []).append(node)
     driver_name = f"{graph.name}_driver"
-    stages = [_stage_plan(checked, group, calls_of.get(id(group), []), encoder, objects,
+    stages = [_stage_plan(state, group, calls_of.get(id(group), []), encoder, objects,
                           driver_name)
-              for group in checked.groups]
+              for group in state.groups]
     facts = TypeFacts()  # each stage function's annotations read once
-    nodes = [_node_plan(checked, node, ids, encoder, facts) for node in order]
+    nodes = [_node_plan(state, node, ids, encoder, facts) for node in order]
     input_model = None
     if graph.input is not None and graph.input.model is not None:
         input_model = import_path(graph.input.model)
         objects[input_model] = graph.input.model
+    driver_cpus = fused_cpus(stages)
     driver = StagePlan(
         name=driver_name, role="driver", kind="driver",
         options={"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
                  "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
                  "backpressure_config": DRIVER_BACKPRESSURE,
                  "health_check_period_s": DRIVER_HEALTH_CHECK_PERIOD_S,
-                 "ray_actor_options": {"num_cpus": fused_cpus(stages)}},
+                 "ray_actor_options": {"num_cpus": driver_cpus}},
+        resources=StageResources(cpus=driver_cpus),  # one replica, no GPU
         site=str(graph.site),
     )
     plan = CompiledPipeline(
         name=graph.name, input_model=input_model, nodes=nodes,
         outputs=encoder.encode(graph.outputs), deployments=stages, driver=driver,
-        passes=passes, cluster=checked.cluster, gpu_layout=checked.layout,
+        passes=passes, cluster=state.cluster, gpu_layout=state.layout,
         fuse=fuse,
     )
-    plan._objects.update(objects)
-    plan._graph = graph
-    plan._node_ids.update(ids)
-    plan._constants.extend(constants)
-    return plan
+    return plan.with_memory(PlanMemory(objects=objects, constants=tuple(constants), graph=graph,
+                                       node_ids=ids))
 
 
 def fused_cpus(stages: list[StagePlan]) -> float:
@@ -94,17 +94,18 @@ def import_path(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encoder: ValueEncoder,
+def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder: ValueEncoder,
                 objects: dict[str, Any], driver_name: str) -> StagePlan:
     """`calls`: the group's call nodes, in graph order (gathered once for every group)."""
     spec = spec_of_group(group)
-    options = checked.options[id(group)]
+    name = state.name_of(group)
+    options = state.options[name]
     serve_options = options.serve_options()
-    serve_options["name"] = checked.name_of(group)
-    needs = checked.resources.get(id(group))
-    if needs is not None and needs.derived:  # the fraction the resources pass derived
+    serve_options["name"] = name
+    facts = state.resources[name]
+    if facts.gpus_from_memory:  # the fraction the resources pass derived
         actor = dict(serve_options.get("ray_actor_options") or {})
-        actor["num_gpus"] = needs.gpus
+        actor["num_gpus"] = facts.gpus
         serve_options["ray_actor_options"] = actor
     methods = sorted({node.call.method or "__call__" for node in calls})
     batching = {}
@@ -122,22 +123,21 @@ def _stage_plan(checked: CheckedGraph, group: Any, calls: list[CallNode], encode
         serve_options["max_ongoing_requests"] = max(BATCHED_MAX_ONGOING_REQUESTS, 2 * largest)
     path = import_path(spec.target)
     objects[path] = spec.target
-    decision = checked.fusion.get(id(group))
+    decision = state.fusion.get(name)
     args, kwargs = (group.args, group.kwargs) if isinstance(group, ClassNode) else ((), {})
     return StagePlan(
-        name=checked.name_of(group), kind="function" if spec.is_function else "class",
+        name=name, kind="function" if spec.is_function else "class",
         import_path=path, init_args=[encoder.encode(a) for a in args],
         init_kwargs={k: encoder.encode(v) for k, v in kwargs.items()},
-        methods=methods, batching=batching, options=serve_options,
-        gpu_memory=options.gpu_memory, fuse=options.fuse, timeout_s=options.timeout_s,
+        methods=methods, batching=batching, options=serve_options, resources=facts,
+        fuse=options.fuse, timeout_s=options.timeout_s,
         max_retries=options.max_retries or 0, site=str(spec.site),
-        gpus_from_memory=needs is not None and needs.derived,
         fused_into=driver_name if decision is not None and decision.fused else None,
         fusion=decision.reason if decision is not None else "",
     )
 
 
-def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
+def _node_plan(state: CompileState, node: Node, ids: dict[int, str],
                encoder: ValueEncoder, facts: TypeFacts) -> NodePlan:
     produced = facts.output_type(node)
     common = {"id": ids[node.id], "label": node.label, "site": str(node.site),
@@ -150,37 +150,9 @@ def _node_plan(checked: CheckedGraph, node: Node, ids: dict[int, str],
     assert isinstance(node, CallNode)
     return NodePlan(
         op="map" if node.op is Op.MAP else "call",
-        stage=checked.name_of(node.call.group), method=node.call.method,
+        stage=state.name_of(node.call.group), method=node.call.method,
         args=[encoder.encode(a) for a in node.args],
         kwargs={k: encoder.encode(v) for k, v in node.kwargs.items()},
         stream=is_stream(node), **common,
     )
 
-
-class ValueEncoder:
-    """Python values with nodes inside -> the plan's tagged JSON templates."""
-
-    def __init__(self, ids: dict[int, str], constants: list[Any]) -> None:
-        self.ids = ids
-        self.constants = constants
-
-    def encode(self, value: Any) -> dict[str, Any]:
-        if isinstance(value, Node):
-            return {"ref": self.ids[value.id]}
-        if isinstance(value, list):
-            return {"list": [self.encode(item) for item in value]}
-        if isinstance(value, tuple):
-            return {"tuple": [self.encode(item) for item in value]}
-        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-            return {"dict": {key: self.encode(item) for key, item in value.items()}}
-        if _is_json(value):
-            return {"const": value}
-        self.constants.append(value)
-        return {"opaque": len(self.constants) - 1, "repr": repr(value)[:200]}
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        return json.loads(json.dumps(value)) == value
-    except (TypeError, ValueError):
-        return False

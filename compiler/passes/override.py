@@ -23,16 +23,17 @@ mode checks what it returns against what the stage declares.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...dag import DeploymentSpec, Node, spec_of
 from ...errors import CompileError
 from ..pipeline import CompiledPipeline
 from ..plan import GpuLayout, NodePlan, StagePlan
+from ..templates import ValueEncoder, refs
 from ..types import parameter_types, return_type
-from .lower import ValueEncoder, import_path
+from .lower import import_path
 
 PASS = "override"
 _GPU_KEYS = ("num_gpus", "accelerator_type")
@@ -60,8 +61,8 @@ def override(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> CompiledPi
     """A new plan with `overrides` applied (see the module docstring for keys and values)."""
     if not overrides:
         return plan
-    objects = dict(plan._objects)
-    constants = list(plan._constants)
+    objects = dict(plan.memory.objects)
+    constants = list(plan.memory.constants)
     stages = {stage.name: stage for stage in plan.deployments}
     nodes = {node.id: node for node in plan.nodes}
     whole: dict[str, Any] = {}
@@ -95,16 +96,13 @@ def override(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> CompiledPi
         "passes": [*plan.passes, PASS],
         "gpu_layout": _without(plan.gpu_layout, replaced | (set(stages) - in_use)),
     })
-    new._objects = objects
-    new._constants = constants
-    new._node_ids = dict(plan._node_ids)
-    return new
+    return new.with_memory(replace(plan.memory, objects=objects, constants=tuple(constants)))
 
 
 def _node_id(plan: CompiledPipeline, key: Node | NodeKey) -> str:
     calls = [node for node in plan.nodes if node.op in ("call", "map")]
     if isinstance(key, Node):
-        found = plan._node_ids.get(key.id)
+        found = plan.memory.node_ids.get(key.id)
         if found is None:
             raise CompileError(f"{key.label} is not a node of the pipeline {plan.name!r}",
                                stage=key.label, pass_name=PASS, site=key.site,
@@ -245,9 +243,10 @@ def _swapped(stage: StagePlan, path: str, target: Any) -> StagePlan:
         options.pop("ray_actor_options", None)
     batching = {method: plan for method, plan in stage.batching.items()
                 if _batched(target, method, stage.kind)}
+    resources = stage.resources.model_copy(
+        update={"gpus": 0.0, "gpu_memory": None, "gpus_from_memory": False})
     return stage.model_copy(update={"import_path": path, "options": options,
-                                    "gpu_memory": None, "gpus_from_memory": False,
-                                    "batching": batching})
+                                    "resources": resources, "batching": batching})
 
 
 def _batched(target: Any, method: str, kind: str) -> bool:
@@ -277,27 +276,15 @@ def _reaching_outputs(plan: CompiledPipeline, nodes: dict[str, NodePlan]) -> lis
     """The nodes the outputs still need (input nodes always: they validate the payload),
     in schedule order."""
     needed: set[str] = set()
-    stack = list(_refs(plan.outputs))
+    stack = list(refs(plan.outputs))
     while stack:
         node_id = stack.pop()
         if node_id in needed:
             continue
         needed.add(node_id)
         node = nodes[node_id]
-        stack.extend(_refs([*node.args, *node.kwargs.values()]))
+        stack.extend(refs(*node.args, *node.kwargs.values()))
     return [node for node in nodes.values() if node.id in needed or node.op == "input"]
-
-
-def _refs(template: Any) -> Iterator[str]:
-    if isinstance(template, list):
-        for item in template:
-            yield from _refs(item)
-    elif isinstance(template, dict):
-        if "ref" in template:
-            yield template["ref"]
-        elif "opaque" not in template and "const" not in template:
-            for body in template.values():
-                yield from _refs(body)
 
 
 def _without(layout: GpuLayout | None, stages: set[str]) -> GpuLayout | None:

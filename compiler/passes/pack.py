@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...errors import PackingError
 from ..cluster import ClusterSpec, format_bytes
-from ..plan import GpuLayout, GpuSlot, Headroom, PlacedReplica
-from .resources import RESOLUTION, StageResources
-from .validate import CheckedGraph
+from ..plan import GpuLayout, GpuSlot, Headroom, PlacedReplica, StageResources
+from ..state import CompileState, spec_of_group
+from .resources import RESOLUTION, to_units
 
 PASS = "pack"
 # Serve's own packing of replicas onto nodes, which this pass models; the Serve controller
@@ -35,7 +36,8 @@ PACK_SCHEDULING_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
 
 @dataclass(frozen=True)
 class Demand:
-    """One replica to place: `units` of a GPU (multiples of RESOLUTION: whole GPUs)."""
+    """One replica to place: `units` of a GPU (multiples of RESOLUTION: whole GPUs). Made
+    from a stage's `StageResources` by `replica_demands`; the packer's own item, not a fact."""
 
     stage: str
     replica: int
@@ -58,6 +60,15 @@ class Bin:
     memory: int | None
     free: int = RESOLUTION
     items: list[tuple[Demand, int]] = field(default_factory=list)  # (demand, units here)
+
+
+def replica_demands(stage: str, facts: StageResources, order: int,
+                    replicas: Iterable[int]) -> list[Demand]:
+    """The replicas `replicas` (their indices) of one stage, as items to place; `order` is the
+    stage's position among the deployments."""
+    units = to_units(facts.gpus)
+    return [Demand(stage, index, units, facts.gpu_memory, order, facts.cpus)
+            for index in replicas]
 
 
 def decreasing(demands: Iterable[Demand]) -> list[Demand]:
@@ -137,29 +148,28 @@ def lower_bound(demands: Iterable[Demand], memory: int | None) -> int:
     return math.ceil(total - 1e-9)
 
 
-def pack_pass(checked: CheckedGraph) -> CheckedGraph:
-    table: dict[int, StageResources] = dict(checked.resources)
-    stages = [table[id(group)] for group in checked.groups]
-    demands = [Demand(s.stage, i, s.gpu_units, s.gpu_memory, order, s.cpus)
-               for order, s in enumerate(stages) if s.gpu_units
-               for i in range(s.replicas)]
-    cluster: ClusterSpec | None = checked.cluster
+def pack_pass(state: CompileState) -> CompileState:
+    """Place the replicas each stage starts with; on a cluster spec, fail naming what does not
+    fit, and count how far each autoscaled GPU stage can grow (its headroom)."""
+    stages = {name: state.resources[name] for name in state.stage_names()}
+    start = [demand for order, (name, facts) in enumerate(stages.items()) if facts.gpus
+             for demand in replica_demands(name, facts, order, range(facts.replicas.start))]
+    cluster = state.cluster
     if cluster is not None:
         _check_cpus(stages, cluster)
-    if not demands and not any(s.gpu_units for s in stages):
-        return dataclasses.replace(checked, layout=None)
+    if not any(facts.gpus for facts in stages.values()):
+        return dataclasses.replace(state, layout=None)
     if cluster is None:
         bins: list[Bin] = []
-        pack(demands, bins, grow=Bin("gpu", 0, None))
-        return dataclasses.replace(checked, layout=_layout(bins, False, [], demands, None))
+        pack(start, bins, grow=Bin("gpu", 0, None))
+        return dataclasses.replace(state, layout=_layout(bins, False, [], start, None))
     bins = make_bins(cluster)
-    unplaced = pack(demands, bins)
+    unplaced = pack(start, bins)
     if unplaced:
-        raise _packing_error(unplaced, demands, cluster)
-    _check_memory(bins, stages)
-    headroom = _headroom(stages, bins)
-    return dataclasses.replace(
-        checked, layout=_layout(bins, True, headroom, demands, cluster.smallest_gpu_memory))
+        raise _packing_error(unplaced, start, cluster)
+    _check_memory(bins, {state.name_of(g): spec_of_group(g).site for g in state.groups})
+    return dataclasses.replace(state, layout=_layout(
+        bins, True, _headroom(stages, bins), start, cluster.smallest_gpu_memory))
 
 
 def _layout(bins: list[Bin], bounded: bool, headroom: list[Headroom],
@@ -186,8 +196,8 @@ def _memory_here(demand: Demand, units: int, gpu_memory: int | None) -> int | No
     return None if gpu_memory is None else gpu_memory * units // RESOLUTION
 
 
-def _check_memory(bins: list[Bin], stages: list[StageResources]) -> None:
-    by_name = {s.stage: s for s in stages}
+def _check_memory(bins: list[Bin], sites: Mapping[str, Any]) -> None:
+    """Declared fractions on one GPU hold the memory their stages declared."""
     for gpu in bins:
         if gpu.memory is None or len(gpu.items) < 2:
             continue
@@ -200,14 +210,13 @@ def _check_memory(bins: list[Bin], stages: list[StageResources]) -> None:
         other = max((dm for dm in used if dm[0].stage != culprit.stage), key=lambda dm: dm[1],
                     default=next(dm for dm in used if dm[0] is not culprit))
         share = math.ceil((culprit.memory or 0) * 100 / gpu.memory) / 100
-        stage = by_name[culprit.stage]
         raise PackingError(
             f"num_gpus={culprit.units / RESOLUTION:g} with gpu_memory="
             f"{format_bytes(culprit.memory)} does not fit beside stage '{other[0].stage}' "
             f"(num_gpus={other[0].units / RESOLUTION:g}, {format_bytes(other[1])}): together "
             f"they need {format_bytes(total)} on {gpu.node} GPU {gpu.index} "
             f"({format_bytes(gpu.memory)})",
-            stage=culprit.stage, site=stage.site,
+            stage=culprit.stage, site=sites[culprit.stage],
             hint=f"raise num_gpus of '{culprit.stage}' to at least {share:g}, or drop num_gpus "
             "and let gpu_memory derive it",
         )
@@ -247,29 +256,33 @@ def _packing_error(unplaced: list[Demand], demands: list[Demand],
     )
 
 
-def _check_cpus(stages: list[StageResources], cluster: ClusterSpec) -> None:
+def _check_cpus(stages: Mapping[str, StageResources], cluster: ClusterSpec) -> None:
+    """The replicas placed at deploy time hold no more CPUs than the cluster spec gives."""
     total = cluster.cpus
     if total is None:
         return
-    needed = sum(s.cpus * s.replicas for s in stages)
+    need = {name: facts.cpus * facts.replicas.start for name, facts in stages.items()}
+    needed = sum(need.values())
     if needed > total + 1e-9:
-        per_stage = ", ".join(f"{s.stage} {s.replicas} x {s.cpus:g}" for s in stages if s.cpus)
+        per_stage = ", ".join(f"{name} {facts.replicas.start} x {facts.cpus:g}"
+                              for name, facts in stages.items() if facts.cpus)
         raise PackingError(
             f"the replicas need {needed:g} CPUs ({per_stage}), the cluster has {total:g}",
-            stage=max(stages, key=lambda s: s.cpus * s.replicas).stage,
+            stage=max(need, key=lambda name: need[name]),
             hint="lower num_cpus or num_replicas, or give the cluster more CPUs (--cpus)",
         )
 
 
-def _headroom(stages: list[StageResources], bins: list[Bin]) -> list[Headroom]:
+def _headroom(stages: Mapping[str, StageResources], bins: list[Bin]) -> list[Headroom]:
+    """Per autoscaled GPU stage: how many of the replicas it may add fit on the GPUs left."""
     result = []
-    for order, stage in enumerate(stages):
-        if not stage.gpu_units or stage.max_replicas <= stage.replicas:
+    for order, (name, facts) in enumerate(stages.items()):
+        replicas = facts.replicas
+        if not facts.gpus or replicas.max <= replicas.start:
             continue
         spare = [dataclasses.replace(gpu, items=list(gpu.items)) for gpu in bins]
-        extra = [Demand(stage.stage, i, stage.gpu_units, stage.gpu_memory, order, stage.cpus)
-                 for i in range(stage.replicas, stage.max_replicas)]
+        extra = replica_demands(name, facts, order, range(replicas.start, replicas.max))
         left = pack(extra, spare)
-        result.append(Headroom(stage=stage.stage, placed=stage.replicas,
-                               max_replicas=stage.max_replicas, fits=len(extra) - len(left)))
+        result.append(Headroom(stage=name, placed=replicas.start, max_replicas=replicas.max,
+                               fits=len(extra) - len(left)))
     return result

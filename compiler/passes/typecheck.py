@@ -13,18 +13,18 @@ from typing import Any
 
 from ...dag import CallNode, Node, Op
 from ...errors import TypeMismatchError
+from ..state import CompileState
 from ..types import element_type, is_assignable, output_type, parameter_types, type_name
-from .validate import CheckedGraph
 
 PASS = "typecheck"
 
 
-def typecheck(checked: CheckedGraph) -> CheckedGraph:
+def typecheck(state: CompileState) -> CompileState:
     facts = TypeFacts()
-    for node in checked.graph.nodes:
+    for node in state.graph.nodes:
         if isinstance(node, CallNode):
             _check_call(node, facts)
-    return checked
+    return state
 
 
 class TypeFacts:

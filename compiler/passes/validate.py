@@ -1,6 +1,6 @@
 """The validate pass: options, names, dangling nodes and misuse the bind step cannot see.
 
-Graph in, `CheckedGraph` out: the same graph plus each actor group's validated options and
+Graph in, `CompileState` out: the same graph plus each actor group's validated options and
 unique deployment name, which the later passes read instead of validating again.
 """
 
@@ -9,28 +9,17 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ...dag import (
-    CallNode,
-    ClassNode,
-    DeploymentOptions,
-    DeploymentSpec,
-    Graph,
-    Op,
-    SelectNode,
-    batch_spec,
-)
+from ...dag import CallNode, ClassNode, DeploymentOptions, Graph, Op, SelectNode, batch_spec
 from ...dag.nodes import find_nodes
 from ...dag.options import SERVEGRAPH_OPTIONS
 from ...errors import CompileError, OptionsError
+from ..state import CompileState, Group, spec_of_group
 
 PASS = "validate"
-
-Group = ClassNode | DeploymentSpec
 
 _OPTION_HINTS = {
     "num_replicas": "use an integer >= 1, or 'auto' with autoscaling_config",
@@ -45,26 +34,7 @@ _OPTION_HINTS = {
 }
 
 
-@dataclass(frozen=True)
-class CheckedGraph:
-    graph: Graph
-    groups: tuple[Group, ...]                  # actor groups, in schedule order
-    names: Mapping[int, str]                   # id(group) -> unique deployment name
-    options: Mapping[int, DeploymentOptions]   # id(group) -> validated options
-    # filled in by later passes
-    cluster: Any = None                        # ClusterSpec | None (resources)
-    resources: Mapping[int, Any] = field(default_factory=dict)  # id(group) -> StageResources
-    layout: Any = None                         # GpuLayout | None (pack)
-    fusion: Mapping[int, Any] = field(default_factory=dict)  # id(group) -> FuseDecision (fuse)
-
-    def group_of(self, node: CallNode) -> Group:
-        return node.call.group
-
-    def name_of(self, group: Group) -> str:
-        return self.names[id(group)]
-
-
-def validate(graph: Graph) -> CheckedGraph:
+def validate(graph: Graph) -> CompileState:
     calls = [node for node in graph.nodes if isinstance(node, CallNode)]
     groups: dict[int, Group] = {}
     for node in calls:
@@ -79,11 +49,8 @@ def validate(graph: Graph) -> CheckedGraph:
             _check_select(node)
     _check_streams(graph, calls)
     _check_retries(calls, options, names)
-    return CheckedGraph(graph, tuple(groups.values()), names, options)
-
-
-def spec_of_group(group: Group) -> DeploymentSpec:
-    return group.target if isinstance(group, ClassNode) else group
+    return CompileState(graph, tuple(groups.values()), names,
+                        {names[key]: value for key, value in options.items()})
 
 
 def _options(group: Group) -> DeploymentOptions:

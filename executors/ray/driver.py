@@ -17,13 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...compiler import CompiledPipeline
-from ...errors import PipelineError
 from ...web.ingress import handle_http, plan_views
 from ..core import Program, Runner, Step, execute, stream
 from ..local.runner import LocalRunner, build_instances
-from ..trace import Trace
+from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
+from .ray_private import serve_request_id
 from .replica import StreamCall, flatten
 
 
@@ -84,11 +84,7 @@ class PipelineDriver:
         """Run one request with a trace (see `trace`: this driver then awaits every
         intermediate value); a servegraph error is kept in the trace, not raised."""
         trace = Trace(self.program.plan.name, executor="ray")
-        try:
-            await execute(self.program, payload, self.runner, request_id, trace=trace)
-        except PipelineError:
-            pass
-        return trace
+        return await record(trace, self.program, payload, self.runner, request_id)
 
     async def stream(self, payload: Any, request_id: str | None = None) -> AsyncIterator[Any]:
         """The chunks of a streaming pipeline (call with `handle.options(stream=True)`)."""
@@ -101,4 +97,5 @@ class PipelineDriver:
 
     async def __call__(self, request: Request) -> Response:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views,
-                                 stream=self.stream if self.program.streams else None)
+                                 stream=self.stream if self.program.streams else None,
+                                 new_id=serve_request_id)

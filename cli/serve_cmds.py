@@ -1,0 +1,171 @@
+"""The verbs that serve a graph or operate a running one: `run` (here, until Ctrl-C), `deploy`
+(onto a running cluster, and return), `status` and `shutdown`. Ray is reached through
+`serving` only, imported inside the verb that needs it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from ..dag.loader import load_graph
+from .common import UsageError, cluster_of, connect, waiting
+
+if TYPE_CHECKING:
+    from ..compiler import CompiledPipeline
+    from ..serving import PipelineHandle
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..compiler import compile
+
+    graph = load_graph(args.target)
+    if args.local:
+        return run_local(compile(graph, cluster=cluster_of(args)), args)
+    stop_signals = StopSignals()  # before `--detect-cluster` connects
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    plan = compile(graph, cluster=cluster_of(args))
+    handle = deploy(plan, args)
+    stop_signals.catch()  # again: a Ray driver takes SIGTERM for its crash report
+    print(plan.explain())
+    print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
+    try:
+        stop_signals.wait()
+    finally:
+        stop(handle)
+    return 0
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a byte in a pipe, whichever thread (Ray's included) they reach:
+    `run` blocks on it until Ctrl-C, and a Ctrl-C while Serve deploys waits there too rather
+    than interrupt the deployment half-way.
+
+    Not by blocking the signals for `sigwait`: processes inherit a blocked mask, and the Ray
+    processes started here would then ignore the SIGTERM that stops them at exit, so that Ray
+    would wait a second for each before killing it."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        os.set_blocking(self.write_end, False)
+        self.catch()
+
+    def catch(self) -> None:
+        """Route the signals to the pipe (again after a library installed its own handler)."""
+        signal.set_wakeup_fd(self.write_end)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _ignore)
+
+    def wait(self) -> None:
+        os.read(self.read_end, 1)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The signals' Python handler: the byte in the wakeup pipe is what `run` waits on."""
+
+
+def stop(handle: PipelineHandle) -> None:
+    """After Ctrl-C: delete the application from a cluster we joined (`--address`,
+    `RAY_ADDRESS`), which keeps running. An embedded Ray goes down with this process instead
+    (Ray's exit hook stops every process it started, Serve's included, in a second or two):
+    deleting the application first would keep the ingress replica up 30 s more in Serve's
+    throughput-optimised mode, draining for a load balancer that is not there."""
+    if os.environ.get("RAY_ADDRESS"):
+        handle.shutdown()
+
+
+def deploy(plan: CompiledPipeline, args: argparse.Namespace) -> PipelineHandle:
+    """`sg.serve` the plan with the verb's name, route and port, a spinner on stderr meanwhile."""
+    from ..serving import serve
+
+    with waiting(f"deploying {plan.name!r}: {len(plan.served()) + 1} deployments"):
+        return serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
+
+
+def run_local(plan: CompiledPipeline, args: argparse.Namespace) -> int:
+    """`run --local`: the plan on the in-process executor behind the same HTTP API (uvicorn
+    until Ctrl-C), announced once the server listens."""
+    import uvicorn
+
+    from ..executors.local import LocalExecutor
+    from ..serving import diagram_svg
+    from ..web.local_app import local_app
+
+    route = args.route_prefix or f"/{plan.name}"
+    port = args.port or 8000
+    url = f"http://{args.host}:{port}{route}"
+
+    def announce() -> None:
+        print(plan.explain())
+        print(f"serving {plan.name!r} in-process (no Ray): POST JSON to {url} (Ctrl-C stops)",
+              flush=True)
+
+    executor = LocalExecutor(plan)
+    app = local_app(plan, route, executor.acall, diagram_svg=diagram_svg(plan),
+                    stream=executor.astream if executor.program.streams else None,
+                    on_startup=announce)
+    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from ..compiler import compile
+
+    plan = compile(load_graph(args.target), cluster=cluster_of(args))
+    connect(args.address)
+    handle = deploy(plan, args)
+    print(plan.explain())
+    print(f"deployed {handle.name!r}: POST JSON to {handle.url}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..serving import admin
+
+    connect(args.address)
+    applications = admin.applications()
+    if args.name and args.name not in applications:
+        raise UsageError(f"no Serve application named {args.name!r} "
+                         f"(running: {', '.join(sorted(applications)) or 'none'})")
+    for name, app in sorted(applications.items()):
+        if args.name and name != args.name:
+            continue
+        print(f"{name}  {app.status.value}")
+        for deployment, state in sorted(app.deployments.items()):
+            replicas = ", ".join(f"{k} {v}" for k, v in sorted(state.replica_states.items()))
+            print(f"  {deployment:<24} {state.status.value:<10} {replicas}")
+    if not applications:
+        print("no Serve applications")
+    if args.render:
+        render_live(args.name, applications, args.render)
+    return 0
+
+
+def render_live(name: str | None, applications: dict[str, Any], path: str) -> None:
+    """Draw one application's plan, each deployment coloured by its live Serve status."""
+    from ..serving import admin
+    from ..visualize import LiveStatus, render
+
+    if name is None:
+        raise UsageError("--render draws one application: name it (servegraph status NAME "
+                         "--render out.svg)")
+    plan = admin.served_plan(name, timeout_s=60)
+    live = {deployment: LiveStatus(state.status.value, dict(state.replica_states))
+            for deployment, state in applications[name].deployments.items()}
+    render(plan, path, live=live)
+    print(f"wrote {path}")
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from ..serving import admin
+
+    connect(args.address)
+    if args.name:
+        admin.delete(args.name)
+        print(f"deleted {args.name!r}")
+    else:
+        admin.shutdown_serve()
+        print("Serve shut down")
+    return 0

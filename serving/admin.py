@@ -1,0 +1,54 @@
+"""Operating running applications from outside them: connecting to a Ray cluster, reading Serve's
+status and a served plan, deleting an application, stopping Serve. The CLI's `status`,
+`shutdown`, `run` and `deploy` verbs go through here, so that Ray is imported only under
+`serving` and `executors/ray`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray import serve
+
+from ..compiler import CompiledPipeline
+
+
+def connect(address: str, *, quiet: bool = True) -> None:
+    """Attach this process to the Ray cluster at `address`, once; `quiet` keeps Ray's and the
+    replicas' logs off this terminal. Raises ConnectionError when it cannot."""
+    if ray.is_initialized():
+        return
+    try:
+        if quiet:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(address=address)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConnectionError(str(exc)) from exc
+
+
+def is_connected() -> bool:
+    return bool(ray.is_initialized())
+
+
+def applications() -> dict[str, Any]:
+    """Serve's status of each application: `status`, and per deployment `status` and
+    `replica_states` (Serve's `ApplicationStatusOverview`s, by name)."""
+    return dict(serve.status().applications)
+
+
+def served_plan(name: str, *, timeout_s: float = 60.0) -> CompiledPipeline:
+    """The plan a running servegraph application was deployed from, asked of its driver."""
+    text = serve.get_app_handle(name).plan.remote().result(timeout_s=timeout_s)
+    return CompiledPipeline.model_validate_json(text)
+
+
+def delete(name: str) -> None:
+    """Delete one Serve application (Ray and Serve keep running)."""
+    serve.delete(name)
+
+
+def shutdown_serve() -> None:
+    """Stop Serve on the connected cluster (every application)."""
+    serve.shutdown()
