@@ -1,4 +1,4 @@
-"""The long reliability run (the CI version: tests/test_reliability.py). Serves the
+"""The long reliability run (the CI version: tests/serving/test_reliability.py). Serves the
 reliability pipeline (prep -> Middle x2 -> finish, each its own deployment) on an embedded
 Ray Serve, then loads it over HTTP from a second process (`python -m servegraph bench
 --cases`), 10% bad requests mixed in:

@@ -72,7 +72,7 @@ class ActorOptions(_Open):
 # lays the keys the user set over these (`handle_num_replicas_auto` in
 # ray/serve/_private/config.py; a `serve deploy` override does the same in
 # `override_deployment_info`, ray/serve/_private/application_state.py). Written out here because
-# the dag layer does not import ray; tests/test_dag.py pins it to Ray's own.
+# the dag layer does not import ray; tests/dag/test_dag.py pins it to Ray's own.
 AUTO_AUTOSCALING_DEFAULTS: dict[str, Any] = {
     "target_ongoing_requests": 2.0, "min_replicas": 1, "max_replicas": 100}
 

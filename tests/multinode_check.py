@@ -9,9 +9,9 @@ and that a request is answered end to end, over a handle and over HTTP. Serve an
 are stopped in `finally`, also on a deadline or Ctrl-C; were the check killed, the reaper
 processes `Cluster` starts stop the cluster.
 
-Run in its own process (tests/test_multinode.py does): pytest's own Ray may be running in the
-test process. Node names are printed as `head` and `worker`, so the output is the same on every
-run except the line that says where Ray put the replicas. The last line is `multinode check
+Run in its own process (tests/serving/test_multinode.py does): pytest's own Ray may be running
+in the test process. Node names are printed as `head` and `worker`, so the output is the same on
+every run except the line that says where Ray put the replicas. The last line is `multinode check
 passed` or `multinode check failed: ...` (exit status 0 or 1).
 
     PYTHONPATH=. python -m tests.multinode_check [--graph pairs] [--views DIR]

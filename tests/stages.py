@@ -98,3 +98,12 @@ def batch_probe() -> sg.Graph:
         one = probe.size.bind(inp.first)
         sizes = sg.map(probe.size, inp.items)
     return sg.Graph({"one": one, "sizes": sizes}, name="probe")
+
+
+# the scoring pipeline's request and answer, shared by the tests of every executor
+PAYLOAD = {"query": "hello", "words": ["a", "abcd", "ab"], "factor": 3}
+EXPECTED = {
+    "report": {"query": 7.5, "best": 1, "scores": [0.5, 2.0, 1.0],
+               "words": ["a", "abcd", "ab"], "tag": "v1"},
+    "pair": [2.5, 7.5],
+}

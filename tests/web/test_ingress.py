@@ -22,8 +22,7 @@ import servegraph as sg
 from servegraph.web import ingress, views
 from servegraph.web.ingress import View, handle_http, plan_views
 from servegraph.web.views import looks_like_token, openapi
-from tests.stages import scoring
-from tests.test_local import EXPECTED, PAYLOAD
+from tests.stages import EXPECTED, PAYLOAD, scoring
 
 
 def client_for(graph: sg.Graph) -> TestClient:

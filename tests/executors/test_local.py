@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 
 import servegraph as sg
-from tests.stages import Inc, Scorer, add, diamond, double, scoring, triple
-
-PAYLOAD = {"query": "hello", "words": ["a", "abcd", "ab"], "factor": 3}
-EXPECTED = {
-    "report": {"query": 7.5, "best": 1, "scores": [0.5, 2.0, 1.0],
-               "words": ["a", "abcd", "ab"], "tag": "v1"},
-    "pair": [2.5, 7.5],
-}
-
+from tests.stages import (
+    EXPECTED,
+    PAYLOAD,
+    Inc,
+    Scorer,
+    add,
+    diamond,
+    double,
+    scoring,
+    triple,
+)
 
 # The diamond and scoring pipelines run on every executor (local, strict, Ray) in
-# tests/test_testing_toolkit.py; here, the plain untraced path of run_local.
+# tests/testing/test_testing_toolkit.py; here, the plain untraced path of run_local.
 
 
 def test_a_plan_runs_like_its_graph() -> None:

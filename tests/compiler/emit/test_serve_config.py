@@ -76,8 +76,9 @@ def ray_reads(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_serve_option_reaches_the_config_and_validates() -> None:
     plan = sg.compile(ranked(), cluster=sg.ClusterSpec(gpus=1, gpu_memory="24GiB", cpus=4))
-    config = plan.to_serve_config(graph="tests.test_serve_config:ranked", host="127.0.0.1",
-                                  port=8123, runtime_env={"env_vars": {"MODE": "test"}})
+    config = plan.to_serve_config(graph="tests.compiler.emit.test_serve_config:ranked",
+                                  host="127.0.0.1", port=8123,
+                                  runtime_env={"env_vars": {"MODE": "test"}})
     assert ray_reads(config) == config
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
     application = config["applications"][0]
@@ -85,7 +86,7 @@ def test_every_serve_option_reaches_the_config_and_validates() -> None:
                                               "runtime_env")} == {
         "name": "ranked", "route_prefix": "/ranked",
         "import_path": "servegraph.serving.app:app_builder",
-        "args": {"graph": "tests.test_serve_config:ranked", "cluster": {"nodes": [
+        "args": {"graph": "tests.compiler.emit.test_serve_config:ranked", "cluster": {"nodes": [
             {"name": "node0", "gpus": 1, "gpu_memory": 24 * 2**30, "cpus": 4.0, "labels": {}}]}},
         "runtime_env": {"env_vars": {"MODE": "test"}}}
     assert application["deployments"] == [

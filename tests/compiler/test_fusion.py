@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 import servegraph as sg
 from servegraph.visualize.render_mermaid import to_mermaid
 from tests import fusion_stages as fs
-from tests.stages import diamond, scoring
-from tests.test_local import EXPECTED, PAYLOAD
+from tests.stages import EXPECTED, PAYLOAD, diamond, scoring
 
 MIXED_PAYLOAD = {"text": "a bb ccc", "first": "zz"}
 MIXED_EXPECTED = {"answer": "2|[1, 2, 3]|['A', 'BB', 'CCC']|[2.0, 122.0]",

@@ -1,6 +1,6 @@
 """The Ray Serve runner on one shared Ray: bad input gets a 4xx, a failing stage a 5xx naming
 it, and serving goes on. (Same results as the local executor over the handle and HTTP: the
-diamond and scoring test of tests/test_testing_toolkit.py runs on every executor.)"""
+diamond and scoring test of tests/testing/test_testing_toolkit.py runs on every executor.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import pytest
 from ray import serve
 
 import servegraph as sg
-from tests.stages import batch_probe, diamond, scoring
-from tests.test_local import EXPECTED, PAYLOAD
+from tests.stages import EXPECTED, PAYLOAD, batch_probe, diamond, scoring
 
 pytestmark = pytest.mark.ray
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[2])
 CHECK_TIMEOUT_S = 420  # the check's own deployment deadline is 300 s; 2 cores, shared
 STOP_TIMEOUT_S = 90    # after SIGINT, the check stops Serve and the cluster
 

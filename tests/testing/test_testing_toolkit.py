@@ -13,8 +13,7 @@ import servegraph as sg
 from servegraph import testing as sgt
 from tests import stages
 from tests.sites import at
-from tests.stages import Scorer, add, diamond, double, scoring, summarize
-from tests.test_local import EXPECTED, PAYLOAD
+from tests.stages import EXPECTED, PAYLOAD, Scorer, add, diamond, double, scoring, summarize
 from tests.toolkit_stages import CpuEmbedder, GpuEmbedder, search
 
 DIAMOND_ADD = at(stages.__file__, "out = add.bind(double.bind(a), triple.bind(a))")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import servegraph as sg
 from servegraph.compiler.emit.rayservice import PINNED_RAY_VERSION, k8s_name, rayservice
 from tests import gpu_graphs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(Path(__file__).resolve().parents[3])
 CRD = os.path.join(ROOT, "..", "shared", "reference", "kuberay-rayservice-crd.yaml")
 
 NodeSpec = sg.NodeSpec

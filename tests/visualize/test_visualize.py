@@ -98,7 +98,7 @@ def test_flagship_renders_to_svg_and_png(tmp_path: Path) -> None:
 
 
 def gpu_plan() -> sg.CompiledPipeline:
-    from tests.test_pack import mixed
+    from tests.compiler.test_pack import mixed
 
     return sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
 

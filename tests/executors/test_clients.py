@@ -2,7 +2,7 @@
 and the Serve `PipelineHandle` have the same methods, blocking and awaited, with the same
 arguments, so tests and users never branch. One body here runs every method on the local
 executor; the same methods on Serve run through the `pipeline` fixture
-(tests/test_testing_toolkit.py) and tests/test_streaming.py."""
+(tests/testing/test_testing_toolkit.py) and tests/executors/test_streaming.py."""
 
 from __future__ import annotations
 
