@@ -17,7 +17,15 @@ from .passes.resources import resources
 from .passes.typecheck import typecheck
 from .passes.validate import validate
 from .pipeline import CompiledPipeline
-from .plan import GpuLayout, NodePlan, Plan, ReplicaRange, StagePlan, StageResources
+from .plan import (
+    GpuLayout,
+    NodePlan,
+    Plan,
+    PlanMemory,
+    ReplicaRange,
+    StagePlan,
+    StageResources,
+)
 from .state import CompileState
 
 PASSES = ("validate", "typecheck", "resources", "pack", "fuse", "lower")
@@ -57,4 +65,5 @@ def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
 
 
 __all__ = ["PASSES", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan", "NodeSpec",
-           "Plan", "ReplicaRange", "StagePlan", "StageResources", "as_plan", "compile"]
+           "Plan", "PlanMemory", "ReplicaRange", "StagePlan", "StageResources", "as_plan",
+           "compile"]

@@ -198,20 +198,15 @@ def _refuse_in_loop(method: str) -> None:
 
 
 def _local_client(executor: LocalExecutor) -> Any:
-    """A Starlette test client for the local executor behind the ingress's HTTP handler."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
+    """A Starlette test client for the local executor behind the in-process HTTP app that
+    `servegraph run --local` serves (the Serve driver's handler), at `/pipeline`."""
     from starlette.testclient import TestClient
 
-    from ..web.ingress import handle_http
+    from ..web.local_app import local_app
 
-    async def endpoint(request: Request) -> Response:
-        return await handle_http(request, executor.acall, stream=executor.astream
-                                 if executor.program.streams else None)
-
-    client = TestClient(Starlette(routes=[Route("/pipeline", endpoint, methods=["GET", "POST"])]))
+    app = local_app(executor.plan, "/pipeline", executor.acall,
+                    stream=executor.astream if executor.program.streams else None)
+    client = TestClient(app)
     client.__enter__()
     return client
 

@@ -1,5 +1,6 @@
-"""The package's imports, read with `ast` (lazy and type-only imports included): no cycles, no
-private names across modules, layers that import only downwards, Ray only where it belongs."""
+"""The package's shape, read with `ast` (lazy and type-only imports included): no import cycles,
+no private names across modules, layers that import only downwards, Ray only where it belongs,
+small modules and functions."""
 
 from __future__ import annotations
 
@@ -140,3 +141,21 @@ def test_heavy_imports_stay_where_they_belong(forbidden: str) -> None:
                  if (target == forbidden or target.startswith(forbidden + "."))
                  and not m.name.startswith(allowed)]
     assert misplaced == []
+
+
+FILE_LINES, FUNCTION_LINES = 400, 60
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """House style: a module under ~400 lines, a function under ~60."""
+    large = []
+    for module in MODULES.values():
+        source = module.path.read_text()
+        if source.count("\n") > FILE_LINES:
+            large.append(f"{module.name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > FUNCTION_LINES:
+                    large.append(f"{module.name}.{node.name}: {length} lines")
+    assert large == []
