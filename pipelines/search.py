@@ -254,15 +254,17 @@ def describe_plan(plan: sg.CompiledPipeline) -> list[str]:
     lines = [f"plan {plan.name!r}: passes {' -> '.join(plan.passes)}, "
              f"input {plan.input_model}"]
     for stage in [*plan.deployments, plan.driver]:
-        options = stage.options
-        cpus = (options.get("ray_actor_options") or {}).get("num_cpus", 1)
+        facts = stage.resources  # the numbers Ray will use, computed once by the compiler
+        replicas = facts.replicas
         parts = [f"{stage.name:<14}", f"{stage.kind:<6}"]
         if stage.fused_into is not None:
             parts.append(f"fused into {stage.fused_into} (runs in-process, no hop)")
         else:
-            parts += [f"replicas={options.get('num_replicas', 1)}",
-                      f"max_ongoing_requests={options.get('max_ongoing_requests')}",
-                      f"num_cpus={cpus}"]
+            count = f"{replicas.min}..{replicas.max}" if replicas.autoscaling \
+                else f"{replicas.start}"
+            parts += [f"replicas={count}",
+                      f"max_ongoing_requests={stage.options.get('max_ongoing_requests')}",
+                      f"num_cpus={facts.cpus}"]
         if stage.methods:
             parts.append(f"methods={','.join(stage.methods)}")
         for method, batching in stage.batching.items():
