@@ -41,4 +41,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The public API, not this module's own imports nor the subpackages loaded so far."""
+    return sorted({*__all__, "__version__", *_SUBMODULES})

@@ -5,7 +5,7 @@
   compile  explain the plan (deployments, resources, GPU layout); `-o serve.yaml` writes a
            `serve deploy` config, `-o plan.json` (or `--json`) the plan, `--rayservice
            rayservice.yaml` a KubeRay RayService
-  render   draw the pipeline (`-o search.svg|.png|.pdf|.dot|.mmd`)
+  render   draw the pipeline or a compiled plan .json (`-o search.svg|.png|.pdf|.dot|.mmd`)
   run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C;
            `--local` serves it in-process (no Ray) behind the same HTTP API
   deploy   deploy onto a running Ray cluster (`--address` or RAY_ADDRESS) and return
@@ -13,9 +13,15 @@
   shutdown delete one application (`shutdown NAME`) or stop Serve
   bench    load a running route at a concurrency; print p50/p99/throughput and statuses
 
-check, compile, run and deploy pack GPU stages onto a cluster: `--gpus 4x80GiB` (or `--gpus 4
---gpu-memory 80GiB`), `--nodes 2 --gpus-per-node 8`, `--cpus` per node, or `--detect-cluster`
-to read it from the running Ray cluster at `--address`.
+check, compile, render, run and deploy pack GPU stages onto a cluster: `--gpus 4x80GiB` (or
+`--gpus 4 --gpu-memory 80GiB`), `--nodes 2 --gpus-per-node 8`, `--cpus` per node, or
+`--detect-cluster` to read it from the running Ray cluster at `--address`; `run` starts its
+embedded Ray with those GPUs (logical ones: none need exist). `render` also draws a plan
+written by `compile -o plan.json`.
+
+run and deploy keep the application's logs quiet: no line per request unless `--access-log`
+(Serve's access log: a line per request and per stage call, naming the stage's method), and
+Serve's own lines from `--log-level` up (default WARNING).
 
 Errors print one message without a traceback unless `--debug`; a bad flag is a usage error
 (exit 2), a graph that does not compile or fit exits 1.
@@ -38,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check the cluster flags, run the verb. A `PipelineError` (the graph, the
     cluster or the command line is wrong) prints one line and exits 1; anything else is a bug
     and keeps its traceback."""
-    args = build_parser(description=__doc__.split("\n")[0]).parse_args(argv)
+    args = build_parser(description=help_text(__doc__)).parse_args(argv)
     if hasattr(args, "detect_cluster"):
         check_cluster_flags(args)
     try:
@@ -48,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"servegraph {args.verb}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def help_text(doc: str | None) -> str:
+    """What `--help` shows: the docstring up to its note for whoever edits this package (the
+    paragraph that opens "The package:"), as it is written."""
+    return (doc or "").split("\n\nThe package:")[0].strip()
 
 
 __all__ = ["main"]

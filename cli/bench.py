@@ -142,17 +142,37 @@ class CheckedReport(LoadReport):
                    "timeouts" if status == "timeout" else "connection_errors"] += n
         return dict(counts)
 
+    def render(self) -> str:
+        """The load's report, then what the checks found."""
+        unnamed = f" ({len(self.unnamed_5xx)} a 5xx naming no stage)" if self.unnamed_5xx else ""
+        return "\n".join([
+            super().render(),
+            f"  checked: {self.correct} of {self.good} good requests correct, "
+            f"{len(self.wrong)} wrong{unnamed}; {len(self.bad_not_4xx)} of {self.bad} bad "
+            "requests not answered with a 4xx",
+        ])
+
     def summary(self) -> dict[str, Any]:
+        """The report as `--json` writes it: each list of answers cut to its first
+        `LISTED`, beside its `_total`."""
         return {
             "url": self.url, "requests": self.requests, "concurrency": self.concurrency,
             "seconds": round(self.seconds, 3), "good": self.good, "bad": self.bad,
             "answered": self.answered, "lost": self.lost, "correct": self.correct,
             "statuses": dict(self.statuses), "classes": self.classes(),
-            "wrong": self.wrong[:20], "bad_not_4xx": self.bad_not_4xx[:20],
-            "unnamed_5xx": self.unnamed_5xx[:20],
+            **{key: values for name in ("wrong", "bad_not_4xx", "unnamed_5xx")
+               for key, values in self._listed(name).items()},
             "first_error_at_s": self.first_error_at_s, "last_error_at_s": self.last_error_at_s,
             "p50_ms": round(self.percentile(0.5), 2), "p99_ms": round(self.percentile(0.99), 2),
         }
+
+    def _listed(self, name: str) -> dict[str, Any]:
+        answers: list[str] = getattr(self, name)
+        return {name: answers[:LISTED], f"{name}_total": len(answers)}
+
+
+# answers of each kind (wrong, bad not 4xx, unnamed 5xx) the JSON summary lists
+LISTED = 20
 
 
 async def load_cases(url: str, cases: list[Case], *, requests: int, concurrency: int,

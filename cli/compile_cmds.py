@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..dag.loader import load_graph
-from .common import cluster_of, write_file
+from .common import UsageError, cluster_of, write_file
 
 if TYPE_CHECKING:
     from ..compiler import CompiledPipeline
@@ -19,19 +19,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     plan = compile(load_graph(args.target), cluster=cluster_of(args))
     print(f"ok: {plan.name!r} compiles ({', '.join(plan.passes)})")
+    unknown = [stage.name for stage in plan.deployments if stage.resources.gpus is None]
+    if unknown:
+        print(f"note: {', '.join(unknown)} give{'s' if len(unknown) == 1 else ''} gpu_memory "
+              "only: serving or deploying needs the cluster flags (e.g. --gpus 2x80GiB) to "
+              "derive the GPU fraction; running in-process (run --local) needs none")
     return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Explain the plan, or write it: `-o x.yaml` a Serve config, `-o x.json` (or `--json`)
-    the plan, `--rayservice x.yaml` a KubeRay RayService. With `--json` the "wrote" notes go
-    to stderr so stdout stays JSON."""
+    the plan, `--rayservice x.yaml` a KubeRay RayService. Each file written is noted in one
+    line ("wrote ..."); the plan is explained only when no output is asked for. With `--json`
+    the notes go to stderr so stdout stays JSON."""
     from ..compiler import compile
 
     plan = compile(load_graph(args.target), cluster=cluster_of(args))
     if args.json:
         print(plan.model_dump_json(indent=2))
-    elif not args.output:
+    elif not (args.output or args.rayservice):
         print(plan.explain())
     write_outputs(plan, args, notes=sys.stderr if args.json else sys.stdout)
     return 0
@@ -70,8 +76,37 @@ def to_yaml(document: dict[str, Any]) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    """Draw a graph compiled for the cluster flags, or a compiled plan read from .json."""
+    from ..compiler import compile
     from ..visualize import render
 
-    render(load_graph(args.target), args.output, format=args.format)
+    if args.target.endswith(".json"):
+        if args.cluster is not None or args.detect_cluster:
+            args.subparser.error(f"{args.target} is a compiled plan, packed when it was "
+                                 "compiled: drop the cluster flags, or render the graph "
+                                 "(MODULE:ATTR) with them")
+        plan = read_plan(args.target)
+    else:
+        plan = compile(load_graph(args.target), cluster=cluster_of(args))
+    render(plan, args.output, format=args.format)
     print(f"wrote {args.output}")
     return 0
+
+
+def read_plan(path: str) -> CompiledPipeline:
+    """A plan `servegraph compile -o plan.json` wrote; an unreadable one is the user's error."""
+    from pydantic import ValidationError
+
+    from ..compiler import CompiledPipeline
+
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return CompiledPipeline.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(f"{path} is not a plan written by `servegraph compile -o plan.json`: "
+                         f"{exc.error_count()} error(s), the first: "
+                         f"{exc.errors()[0]['msg']}") from exc

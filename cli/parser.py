@@ -59,11 +59,18 @@ def add_compile(verbs: Verbs) -> None:
 
 
 def add_render(verbs: Verbs) -> None:
-    render = verbs.add_parser("render", help="draw the pipeline")
+    render = verbs.add_parser(
+        "render", help="draw the pipeline, or a compiled plan",
+        description="Draw a graph, compiled for the cluster flags (its GPU layout beside it), "
+        "or a plan written by `servegraph compile -o plan.json`, as it was compiled.")
     render.add_argument("-o", "--output", required=True, help=".svg .png .pdf .dot or .mmd")
     render.add_argument("--format", help="override the format the suffix implies")
     render.set_defaults(run=cmd_render)
-    add_target(render)
+    add_detect_address(render)
+    add_cluster_flags(render)
+    render.add_argument("target", metavar="MODULE:ATTR|PLAN.json", help="an sg.Graph (e.g. "
+                        "servegraph.pipelines.search:graph), or a compiled plan's .json file "
+                        "(the cluster flags do not apply: it was packed when compiled)")
 
 
 def add_run(verbs: Verbs) -> None:
@@ -76,6 +83,7 @@ def add_run(verbs: Verbs) -> None:
                      help="serve with the in-process local executor behind the same HTTP API")
     run.add_argument("--host", default="127.0.0.1", help="with --local: the address to bind")
     run.set_defaults(run=cmd_run)
+    add_logging_flags(run)
     add_cluster_flags(run)
     add_target(run)
 
@@ -86,6 +94,7 @@ def add_deploy(verbs: Verbs) -> None:
     deploy.add_argument("--route-prefix", help="HTTP route (default: /<graph name>)")
     deploy.add_argument("--port", type=int, help="HTTP port when Serve is not yet running")
     deploy.set_defaults(run=cmd_deploy)
+    add_logging_flags(deploy)
     add_cluster_address(deploy)
     add_cluster_flags(deploy)
     add_target(deploy)
@@ -137,6 +146,21 @@ def add_detect_address(sub: argparse.ArgumentParser) -> None:
     """`--address` of the verbs that talk to Ray only to read its size (`--detect-cluster`)."""
     sub.add_argument("--address", help="with --detect-cluster: the Ray cluster to read "
                      "(default: RAY_ADDRESS)")
+
+
+def add_logging_flags(sub: argparse.ArgumentParser) -> None:
+    """What the served application logs: quiet unless asked (Serve logs every request and
+    every stage call by default, a few lines per request)."""
+    group = sub.add_argument_group("logging")
+    group.add_argument("--log-level", type=str.upper, default="WARNING", choices=LOG_LEVELS,
+                       help="the level of Serve's log lines from the application's replicas "
+                       "(with --local: uvicorn's) (default: WARNING)")
+    group.add_argument("--access-log", action="store_true",
+                       help="log a line per request and per stage call, naming the stage's "
+                       "method (Serve's access log, at INFO: lowers --log-level to INFO)")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def add_cluster_flags(sub: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     plan = compile(graph, cluster=cluster_of(args))
+    if os.environ.get("RAY_ADDRESS"):
+        connect(None, quiet=False)  # a cluster that cannot be joined is one line, at once
+    elif args.access_log:
+        show_replica_logs()
     handle = deploy(plan, args)
     stop_signals.catch()  # again: a Ray driver takes SIGTERM for its crash report
     print(plan.explain())
@@ -66,6 +71,26 @@ def _ignore(signum: int, frame: object) -> None:
     """The signals' Python handler: the byte in the wakeup pipe is what `run` waits on."""
 
 
+def show_replica_logs() -> None:
+    """`run --access-log` on the embedded Ray: its replicas log to stderr, which Ray shows on
+    this terminal (Serve's throughput-optimised mode writes their lines to files only)."""
+    from ..serving.env import LOG_TO_STDERR_ENV
+
+    os.environ.update(LOG_TO_STDERR_ENV)
+
+
+def serve_logging(args: argparse.Namespace) -> dict[str, Any]:
+    """Serve's `logging_config` for the application: `--log-level`, and the access log (INFO
+    lines) only with `--access-log`."""
+    return {"log_level": log_level(args), "enable_access_log": args.access_log}
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """`--log-level`, lowered to INFO by `--access-log` (its lines are INFO)."""
+    quieter = logging.getLevelName(args.log_level) > logging.INFO
+    return "INFO" if args.access_log and quieter else args.log_level
+
+
 def stop(handle: PipelineHandle) -> None:
     """After Ctrl-C: delete the application from a cluster we joined (`--address`,
     `RAY_ADDRESS`), which keeps running. An embedded Ray goes down with this process instead
@@ -81,7 +106,8 @@ def deploy(plan: CompiledPipeline, args: argparse.Namespace) -> PipelineHandle:
     from ..serving import serve
 
     with waiting(f"deploying {plan.name!r}: {len(plan.served()) + 1} deployments"):
-        return serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port)
+        return serve(plan, name=args.name, route_prefix=args.route_prefix, http_port=args.port,
+                     logging_config=serve_logging(args))
 
 
 def run_local(plan: CompiledPipeline, args: argparse.Namespace) -> int:
@@ -106,14 +132,17 @@ def run_local(plan: CompiledPipeline, args: argparse.Namespace) -> int:
     app = local_app(plan, route, executor.acall, diagram_svg=diagram_svg(plan),
                     stream=executor.astream if executor.program.streams else None,
                     on_startup=announce)
-    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=port, log_level=log_level(args).lower(),
+                access_log=args.access_log)
     return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from ..compiler import compile
+    from ..compiler.passes.resources import require_gpu_fractions
 
     plan = compile(load_graph(args.target), cluster=cluster_of(args))
+    require_gpu_fractions(plan, "serve")  # before connecting, as a packing error is
     connect(args.address)
     handle = deploy(plan, args)
     print(plan.explain())

@@ -35,7 +35,9 @@ def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True
             ) -> CompiledPipeline:
     """Check `graph`, derive each stage's resources, pack its GPU replicas onto `cluster`
     (or count the GPUs it needs without one), fuse its light stages into the driver (unless
-    `fuse=False`) and lower it to a plan."""
+    `fuse=False`) and lower it to a plan. Without `cluster` a stage that gives only
+    `gpu_memory` keeps its GPU fraction unknown: the plan runs in-process and in tests, and
+    serving it or writing its Serve config or RayService asks for the cluster."""
     if not isinstance(graph, Graph):
         raise BindError(
             f"sg.compile needs an sg.Graph, got {type(graph).__name__}", site=user_site(),

@@ -52,6 +52,16 @@ class ClusterSpec(BaseModel):
 
     nodes: list[NodeSpec] = []
 
+    def __init__(self, *, gpus: int | None = None, gpu_memory: int | str | None = None,
+                 cpus: float | None = None, nodes: list[NodeSpec] | None = None,
+                 **extra: Any) -> None:
+        """What the constructor takes, spelled out for editors and `inspect.signature`
+        (pydantic would show the one field, `nodes`); `_normalise` turns the shorthand into
+        nodes, so the fields, the JSON form and equality stay `nodes` alone. Anything else
+        in `extra` is refused by pydantic, as before."""
+        given = {"gpus": gpus, "gpu_memory": gpu_memory, "cpus": cpus, "nodes": nodes}
+        super().__init__(**{k: v for k, v in given.items() if v is not None}, **extra)
+
     @model_validator(mode="before")
     @classmethod
     def _normalise(cls, data: Any) -> Any:

@@ -37,7 +37,10 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
     """One deployment's line: its replicas, what each reserves, and how it is called."""
     facts = stage.resources
     parts = [replicas_text(facts.replicas), f"{facts.cpus:g} CPU"]
-    if facts.gpus:
+    if facts.gpus is None:
+        parts.append(f"GPU fraction unknown (gpu_memory {format_bytes(facts.gpu_memory)}: "
+                     "serving needs a cluster spec)")
+    elif facts.gpus:
         how = "declared"
         if facts.gpus_from_memory and plan.cluster is not None:
             how = (f"from gpu_memory {format_bytes(facts.gpu_memory)} of "
@@ -46,6 +49,9 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
     for method, batch in stage.batching.items():
         parts.append(f"batch {method} <= {batch.max_batch_size} "
                      f"within {batch.batch_wait_timeout_s * 1000:g} ms")
+        if batch.max_splits:
+            parts.append(f"failures isolated by splitting the batch in halves (at most "
+                         f"{batch.max_splits} deep)")
     limit = stage.options.get("max_ongoing_requests")
     if limit is not None:
         parts.append(f"max_ongoing_requests={limit}")
@@ -61,11 +67,17 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
 def _gpu_layout(plan: Plan) -> list[str]:
     """The GPUs the plan uses, what shares each, and how far autoscaled stages can grow."""
     layout = plan.gpu_layout
+    unknown = [stage.name for stage in plan.deployments if stage.resources.gpus is None]
+    if unknown:
+        counted = "" if layout is None else " (the GPUs below leave them out)"
+        note = [f"GPU fractions unknown without a cluster spec: {', '.join(unknown)}{counted}"]
+    else:
+        note = []
     if layout is None:
-        return ["GPU layout: no GPU stages"]
+        return note or ["GPU layout: no GPU stages"]
     where = "on the cluster" if layout.bounded else "(no cluster spec: GPUs counted as needed)"
-    lines = [f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} used, "
-             f"lower bound {layout.lower_bound}"]
+    lines = [*note, f"GPU layout {where}: {layout.used} GPU{'s' if layout.used != 1 else ''} "
+             f"used, lower bound {layout.lower_bound}"]
     for gpu in layout.gpus:
         size = f" of {format_bytes(gpu.memory)}" if gpu.memory else ""
         memory = f", {format_bytes(gpu.memory_used)}{size}" if gpu.memory_used is not None \

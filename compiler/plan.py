@@ -28,12 +28,22 @@ NodeOp = Literal["input", "select", "call", "map", "const"]
 
 
 class BatchPlan(BaseModel):
+    """One `sg.batch` method's settings, as the user declared them."""
+
     model_config = ConfigDict(frozen=True)
 
     max_batch_size: int
     batch_wait_timeout_s: float
     max_concurrent_batches: int = 1
     batch_size_fn: str | None = None
+
+    @property
+    def max_splits(self) -> int:
+        """How deep a failing batch is split, at most, to isolate its failing items (both
+        executors split it in halves down to single items, `executors.batching`): ceil(log2
+        n) for n items, n being at most `max_batch_size` (unless a `batch_size_fn` counts an
+        item as less than one)."""
+        return (self.max_batch_size - 1).bit_length()
 
 
 class ReplicaRange(BaseModel):
@@ -60,15 +70,26 @@ class StageResources(BaseModel):
     """The resources pass's facts about one deployment, computed once from its options and
     read by every later pass and output (the packer, fusion, explain, the Serve config, the
     RayService, the diagram, the launcher): how many replicas, and what one reserves as Ray
-    counts it (`num_cpus` unset is Serve's 1 CPU; `num_gpus` unset is none)."""
+    counts it (`num_cpus` unset is Serve's 1 CPU; `num_gpus` unset is none).
+
+    `gpus` is None for a stage that gives only `gpu_memory` in a plan compiled without a
+    cluster spec: its fraction needs the GPUs' size. Such a plan runs in-process and in tests
+    (where a fake stands in for the stage); what places replicas on GPUs (serving, the Serve
+    config, the RayService) refuses it, naming the stage (`resources.require_gpu_fractions`)."""
 
     model_config = ConfigDict(frozen=True)
 
     replicas: ReplicaRange = ReplicaRange()
     cpus: float = 1.0               # per replica
-    gpus: float = 0.0               # per replica: declared, or derived from gpu_memory
+    gpus: float | None = 0.0        # per replica: declared, or derived from gpu_memory (None:
+                                    # not derivable without a cluster spec, see above)
     gpu_memory: int | None = None   # bytes one replica uses on its GPU(s), when declared
-    gpus_from_memory: bool = False  # `gpus` derived from gpu_memory and the cluster's GPU size
+    gpus_from_memory: bool = False  # `gpus` derived (or to be) from gpu_memory
+
+    @property
+    def uses_gpu(self) -> bool:
+        """A replica reserves a GPU or part of one, its fraction known or not."""
+        return self.gpus is None or self.gpus > 0
 
 
 class StagePlan(BaseModel):
@@ -270,6 +291,11 @@ class Plan(BaseModel):
 
     def input_type(self) -> Any:
         return self.resolve(self.input_model) if self.input_model else None
+
+    def reads_input(self) -> bool:
+        """Whether the graph reads its `InputNode` (lowering keeps an input node only then):
+        a request for it must carry a body."""
+        return any(node.op == "input" for node in self.nodes)
 
     def decode(self, template: Any, values: Mapping[str, Any] | None = None) -> Any:
         """An argument template as Python values: refs read from `values`, opaque constants

@@ -113,9 +113,24 @@ class Program:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
                       for e in exc.errors(include_url=False, include_context=False,
                                           include_input=False)]
-            fields = ", ".join(".".join(map(str, e["loc"])) or "(body)" for e in errors)
             raise InputError(f"request body does not fit {self.plan.input_model}: "
-                             f"invalid {fields}", errors=errors) from None
+                             f"{input_problems(errors)}", errors=errors) from None
+
+
+def input_problems(errors: Sequence[dict[str, Any]]) -> str:
+    """Pydantic's field errors in a few words each, by error type: `missing reviews`,
+    `unexpected extra`, `invalid top_k (int_parsing)` (pydantic's full sentences stay in
+    `InputError.errors`)."""
+    problems = []
+    for error in errors:
+        where = ".".join(map(str, error["loc"])) or "body"
+        if error["type"] == "missing":
+            problems.append(f"missing {where}")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"unexpected {where}")
+        else:
+            problems.append(f"invalid {where} ({error['type']})")
+    return ", ".join(problems)
 
 
 def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:

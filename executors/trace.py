@@ -11,7 +11,9 @@ serving path.
 
 A map is one span (its element calls counted in `calls`, their outputs in order); a streaming
 node's span shows `<stream>`: its chunks are read by its consumer, whose span shows what it
-made of them.
+made of them. A batched call's span counts in `splits` how many times the batch it rode in
+failed and was split before its item's value or error was settled (see `batching`; a map's
+span sums its calls'); the table shows it as `split xN` beside the op.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from ..compiler import NodePlan
 from ..errors import PipelineError
+from .batching import noted
 from .core import Program, Runner, Step, execute
 
 STREAM = "<stream>"
@@ -32,7 +35,8 @@ _COMPUTED = ("input", "select", "const")  # nodes the core computes: no call, no
 
 @dataclass
 class Span:
-    """One node of one request. Times are seconds after the request began."""
+    """One node of one request. Times are seconds after the request began; `splits`: how many
+    times a batched call's batch was split (and the call re-run) before it settled."""
 
     node: str
     label: str
@@ -46,6 +50,7 @@ class Span:
     start: float = 0.0
     duration: float = 0.0
     calls: int = 1
+    splits: int = 0
 
     @property
     def inputs(self) -> Any:
@@ -84,6 +89,8 @@ class Trace:
         for index, span in enumerate(self.spans, 1):
             output = f"!! {span.error}" if span.error else _cut(span.output, width)
             op = span.op if span.calls == 1 else f"{span.op} x{span.calls}"
+            if span.splits:
+                op += f" split x{span.splits}"
             rows.append((str(index), span.node, op, span.label, span.stage or "-",
                          f"{span.start * 1000:.1f}", f"{span.duration * 1000:.1f}",
                          "-" if span.op in _COMPUTED else _cut(span.inputs, width), output))
@@ -154,18 +161,20 @@ class TracingRunner:
         shown = [STREAM if isinstance(leaf, _PendingStream) else value
                  for leaf, value in zip(leaves, resolved)]
         span.args, span.kwargs = step.build(shown)  # type: ignore[misc]
-        try:
-            value = self.inner.call(step, resolved)
-            if self.inner.is_future(value):
-                value = await self.inner.resolve(value)
-        except asyncio.CancelledError:
-            span.error = "cancelled"
-            raise
-        except BaseException as exc:
-            span.error = str(self.inner.on_error(exc, None))
-            raise
-        finally:
-            span.duration = self._now() - span.start
+        with noted() as note:  # a batched call notes how often its batch was split
+            try:
+                value = self.inner.call(step, resolved)
+                if self.inner.is_future(value):
+                    value = await self.inner.resolve(value)
+            except asyncio.CancelledError:
+                span.error = "cancelled"
+                raise
+            except BaseException as exc:
+                span.error = str(self.inner.on_error(exc, None))
+                raise
+            finally:
+                span.duration = self._now() - span.start
+                span.splits = note.splits
         span.output = value
         return value
 
@@ -222,6 +231,7 @@ class TracingRunner:
         for node_id, elements in self.elements.items():
             span = self.spans[node_id]
             span.calls = len(elements)
+            span.splits = sum(e.splits for e in elements)
             span.start = min(e.start for e in elements)
             span.duration = max(e.start + e.duration for e in elements) - span.start
             span.args = ([e.args[0] if e.args else None for e in elements],)

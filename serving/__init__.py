@@ -9,6 +9,8 @@ the bytes, so `executors/` and `web/` never import `visualize/`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..compiler import ClusterSpec, CompiledPipeline, as_plan, compile
 from ..dag import Graph
 from ..errors import DeployError
@@ -19,11 +21,15 @@ from .launch import serve_pipeline
 
 def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
           route_prefix: str | None = None, http_port: int | None = None,
-          cluster: ClusterSpec | None = None) -> PipelineHandle:
+          cluster: ClusterSpec | None = None,
+          logging_config: dict[str, Any] | None = None) -> PipelineHandle:
     """Deploy on Ray Serve (embedded local Ray unless `RAY_ADDRESS` is set); see
     `serving.launch.serve_pipeline`. A graph is compiled for `cluster` (its GPU stages packed
     onto it); a plan was packed when it was compiled, so a `cluster` given with one must be
-    the plan's own. Returns once every deployment is running."""
+    the plan's own. An embedded Ray started here has the plan's cluster's GPUs (logical ones:
+    none need exist). `logging_config` is Serve's, for each deployment of the application
+    that sets none of its own (e.g. `{"log_level": "WARNING", "enable_access_log": False}`).
+    Returns once every deployment is running."""
     if cluster is not None and isinstance(graph_or_plan, Graph):
         plan = compile(graph_or_plan, cluster=cluster)
     else:
@@ -35,7 +41,7 @@ def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
             f"{cluster.describe()}; pass the graph to compile it for that cluster, or "
             f"sg.compile(graph, cluster=...) and serve that plan without cluster=")
     return serve_pipeline(plan, name=name, route_prefix=route_prefix, http_port=http_port,
-                          diagram_svg=diagram_svg(plan))
+                          diagram_svg=diagram_svg(plan), logging_config=logging_config)
 
 
 __all__ = ["PipelineHandle", "serve"]

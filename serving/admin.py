@@ -10,21 +10,25 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import AuthenticationError
 
 from ..compiler import CompiledPipeline
+from .auth import check_token
 
 
 def connect(address: str, *, quiet: bool = True) -> None:
     """Attach this process to the Ray cluster at `address`, once; `quiet` keeps Ray's and the
-    replicas' logs off this terminal. Raises ConnectionError when it cannot."""
+    replicas' logs off this terminal. Raises ConnectionError when it cannot; at once, naming
+    the fix, when the cluster wants an auth token this process does not send (`auth`)."""
     if ray.is_initialized():
         return
+    check_token(address)
     try:
         if quiet:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         else:
             ray.init(address=address)
-    except (ConnectionError, RuntimeError) as exc:
+    except (ConnectionError, RuntimeError, AuthenticationError) as exc:
         raise ConnectionError(str(exc)) from exc
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from ray import serve
 
 from ..compiler import ClusterSpec, CompiledPipeline, compile
+from ..compiler.passes.resources import require_gpu_fractions
 from ..dag.loader import load_graph
 from ..errors import PipelineError
 from ..executors.ray.driver import PipelineDriver
@@ -38,7 +39,7 @@ def bind_app(plan: CompiledPipeline, diagram_svg: bytes | None = None) -> Any:
 
 def deploy_order(plan: CompiledPipeline) -> list[Any]:
     """The deployed stages, whole GPUs and larger fractions first (stable otherwise)."""
-    return sorted(plan.served(), key=lambda stage: -stage.resources.gpus)
+    return sorted(plan.served(), key=lambda stage: -(stage.resources.gpus or 0.0))
 
 
 def diagram_svg(plan: CompiledPipeline) -> bytes | None:
@@ -60,4 +61,5 @@ def app_builder(args: dict[str, Any]) -> Any:
     plan = compile(load_graph(args["graph"]),
                    cluster=ClusterSpec.model_validate(cluster) if cluster else None,
                    fuse=bool(args.get("fuse", True)))
+    require_gpu_fractions(plan, "serve")
     return bind_app(plan, diagram_svg(plan))

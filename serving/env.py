@@ -33,3 +33,8 @@ DIRECT_INGRESS_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 EMBEDDED_ENV = {**SERVE_ENV, **FAST_PATH_ENV, **PROXY_ENV, **DIRECT_INGRESS_ENV}
 # what the test session's Ray starts with (handles there stay on Serve's default path)
 SESSION_ENV = {**SERVE_ENV, **PROXY_ENV}
+
+# Serve's throughput-optimised mode writes replicas' log lines to files only (buffered); with
+# `servegraph run --access-log` the embedded Ray's replicas log to stderr too, which Ray shows
+# on the terminal that started it
+LOG_TO_STDERR_ENV = {"RAY_SERVE_LOG_TO_STDERR": "1"}

@@ -1,37 +1,54 @@
 """Deploying a plan on Ray Serve: an embedded local Ray unless `RAY_ADDRESS` names one, sized
 and checked so that every replica fits, then `serve.run` of the plan's application.
+
+The embedded Ray is servegraph's own: started with its switches (`env`) in the environment,
+logical CPUs for every replica, and, when the plan has a cluster spec, that cluster's GPUs as
+logical GPUs (scheduling needs no real GPU, as in the test session). A Ray that was running
+already (this process's own `ray.init`, or `RAY_ADDRESS`) is used as it is; when servegraph's
+switches were missing from this process's environment, which a Ray started from it inherits,
+a `RuntimeWarning` says what that Ray runs without.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
+from typing import Any
 
 import ray
 from ray import serve
 
 from ..compiler import CompiledPipeline, StagePlan, as_plan
+from ..compiler.cluster import format_bytes
+from ..compiler.passes.resources import require_gpu_fractions
 from ..dag import Graph
 from ..errors import DeployError
 from ..executors.ray.ray_private import http_url
+from .admin import connect
 from .app import bind_app
-from .env import EMBEDDED_ENV
+from .env import EMBEDDED_ENV, PROXY_ENV, SERVE_ENV
 from .handle import PipelineHandle
 
 
 def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
                    route_prefix: str | None = None, http_port: int | None = None,
-                   diagram_svg: bytes | None = None) -> PipelineHandle:
+                   diagram_svg: bytes | None = None,
+                   logging_config: dict[str, Any] | None = None) -> PipelineHandle:
     """Deploy on Ray Serve. Connects to `RAY_ADDRESS` when set, else starts an embedded local
     Ray sized to hold the plan's replicas; returns once every deployment is running.
-    `diagram_svg`, rendered by the caller, is served at `GET <route>/-/graph.svg`."""
+    `diagram_svg`, rendered by the caller, is served at `GET <route>/-/graph.svg`;
+    `logging_config` (Serve's) applies to each deployment that sets none of its own."""
     plan = as_plan(graph_or_plan)
+    require_gpu_fractions(plan, "serve")
     ensure_ray(plan)
     check_fits(plan, ray.cluster_resources())
     if http_port is not None:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     name = name or plan.name
     route_prefix = route_prefix or f"/{plan.name}"
-    handle = serve.run(bind_app(plan, diagram_svg), name=name, route_prefix=route_prefix)
+    handle = serve.run(bind_app(plan, diagram_svg), name=name, route_prefix=route_prefix,
+                       logging_config=logging_config)
     return PipelineHandle(handle, name, route_prefix, http_url(route_prefix))
 
 
@@ -41,22 +58,53 @@ def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None 
 EMBEDDED_MIN_CPUS = 16
 
 
+# what a Ray started without each of servegraph's switches runs without (see `env`)
+LOST_WITHOUT = {
+    **{name: "Serve's pack scheduling, which the plan's GPU layout assumes (replicas may "
+       "land on other GPUs than planned, or stay pending)" for name in SERVE_ENV},
+    **{name: "the proxy middleware that answers a request whose driver replica died with a "
+       "JSON 502 naming it" for name in PROXY_ENV},
+}
+
+
 def ensure_ray(plan: CompiledPipeline) -> None:
-    if ray.is_initialized():
-        return
+    """Use the Ray this process runs or `RAY_ADDRESS` names (warning when servegraph's switches
+    were not set for it), else start the embedded one (see the module docstring)."""
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
+    if ray.is_initialized() or address:
+        warn_missing_switches(plan, "was running already" if ray.is_initialized() else
+                              f"is the cluster at RAY_ADDRESS={address}")
+        if not ray.is_initialized():
+            connect(address, quiet=False)  # a cluster that wants a token says so at once
         return
     # the Serve controller this Ray starts places replicas as the pack pass planned them, and
     # runs its replicas in Serve's throughput-optimised mode; its proxies answer a request
     # whose ingress replica died with a 502 naming it (see `env`)
     for name, value in EMBEDDED_ENV.items():
         os.environ.setdefault(name, value)
-    # address="local": a new embedded Ray even when `ray start` left a cluster on this machine
+    # address="local": a new embedded Ray even when `ray start` left a cluster on this machine;
+    # num_gpus None: the GPUs Ray finds on this machine
     ray.init(address="local",
              num_cpus=max(EMBEDDED_MIN_CPUS, os.cpu_count() or 1, cpus_needed(plan)),
+             num_gpus=None if plan.cluster is None else plan.cluster.gpus,
              include_dashboard=False)
+
+
+def warn_missing_switches(plan: CompiledPipeline, which: str) -> None:
+    """A `RuntimeWarning` naming what a Ray servegraph did not start runs without: the
+    switches in `LOST_WITHOUT` missing from this process's environment (a Ray started from it
+    inherited it; for a cluster started elsewhere it is the best evidence this process has)."""
+    missing = [name for name in LOST_WITHOUT if name not in os.environ]
+    if not missing:
+        return
+    lost = "; ".join(f"{LOST_WITHOUT[name]} ({name})" for name in missing)
+    exports = " ".join(f"{name}={(SERVE_ENV | PROXY_ENV)[name]}" for name in missing)
+    warnings.warn(
+        f"servegraph serves {plan.name!r} on a Ray that {which}, started without servegraph's "
+        f"switches in the environment, so it runs without {lost}. Ray reads them only when it "
+        "starts: let servegraph start Ray (no ray.init of your own; give sg.serve cluster=... "
+        "or the CLI --gpus for GPUs), or set them before ray.init / `ray start`: "
+        f"{exports}", RuntimeWarning, stacklevel=5)
 
 
 def cpus_needed(plan: CompiledPipeline) -> int:
@@ -87,14 +135,33 @@ def check_fits(plan: CompiledPipeline, cluster: dict[str, float]) -> None:
         per_stage = ", ".join(
             f"{stage.name} {stage.resources.replicas.start} x {each:g}"
             for stage in plan.served() if (each := _per_replica(stage, resource)))
+        more = _more_gpus(plan, amount) if resource == "GPU" else \
+            f"give Ray more (ray.init({option}=...))"
         raise DeployError(
             f"pipeline {plan.name!r} needs {amount:g} {resource} for its replicas ({per_stage}), "
-            f"but the Ray cluster has {available:g}; lower num_replicas or {option}, or give "
-            f"Ray more (ray.init({option}=...))")
+            f"but the Ray cluster has {available:g}; lower num_replicas or {option}, or {more}")
 
 
 _OPTION = {"CPU": "num_cpus", "GPU": "num_gpus"}
 
 
+def _more_gpus(plan: CompiledPipeline, amount: float) -> str:
+    """How to give Ray the GPUs a plan needs: a cluster spec (servegraph's embedded Ray gets
+    its GPUs, logical ones on a machine without), or a Ray of one's own started with more."""
+    cluster = plan.cluster
+    count = cluster.gpus if cluster is not None and cluster.gpus else max(
+        math.ceil(amount - 1e-9), plan.gpu_layout.used if plan.gpu_layout else 0)
+    memory = cluster.smallest_gpu_memory if cluster is not None else None
+    flag = f"{count}x{format_bytes(memory)}" if memory else str(count)
+    spec = f"gpus={count}" + (f", gpu_memory='{format_bytes(memory)}'" if memory else "")
+    return (f"serve it for a cluster spec: servegraph's embedded Ray gets its GPUs (logical "
+            f"ones: none need exist) (CLI: servegraph run MODULE:ATTR --gpus {flag}; Python: "
+            f"sg.serve(graph, cluster=sg.ClusterSpec({spec}))). A Ray that was running already "
+            f"(your ray.init, or RAY_ADDRESS) keeps the GPUs it started with: start it with "
+            f"ray.init(num_gpus={count}) or ray start --num-gpus={count}, servegraph's switches "
+            "(servegraph.serving.env) set first")
+
+
 def _per_replica(stage: StagePlan, resource: str) -> float:
-    return stage.resources.cpus if resource == "CPU" else stage.resources.gpus
+    """What one replica reserves (a GPU fraction unknown is refused before this is read)."""
+    return stage.resources.cpus if resource == "CPU" else stage.resources.gpus or 0.0

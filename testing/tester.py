@@ -8,7 +8,10 @@
 Executors and deployments are cached per (graph, overrides) within a test, so a stateful stage
 sees every request of the test, on every executor alike. Overrides and faults are applied as a
 plan transformation (`compiler.override`), which the local runner and Serve's replicas honour
-the same way. Every request on the local executors is traced (cheap); on Ray a request is
+the same way. They apply to the plan compiled without a cluster spec, where a stage that gives
+only `gpu_memory` has no GPU fraction yet: the local executors need none, and a fake of the
+stage asks for no GPU, so it runs on Ray too (serving the real stage asks for a cluster spec).
+Every request on the local executors is traced (cheap); on Ray a request is
 traced only when asked (`trace=True`), because the driver then awaits every intermediate
 value, which the serving path never does. The traces of a test are shown beside its failure.
 """

@@ -46,3 +46,29 @@ def _lengths() -> sg.Graph:
 
 
 lengths = _lengths()
+
+
+@sg.deployment(fuse=False)
+class Shouter:
+    """A stage of its own (not fused into the driver): each request makes one call to it."""
+
+    def shout(self, text: str) -> str:
+        return text.upper()
+
+    def check_health(self, text: str) -> str:  # a method by the name of Serve's health hook
+        return text
+
+
+@sg.deployment
+def length(text: str) -> int:
+    return len(text)
+
+
+def _loud() -> sg.Graph:
+    with sg.InputNode() as inp:
+        shouter = Shouter.bind()
+        out = length.bind(shouter.check_health.bind(shouter.shout.bind(inp.text)))
+    return sg.Graph(out, name="loud")
+
+
+loud = _loud()

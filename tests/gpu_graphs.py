@@ -76,6 +76,20 @@ class Generator:
         return ",".join(f"{score:g}" for score in scores)
 
 
+@sg.deployment(ray_actor_options={"num_gpus": 2},
+               autoscaling_config={"min_replicas": 1, "max_replicas": 5})
+def wide(tokens: list[str]) -> list[str]:
+    """Two whole GPUs a replica, scaled by Serve from 1 to 5."""
+    return tokens
+
+
+@sg.deployment(ray_actor_options={"num_gpus": 0.2},
+               autoscaling_config={"min_replicas": 1, "initial_replicas": 2, "max_replicas": 5})
+def slim(tokens: list[str]) -> int:
+    """A fifth of a GPU a replica, scaled by Serve from 2 to 5."""
+    return len(tokens)
+
+
 def _rag() -> sg.Graph:
     """tokenize -> embed (by gpu_memory) -> rerank (1 GPU) -> top_hits."""
     with sg.InputNode() as inp:
@@ -107,6 +121,20 @@ def _caption() -> sg.Graph:
     return sg.Graph(text, name="caption")
 
 
+def _embed() -> sg.Graph:
+    """tokenize -> embed: one GPU stage whose two replicas share a GPU of 24 GiB."""
+    with sg.InputNode() as inp:
+        vector = Embedder.bind().embed.bind(tokenize.bind(inp.text))
+    return sg.Graph(vector, name="embed")
+
+
+def _spread() -> sg.Graph:
+    """Two autoscaled GPU stages, one of two whole GPUs, one of a fifth."""
+    with sg.InputNode() as inp:
+        count = slim.bind(wide.bind(tokenize.bind(inp.text)))
+    return sg.Graph(count, name="spread")
+
+
 def _words() -> sg.Graph:
     """CPU stages only."""
     with sg.InputNode() as inp:
@@ -119,3 +147,5 @@ scaled = _scaled()
 auto = _auto()
 caption = _caption()
 words = _words()
+embed = _embed()
+spread = _spread()

@@ -21,6 +21,8 @@ def test_public_api_is_pinned() -> None:
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None
+    # what an editor or `dir()` offers: the API, not the module's imports or subpackages
+    assert dir(sg) == sorted([*sg.__all__, "__version__", "testing"])
 
 
 def test_the_package_is_imported_once() -> None:

@@ -48,6 +48,26 @@ class CpuEmbedder:
         return [float(len(text)), assigned_gpus()]
 
 
+class PerItemProbe:
+    """A fake of `stages.BatchProbe` whose `size` is a plain method: one item per call."""
+
+    def size(self, item: int) -> int:
+        return item * 10
+
+
+class PairedProbe:
+    """A fake of `stages.BatchProbe` that batches itself: lists, at most two items."""
+
+    @sg.batch(max_batch_size=2, batch_wait_timeout_s=2.0)
+    async def size(self, items: list[int]) -> list[int]:
+        return [len(items)] * len(items)
+
+
+def tenfold(item: int) -> int:
+    """A stand-in for the one method `BatchProbe.size`."""
+    return item * 10
+
+
 @sg.deployment
 def nearest(vector: list[float], documents: list[str]) -> dict[str, Any]:
     length = vector[0]

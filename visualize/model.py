@@ -130,7 +130,9 @@ def _stage_label(stage: StagePlan, fused: list[StagePlan] | None = None) -> str:
     parts = [stage.name, replicas, f"{facts.cpus:g} CPU"]
     if stage.role == "driver" and fused:
         parts.append(f"fused: {', '.join(s.name for s in fused)}")
-    if facts.gpus:
+    if facts.gpus is None:
+        parts.append(f"GPU ? ({format_bytes(facts.gpu_memory)}, no cluster spec)")
+    elif facts.gpus:
         parts.append(f"{facts.gpus:g} GPU")
     if stage.batching:
         sizes = ", ".join(f"{m}≤{b.max_batch_size}" for m, b in stage.batching.items())

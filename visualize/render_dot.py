@@ -43,5 +43,8 @@ def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) ->
         lines.append("  }")
         # beside the graph, after the output; each GPU's label names the replicas it holds
         lines.extend(f"  out -> {gpu.id} [style=invis];" for gpu in diagram.gpus)
+        # each stage tied to the GPUs it is on (Mermaid's -.-), leaving the ranks as they are
+        lines.extend(f"  {box} -> {gpu} [style=dashed, dir=none, color=gray50, "
+                     "constraint=false];" for box, gpu in diagram.gpu_edges)
     lines.append("}")
     return "\n".join(lines) + "\n"

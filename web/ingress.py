@@ -2,7 +2,8 @@
 
 A success returns the pipeline's output as JSON with no envelope. An error returns
 `{"error", "stage", "request_id"}` (plus `errors`, the field errors, for a 422): 400 for a body
-that is not JSON, 405 for a method other than POST, 413 for a body over `max_body_bytes`
+that is not JSON (an empty body too, when the pipeline reads its input; a pipeline that does
+not gets `None`), 405 for a method other than POST, 413 for a body over `max_body_bytes`
 (`SERVEGRAPH_MAX_BODY_BYTES`, 10 MiB by default; read chunk by chunk and dropped at the limit,
 never buffered whole), 422 for a body that does not fit the input, 500 naming the stage that
 failed, 504 naming a stage that ran past its `timeout_s`. A full queue is answered before the
@@ -77,6 +78,17 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def parse_body(body: bytes, needs_body: bool) -> tuple[Any, str | None]:
+    """The payload a JSON body holds, or the 400's message: the body is not JSON, or it is
+    empty where the pipeline reads its input (an empty body is `None` to one that does not)."""
+    if not body:
+        return None, "the request body is empty: POST a JSON body" if needs_body else None
+    try:
+        return json.loads(body), None
+    except (ValueError, RecursionError) as exc:
+        return None, f"the request body is not JSON: {exc}"
+
+
 def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
     if status >= 500:
         logger.warning("request %s: %d from stage %s: %s", content.get("request_id"), status,
@@ -87,15 +99,17 @@ def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSO
 async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = True,
                       views: Mapping[str, View] | None = None,
                       stream: Streamer | None = None,
-                      max_body_bytes: int | None = None,
+                      max_body_bytes: int | None = None, needs_body: bool = False,
                       new_id: Callable[[], str] = new_request_id) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
     `echo_request_id=False` behind Serve's proxy, which already sets `x-request-id` (the
     client's when given) on every response. `max_body_bytes` (default `MAX_BODY_BYTES`) bounds
-    the body: a larger one gets a 413. With `stream` (a pipeline whose output is a
-    stream) the response is chunked: text chunks as they are, other chunks as JSON lines.
+    the body: a larger one gets a 413. `needs_body` (`plan.reads_input()`: the graph reads its
+    `InputNode`) makes an empty body a 400; else it is the payload `None`. With `stream` (a
+    pipeline whose output is a stream) the response is chunked: text chunks as they are,
+    other chunks as JSON lines.
     `new_id` makes the request id when the client sent none."""
     request_id = request_id_for(request, new_id)
     headers = {"x-request-id": request_id} if echo_request_id else {}
@@ -117,11 +131,9 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
                              "less (the limit is SERVEGRAPH_MAX_BODY_BYTES)",
                              "stage": None, "request_id": request_id},
                             status_code=413, headers={**headers, "connection": "close"})
-    try:
-        payload = json.loads(body) if body else None
-    except (ValueError, RecursionError) as exc:
-        return JSONResponse({"error": f"the request body is not JSON: {exc}",
-                             "stage": None, "request_id": request_id},
+    payload, problem = parse_body(body, needs_body)
+    if problem is not None:
+        return JSONResponse({"error": problem, "stage": None, "request_id": request_id},
                             status_code=400, headers=headers)
     if stream is not None:
         return await _streaming(stream(payload, request_id), request_id, headers)

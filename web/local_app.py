@@ -24,9 +24,11 @@ def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
     `stream`'s chunks, for a streamed output) and `GET <route_prefix>/-/...` with the plan's
     views."""
     views = plan_views(plan, diagram_svg)
+    needs_body = plan.reads_input()
 
     async def endpoint(request: Request) -> Response:
-        return await handle_http(request, run, views=views, stream=stream)
+        return await handle_http(request, run, views=views, stream=stream,
+                                 needs_body=needs_body)
 
     route = "/" + route_prefix.strip("/")
     routes = [Route(route, endpoint, methods=["GET", "POST"])]

@@ -116,7 +116,7 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 ERROR_STATUSES = {
-    "400": "the body is not JSON",
+    "400": "the body is not JSON (or is empty)",
     "413": "the body is larger than the ingress accepts",
     "422": "the body does not fit the pipeline's input (`errors` names the fields)",
     "500": "a stage failed (`stage` names it)",

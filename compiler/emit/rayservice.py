@@ -7,9 +7,13 @@
   dashboard and the Serve controller keep the head to themselves (the driver and the proxies
   reserve no CPU and may run anywhere);
 - one GPU worker group per distinct GPU node shape of the cluster spec (GPUs, GPU memory, CPUs,
-  labels), one pod per node: `replicas` counts the nodes of that shape the GPU layout uses, and
-  `nvidia.com/gpu` is the node's GPU count. Without a cluster spec the layout is unbounded and
-  each pod holds one GPU, except a replica of k whole GPUs, which gets a pod of k GPUs;
+  labels), one pod per node the GPU layout uses: `replicas` counts those nodes, and
+  `nvidia.com/gpu` is the GPUs the plan places on such a node at most (autoscaling included),
+  not all it has: a node of 2 GPUs whose replicas share one gets a pod of 1 GPU, leaving the
+  other GPU of such a Kubernetes node to other pods. (When Ray, placing onto such smaller
+  pods, would leave out a replica that the spec's nodes hold, every pod asks for its node's
+  GPUs instead: `_sized`.) Without a cluster spec the layout is unbounded and each pod holds
+  one GPU, except a replica of k whole GPUs, which gets a pod of k GPUs;
 - one CPU worker group, `worker_cpus` per pod, enough pods for the CPU stages' replicas
   (`num_cpus` each, 1 by default; the driver reserves none), packed first-fit decreasing.
 
@@ -28,8 +32,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -38,7 +43,7 @@ from ...dag import parse_bytes
 from ...errors import CompileError
 from ..cluster import NodeSpec, format_bytes
 from ..passes.pack import PACK_SCHEDULING_ENV, Bin, Demand, pack, replica_demands
-from ..passes.resources import RESOLUTION, to_units
+from ..passes.resources import RESOLUTION, require_gpu_fractions, to_units
 from ..plan import GpuLayout, Plan, StagePlan
 from .serve_config import serve_config
 
@@ -92,6 +97,7 @@ def rayservice(plan: Plan, graph: str | None = None, *, name: str | None = None,
     Worker groups: the GPU groups (named `gpu-<GPUs per pod>x<GPU memory>`, in the order the
     cluster spec first lists each shape, else by GPUs per pod), then `cpu`.
     """
+    require_gpu_fractions(plan, PASS)
     metadata = {"name": name if name is not None else k8s_name(plan.name)}
     _check_name(metadata["name"], given=name is not None)
     if namespace:
@@ -144,12 +150,13 @@ def k8s_name(text: str) -> str:
 
 
 def gpu_pods(layout: GpuLayout | None, stages: list[StagePlan]) -> tuple[list[Pod], list[Pod]]:
-    """The GPU pods the replicas need at deploy time, and when every stage runs its maximum."""
+    """The GPU pods the replicas need at deploy time, and when every stage runs its maximum
+    (on a cluster spec, a pod holds the GPUs the plan places on its node: see `_sized`)."""
     bounded = layout is not None and layout.bounded
     by_name = {stage.name: stage for stage in stages}
     bins = [] if layout is None else [
         Bin(slot.node, slot.index, slot.memory, free=RESOLUTION - to_units(slot.fraction_used),
-            items=[(Demand(r.stage, r.replica, to_units(by_name[r.stage].resources.gpus)),
+            items=[(Demand(r.stage, r.replica, to_units(by_name[r.stage].resources.gpus or 0)),
                     to_units(r.gpus)) for r in slot.replicas])
         for slot in layout.gpus]
     gpu_stages = [(order, s) for order, s in enumerate(stages) if s.resources.gpus]
@@ -158,18 +165,45 @@ def gpu_pods(layout: GpuLayout | None, stages: list[StagePlan]) -> tuple[list[Po
         pack(_demands(gpu_stages, extra=False), bins, grow=grow)
     start = _pods(bins, bounded, by_name)
     pack(_demands(gpu_stages, extra=True), bins, grow=grow)
-    return start, _pods(bins, bounded, by_name)
+    most = _pods(bins, bounded, by_name)
+    return _sized(bins, start, most, gpu_stages) if bounded else (start, most)
+
+
+def _sized(bins: list[Bin], start: list[Pod], most: list[Pod],
+           gpu_stages: list[tuple[int, StagePlan]]) -> tuple[list[Pod], list[Pod]]:
+    """The pods of a cluster spec's nodes, each holding the GPUs the plan places on its node
+    at most, not all the node's (a node of 2 GPUs whose replicas share 1 gets a 1-GPU pod).
+    Ray then places the replicas on smaller nodes than the pack pass planned for, so its
+    placement is replayed there (the deploy-time replicas, then the ones autoscaling adds):
+    should it leave out a replica that the whole nodes hold (a wide replica added later,
+    rarely), every pod asks for its node's GPUs instead."""
+    memory = {gpu.node: gpu.memory for gpu in bins}
+    pods = [Bin(pod.key, index, memory[pod.key]) for pod in most for index in range(pod.gpus)]
+    pack(_demands(gpu_stages, extra=False), pods)
+    pack(_demands(gpu_stages, extra=True), pods)
+    gpus: dict[str, int] = {pod.key: pod.gpus for pod in most}
+    if len(_replicas(pods)) < len(_replicas(bins)):
+        gpus = Counter(gpu.node for gpu in bins)
+    return ([replace(pod, gpus=gpus[pod.key]) for pod in start],
+            [replace(pod, gpus=gpus[pod.key]) for pod in most])
+
+
+def _replicas(bins: list[Bin]) -> set[tuple[str, int]]:
+    return {(demand.stage, demand.replica) for gpu in bins for demand, _ in gpu.items}
 
 
 def gpu_groups(plan: Plan, stages: list[StagePlan]) -> list[WorkerGroup]:
-    """One group per GPU node shape of the cluster spec (per GPUs per pod without one)."""
+    """One group per GPU node shape of the cluster spec, counting the GPUs the plan uses on
+    a node (per GPUs per pod without a spec)."""
     start, most = gpu_pods(plan.gpu_layout, stages)
     layout = plan.gpu_layout
     if layout is not None and layout.bounded and plan.cluster is not None:
+        used = {pod.key: pod.gpus for pod in most}
         shapes: dict[tuple[Any, ...], list[NodeSpec]] = {}
         for node in plan.cluster.nodes:
-            if node.gpus:
-                shapes.setdefault(_shape(node), []).append(node)
+            if node.name in used:  # a pod of the GPUs the plan uses on the node
+                sized = node.model_copy(update={"gpus": used[node.name]})
+                shapes.setdefault(_shape(sized), []).append(sized)
         specs = [(nodes[0], {node.name for node in nodes}) for nodes in shapes.values()]
     else:  # a pod shape per GPU count
         specs = [(NodeSpec(gpus=width), {pod.key for pod in most if pod.gpus == width})

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ...errors import CompileError
+from ..passes.resources import require_gpu_fractions
 from ..plan import Plan
 
 APP_BUILDER = "servegraph.serving.app:app_builder"
@@ -47,6 +48,7 @@ def app_config(plan: Plan, graph: str | None = None, *,
                 name: str | None = None, route_prefix: str | None = None,
                 runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """One entry of the config's `applications` list."""
+    require_gpu_fractions(plan, "serve-config")
     source = graph or find_graph_path(plan.memory.graph)
     if source is None:
         raise CompileError(

@@ -54,8 +54,9 @@ def decide(state: CompileState, group: Group, calls: list[CallNode],
     facts = state.resources[name]
     if options.fuse is False:
         return FuseDecision(False, "fuse=False")
-    if facts.gpus:
-        return FuseDecision(False, f"needs a GPU ({facts.gpus:g}): never fused across a GPU "
+    if facts.uses_gpu:
+        share = "fraction unknown" if facts.gpus is None else f"{facts.gpus:g}"
+        return FuseDecision(False, f"needs a GPU ({share}): never fused across a GPU "
                                    "boundary")
     if facts.replicas.autoscaling:
         return FuseDecision(False, "autoscaled: scales on its own")

@@ -103,7 +103,7 @@ def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder:
     serve_options = options.serve_options()
     serve_options["name"] = name
     facts = state.resources[name]
-    if facts.gpus_from_memory:  # the fraction the resources pass derived
+    if facts.gpus_from_memory and facts.gpus is not None:  # the fraction derived
         actor = dict(serve_options.get("ray_actor_options") or {})
         actor["num_gpus"] = facts.gpus
         serve_options["ray_actor_options"] = actor

@@ -8,7 +8,9 @@ node's value from the plan. What a key of `overrides` selects:
 - a stage: its class or function (every stage made from it), or its deployment name. The
   value is a class (built with the stage's own constructor arguments), a function, or an
   object used as it is. The stand-in runs without the stage's GPU request (`num_gpus`,
-  `accelerator_type` and `gpu_memory` are dropped): a fake of a GPU model runs on a CPU.
+  `accelerator_type` and `gpu_memory` are dropped): a fake of a GPU model runs on a CPU, and
+  a plan compiled without a cluster spec, whose `gpu_memory` stage has no fraction yet, serves
+  once that stage is faked.
 - one method of a class stage, as the string `"Stage.method"`: the value is called with the
   call's arguments instead of that method; the stage's other methods stay the real ones.
 - a call node: the node object the graph was built from, or `NodeKey("label")` (a call node's

@@ -11,7 +11,8 @@ TryAllocate`). Fractions are integers in Ray's 1/10000 unit, so "sums to 1 or le
 
 A fraction the user declared (`num_gpus=0.25`) is what Ray schedules by, whatever memory the
 stage says it needs; when that memory does not fit beside a GPU's other replicas the pass fails
-naming both stages. Without a cluster spec the pass counts the GPUs the plan needs.
+naming both stages. Without a cluster spec the pass counts the GPUs the plan needs (of the
+stages whose fraction is known: one derived from `gpu_memory` needs the GPUs' size).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def replica_demands(stage: str, facts: StageResources, order: int,
                     replicas: Iterable[int]) -> list[Demand]:
     """The replicas `replicas` (their indices) of one stage, as items to place; `order` is the
     stage's position among the deployments."""
-    units = to_units(facts.gpus)
+    units = to_units(facts.gpus or 0.0)  # an unknown fraction is never asked to be placed
     return [Demand(stage, index, units, facts.gpu_memory, order, facts.cpus)
             for index in replicas]
 
@@ -150,7 +151,9 @@ def lower_bound(demands: Iterable[Demand], memory: int | None) -> int:
 
 def pack_pass(state: CompileState) -> CompileState:
     """Place the replicas each stage starts with; on a cluster spec, fail naming what does not
-    fit, and count how far each autoscaled GPU stage can grow (its headroom)."""
+    fit, and count how far each autoscaled GPU stage can grow (its headroom). Without one, a
+    stage whose fraction is unknown (`gpu_memory` only) is left out of the GPUs counted:
+    serving such a plan needs a cluster spec (`resources.require_gpu_fractions`)."""
     stages = {name: state.resources[name] for name in state.stage_names()}
     start = [demand for order, (name, facts) in enumerate(stages.items()) if facts.gpus
              for demand in replica_demands(name, facts, order, range(facts.replicas.start))]

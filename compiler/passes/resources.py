@@ -7,6 +7,11 @@ unit (1/10000 of a GPU), so sums are exact and equal what Ray's scheduler adds u
 derived from `gpu_memory` is rounded up onto a 1/`GRID` grid of the smallest GPU in the
 cluster spec: it always covers the memory, whichever GPU Ray puts the replica on, and
 fractions on one GPU sum to 1 or less exactly.
+
+Without a cluster spec such a fraction is unknown (`StageResources.gpus` is None), not an
+error: the plan runs in-process and in tests, where nothing is placed on a GPU (and a fake
+stands in for the stage). What places replicas (serving, the Serve config, the RayService)
+calls `require_gpu_fractions` first, which fails naming the stage.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 from ...dag import DeploymentOptions
 from ...errors import CompileError
 from ..cluster import ClusterSpec, format_bytes
-from ..plan import ReplicaRange, StageResources
+from ..plan import Plan, ReplicaRange, StageResources
 from ..state import CompileState, spec_of_group
 
 PASS = "resources"
@@ -65,33 +70,33 @@ def stage_resources(name: str, site: Any, options: DeploymentOptions,
             _check_fits(name, site, max(units // RESOLUTION, 1), memory, cluster)
         return StageResources(gpus=units / RESOLUTION, **common)
     units = _derived_units(name, site, memory, declared, cluster)
-    return StageResources(gpus=units / RESOLUTION, gpus_from_memory=True, **common)
+    return StageResources(gpus=None if units is None else units / RESOLUTION,
+                          gpus_from_memory=True, **common)
 
 
 def _derived_units(name: str, site: Any, memory: int, declared: float | None,
-                   cluster: ClusterSpec | None) -> int:
+                   cluster: ClusterSpec | None) -> int | None:
     """The GPU share of `memory` on the smallest GPU of the cluster, rounded up onto the
-    grid; an error when there is no GPU size to derive it from."""
+    grid; None without a cluster spec (unknown until one is given); an error when the
+    cluster spec does not give the GPUs' size."""
     if declared == 0:
         raise CompileError(
             f"gpu_memory={format_bytes(memory)} with num_gpus=0: the stage asks for GPU memory "
             "but no GPU", stage=name, pass_name=PASS, site=site,
             hint="drop num_gpus=0 to let the compiler derive the fraction, or drop gpu_memory",
         )
-    size = cluster.smallest_gpu_memory if cluster is not None else None
+    if cluster is None:
+        return None
+    size = cluster.smallest_gpu_memory
     if size is None:
         raise CompileError(
             f"gpu_memory={format_bytes(memory)} needs the GPUs' memory size to derive a GPU "
-            "fraction, and the cluster spec does not give it" if cluster is not None else
-            f"gpu_memory={format_bytes(memory)} needs the GPUs' memory size to derive a GPU "
-            "fraction, and no cluster spec was given",
+            "fraction, and the cluster spec does not give it",
             stage=name, pass_name=PASS, site=site,
             hint="give the GPUs' memory: sg.ClusterSpec(gpus=2, gpu_memory='80GiB') or "
             "sg.detect_cluster(gpu_memory='80GiB') (CLI: --gpus 2x80GiB, or --detect-cluster "
             "--gpu-memory 80GiB; Ray counts GPUs but not their memory), or declare "
-            "ray_actor_options={'num_gpus': 0.25}" if cluster is not None else
-            "compile with cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB') (CLI: "
-            "--gpus 2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}",
+            "ray_actor_options={'num_gpus': 0.25}",
         )
     if memory > size:
         raise CompileError(
@@ -114,3 +119,25 @@ def _check_fits(name: str, site: Any, gpus: int, memory: int, cluster: ClusterSp
             stage=name, pass_name=PASS, site=site,
             hint=f"raise num_gpus to {-(-memory // size)} or lower gpu_memory",
         )
+
+
+def require_gpu_fractions(plan: Plan, needed_by: str) -> None:
+    """Fail, naming the first such stage, when a stage's GPU fraction is unknown (it gives
+    `gpu_memory` only and the plan has no cluster spec): what places replicas on GPUs calls
+    this first. `needed_by` names that step in the error (`serve`, `serve-config`, ...)."""
+    for stage in plan.deployments:
+        facts = stage.resources
+        if facts.gpus is None:
+            raise CompileError(
+                f"gpu_memory={format_bytes(facts.gpu_memory)} needs the GPUs' memory size to "
+                "derive a GPU fraction, and no cluster spec was given",
+                stage=stage.name, pass_name=needed_by, site=stage.site or None,
+                hint=NO_CLUSTER_HINT,
+            )
+
+
+NO_CLUSTER_HINT = (
+    "placing replicas on GPUs needs their size: sg.compile(graph, cluster=sg.ClusterSpec("
+    "gpus=2, gpu_memory='80GiB')) or sg.serve(graph, cluster=...) (CLI: --gpus 2x80GiB), or "
+    "declare ray_actor_options={'num_gpus': 0.25}; running in-process (sg.run_local, "
+    "servegraph run --local) and tests that fake the stage need neither")

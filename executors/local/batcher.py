@@ -1,4 +1,5 @@
-"""`sg.batch` for the local runner, with Serve's semantics."""
+"""`sg.batch` for the local runner, with Serve's semantics; a failing batch is split to
+isolate its failing items (`executors.batching`), as on Serve."""
 
 from __future__ import annotations
 
@@ -7,32 +8,41 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dag import BatchSpec
+from ..batching import Outcome, isolating, settle
 
 
 class Batcher:
     """Serve's batching semantics for the local runner: concurrent single calls are queued and
     the method is called on lists (one per positional argument), at `max_batch_size` or after
-    `batch_wait_timeout_s`, with at most `max_concurrent_batches` in flight."""
+    `batch_wait_timeout_s`, with at most `max_concurrent_batches` in flight. A batch that
+    raises is split and re-run within its slot (`batching.isolating`): each call gets its own
+    item's value or error."""
 
     def __init__(self, fn: Callable[..., Any], spec: BatchSpec) -> None:
         self.fn = fn
+        self.run_batch = isolating(fn)
         self.spec = spec
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """One call: its item's value, or its item's error raised."""
+        return settle(await self.submit(args, kwargs))
+
     def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Outcome]]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.slots = asyncio.Semaphore(self.spec.max_concurrent_batches)
         self.running: set[asyncio.Task[None]] = set()
 
-    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
         if loop is not self.loop:
             self._reset(loop)
         if kwargs:
             args = (*args, *kwargs.values())
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self.pending.append((args, future))
         if self._size(self.pending) >= self.spec.max_batch_size:
             self._flush()
@@ -49,7 +59,7 @@ class Batcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Outcome]]] = []
         while self.pending and (not batch or self._size([*batch, self.pending[0]])
                                 <= self.spec.max_batch_size):
             batch.append(self.pending.pop(0))
@@ -60,19 +70,17 @@ class Batcher:
         if self.pending and self.loop is not None:
             self.timer = self.loop.call_later(self.spec.batch_wait_timeout_s, self._flush)
 
-    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Outcome]]]
+                   ) -> None:
         async with self.slots:
             columns = [list(column) for column in zip(*(args for args, _ in batch))]
             try:
-                results = await self.fn(*columns)
-                if len(results) != len(batch):
-                    raise ValueError(f"a batched method returned {len(results)} results for "
-                                     f"{len(batch)} inputs")
-            except Exception as exc:
+                outcomes = await self.run_batch(*columns)
+            except Exception as exc:  # not the items' fault (no result list at all)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 return
-            for (_, future), result in zip(batch, results):
+            for (_, future), outcome in zip(batch, outcomes):
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(outcome)

@@ -139,7 +139,7 @@ class _Call:
             args, kwargs = self.checker.arguments(args, kwargs)
         try:
             if self.batcher is not None:
-                result = await self.batcher.submit(args, kwargs)
+                result = await self.batcher(*args, **kwargs)
             else:
                 result = await self.fn(*args, **kwargs)
         except Exception as exc:
@@ -153,8 +153,7 @@ class _Call:
         if self.checker:
             args, kwargs = self.checker.arguments(args, kwargs)
         if self.batcher is not None:
-            invoke = attempt(self.batcher.submit, (args, kwargs), {}, is_async=True,
-                             timeout_s=None)
+            invoke = attempt(self.batcher, args, kwargs, is_async=True, timeout_s=None)
         else:
             invoke = attempt(self.fn, args, kwargs, is_async=self.is_async,
                              timeout_s=self.policy.timeout_s)

@@ -9,6 +9,7 @@ Deploying a plan and calling it from outside is `serving/`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,21 +19,30 @@ from starlette.responses import Response
 
 from ...compiler import CompiledPipeline
 from ...web.ingress import handle_http, plan_views
+from ..batching import noting, settle
 from ..core import Program, Runner, Step, execute, stream
 from ..local.runner import LocalRunner, build_instances
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
 from .ray_private import serve_request_id
-from .replica import StreamCall, flatten
+from .replica import StreamCall, flatten, serve_methods
 
 
 class ServeRunner:
-    """Calls the stages' deployments through their handles."""
+    """Calls the stages' deployments through their handles. A traced call (one whose caller
+    notes batch splits, see `batching`) asks the replica's `reported` method instead, and is
+    an asyncio task that settles its `Outcome`: the trace awaits every value anyway. A call
+    asks for its node's method by name (`methods`, see `replica.serve_method`), so Serve's
+    access log names the stage's method; the handle of each node is made once."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str,
+                 methods: dict[str, str] | None = None) -> None:
         self.handles = handles
+        self.methods = methods or {}
+        self.node_handles: dict[str, DeploymentHandle] = {}
         self.stream_handles: dict[str, DeploymentHandle] = {}
+        self.reporting_handles: dict[str, DeploymentHandle] = {}
         self.driver_name = driver_name
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
@@ -40,17 +50,36 @@ class ServeRunner:
         node = step.node
         if node.stream:
             return StreamCall(node.stage, node.id, shape, tuple(flat))  # type: ignore[arg-type]
-        return self.handles[node.stage].remote(node.id, shape, *flat)  # type: ignore[index]
+        if noting():
+            return asyncio.ensure_future(self._reported(node.stage, node.id, shape, flat))
+        handle = self.node_handles.get(node.id) or self._node_handle(node.id, node.stage)
+        return handle.remote(node.id, shape, *flat)
+
+    def _node_handle(self, node_id: str, stage: Any) -> DeploymentHandle:
+        handle = self.handles[stage]
+        method = self.methods.get(node_id, "__call__")
+        if method != "__call__":
+            handle = handle.options(method_name=method)
+        self.node_handles[node_id] = handle
+        return handle
+
+    async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any]) -> Any:
+        handle = self.reporting_handles.get(stage)
+        if handle is None:
+            handle = self.handles[stage].options(method_name="reported")
+            self.reporting_handles[stage] = handle
+        return settle(await handle.remote(node_id, shape, *flat))
 
     def open(self, stream: StreamCall) -> AsyncIterator[Any]:
-        handle = self.stream_handles.get(stream.stage)
+        handle = self.stream_handles.get(stream.node_id)
         if handle is None:
-            handle = self.handles[stream.stage].options(method_name="stream", stream=True)
-            self.stream_handles[stream.stage] = handle
+            handle = self.handles[stream.stage].options(
+                method_name=self.methods.get(stream.node_id, "stream"), stream=True)
+            self.stream_handles[stream.node_id] = handle
         return handle.remote(stream.node_id, stream.shape, *stream.flat)
 
     def is_future(self, value: Any) -> bool:
-        return isinstance(value, DeploymentResponse)
+        return isinstance(value, (DeploymentResponse, asyncio.Future))
 
     async def resolve(self, value: Any) -> Any:
         return await value
@@ -71,11 +100,12 @@ class PipelineDriver:
     def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle],
                  diagram_svg: bytes | None = None) -> None:
         self.program = Program(plan)
-        remote = ServeRunner(handles, plan.driver.name)
+        remote = ServeRunner(handles, plan.driver.name, serve_methods(plan))
         fused = plan.fused()  # stages the fuse pass put in this replica: built and called here
         self.runner: Runner = remote if not fused else FusedRunner(
             LocalRunner(self.program, build_instances(plan, fused), strict=False), remote)
         self.views = plan_views(plan, diagram_svg)
+        self.needs_body = plan.reads_input()  # an empty HTTP body is a 400, not the payload
 
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)
@@ -98,4 +128,4 @@ class PipelineDriver:
     async def __call__(self, request: Request) -> Response:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views,
                                  stream=self.stream if self.program.streams else None,
-                                 new_id=serve_request_id)
+                                 needs_body=self.needs_body, new_id=serve_request_id)

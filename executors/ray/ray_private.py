@@ -16,6 +16,7 @@ PRIVATE_NAMES = (
     ("ray.serve._private.constants", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"),
     ("ray.serve.context", "_get_global_client"),
     ("ray.serve.context", "_get_serve_request_context"),
+    ("ray._raylet", "AuthenticationTokenLoader"),
 )
 DEFAULT_HTTP_PORT = 8000
 
@@ -49,3 +50,13 @@ def serve_request_id() -> str:
     """The id Serve's proxy gave the HTTP request this replica is handling (the client's
     `x-request-id` when it sent one); a new one where the context holds none."""
     return read(*PRIVATE_NAMES[2])().request_id or uuid.uuid4().hex
+
+
+def auth_token_header() -> dict[str, str]:
+    """The `authorization` header Ray's gRPC calls carry in token mode: this machine's token
+    (`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`), or none. Raises Ray's
+    `AuthenticationError` when a token file is named but cannot be read."""
+    loader = read(*PRIVATE_NAMES[3]).instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        return {}
+    return dict(loader.get_token_for_http_header())

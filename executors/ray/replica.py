@@ -4,6 +4,15 @@ The driver calls `handle.remote(node_id, shape, *leaves)`. Ray resolves a `Deplo
 only as a top-level argument, so a leaf that is a list of responses (a map's results) is
 spread into the arguments, and `shape` tells the replica how to gather it back (`flatten` and
 `unflatten`). A stream a stage reads is passed unstarted (`StreamCall`) and opened here.
+
+A `sg.batch` method becomes `serve.batch` around `batching.isolating(method)`: Serve hands a
+whole batch to one call, so the split-and-retry that isolates a failing item runs inside it,
+and each caller gets its own item's value or error. A traced request calls `reported` instead
+of `__call__`: the same call, answered as an `Outcome` that also says how often the call's
+batch was split.
+
+A call asks for the stage's own method by name (`serve_method`), which the replica answers
+with `__call__` (or `stream`): Serve's access log then names it (`CALL encode OK 3.1ms`).
 """
 
 from __future__ import annotations
@@ -16,9 +25,10 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from ...compiler import CompiledPipeline
+from ...compiler import CompiledPipeline, NodePlan
 from ...dag import batch_spec
-from ...errors import StageError
+from ...errors import PipelineError, StageError
+from ..batching import Outcome, isolating, noted, one_by_one
 from ..core import Program, Step
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from .errors import find_pipeline_error
@@ -85,9 +95,33 @@ def unflatten(flat: Sequence[Any], shape: ArgShape,
     return leaves
 
 
+# names a replica holds for itself, or that Serve calls on it (its health check and
+# reconfigure hooks): a stage method by one of these names is asked for as `__call__`
+REPLICA_NAMES = frozenset({"stage", "calls", "check_health", "reconfigure",
+                           "record_routing_stats", "record_replica_metadata"})
+
+
+def serve_method(node: NodePlan) -> str:
+    """The method a call of `node` asks its stage's replica for, which Serve's access log
+    names: the stage's own method (the replica answers it), or `__call__` (`stream` for a
+    streaming node) for a function stage, or where the name is the replica's own."""
+    method = node.method
+    if not method or method.startswith("_") or method in REPLICA_NAMES or \
+            hasattr(StageReplica, method):
+        return "stream" if node.stream else "__call__"
+    return method
+
+
+def serve_methods(plan: CompiledPipeline) -> dict[str, str]:
+    """`serve_method` of every call node of the plan, by node id."""
+    return {node.id: serve_method(node) for node in plan.nodes if node.stage is not None}
+
+
 class StageReplica:
     """A replica of one stage's deployment: the user's object, called by node id. A stage's
-    `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`)."""
+    `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`).
+    Each method of the stage that a node calls is an attribute too (`serve_method`), the
+    replica's `__call__` (or `stream`) under the method's name."""
 
     def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
         stage = plan.stage(stage_name)
@@ -95,6 +129,7 @@ class StageReplica:
         target = plan.build_stage(stage)
         self.calls: dict[str, tuple[Step, Any, bool, CallPolicy]] = {}
         self._stream_handles: dict[str, DeploymentHandle] = {}
+        self._methods = serve_methods(plan)  # the streams this stage reads are others' nodes
         batched: dict[str, Any] = {}
         for step in Program(plan).steps:
             node = step.node
@@ -105,15 +140,17 @@ class StageReplica:
             if spec is not None:  # one queue per method: every call node on it shares it
                 key = node.method or ""
                 if key not in batched:
-                    batched[key] = serve.batch(
+                    batched[key] = one_by_one(serve.batch(
                         max_batch_size=spec.max_batch_size,
                         batch_wait_timeout_s=spec.batch_wait_timeout_s,
                         max_concurrent_batches=spec.max_concurrent_batches,
                         batch_size_fn=spec.batch_size_fn,
-                    )(fn)
+                    )(isolating(fn)))
                 fn = batched[key]
             self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
                                    CallPolicy.of(plan, node))
+            if node.method and self._methods[node.id] == node.method:
+                setattr(self, node.method, self.stream if node.stream else self.__call__)
 
     async def __call__(self, node_id: str, shape: ArgShape, *flat: Any) -> Any:
         step, fn, is_async, policy = self.calls[node_id]
@@ -127,6 +164,16 @@ class StageReplica:
             return await result if is_async else result
         except Exception as exc:
             raise self._failed(exc, step) from None
+
+    async def reported(self, node_id: str, shape: ArgShape, *flat: Any) -> Outcome:
+        """`__call__` for a traced request: its value or its servegraph error, with the
+        splits its batch made before settling it (the driver's trace shows them)."""
+        with noted() as note:
+            try:
+                value = await self(node_id, shape, *flat)
+            except PipelineError as exc:
+                return Outcome(error=exc, splits=note.splits)
+        return Outcome(value=value, splits=note.splits)
 
     async def stream(self, node_id: str, shape: ArgShape, *flat: Any) -> AsyncIterator[Any]:
         """A streaming node: the stage's async generator, chunk by chunk."""
@@ -151,10 +198,10 @@ class StageReplica:
 
     def _open(self, stage: str, node_id: str, shape: ArgShape, flat: Sequence[Any]) -> Any:
         """Start an upstream streaming call; its chunks arrive as this stage reads them."""
-        handle = self._stream_handles.get(stage)
+        handle = self._stream_handles.get(node_id)
         if handle is None:
             app = serve.get_replica_context().app_name
             handle = serve.get_deployment_handle(stage, app).options(
-                method_name="stream", stream=True)
-            self._stream_handles[stage] = handle
+                method_name=self._methods.get(node_id, "stream"), stream=True)
+            self._stream_handles[node_id] = handle
         return handle.remote(node_id, shape, *flat)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import servegraph as sg
-from tests import cli_graphs
+from tests import cli_graphs, sites
 
 
 def _free_port() -> int:
@@ -117,8 +117,7 @@ def test_compile_writes_a_rayservice(tmp_path: Path) -> None:
     done = servegraph("compile", "tests.cli_graphs:lengths", "--gpus", "2x80GiB",
                       "--rayservice", str(target), "--image", "registry.example/search:1",
                       "--ray-version", "2.60.0")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == f"wrote {target}"
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"wrote {target}\n", "")
     plan = sg.compile(cli_graphs.lengths, cluster=sg.ClusterSpec(gpus=2, gpu_memory="80GiB"))
     assert yaml.safe_load(target.read_text()) == plan.to_rayservice(
         graph="tests.cli_graphs:lengths", image="registry.example/search:1",
@@ -161,15 +160,29 @@ def test_a_graph_that_does_not_fit_exits_1_with_the_packing_error(verb: str) -> 
         "num_gpus or gpu_memory\n")
 
 
-def test_a_gpu_memory_stage_needs_a_cluster_spec() -> None:
+def test_a_gpu_memory_stage_needs_a_cluster_spec_only_where_replicas_are_placed(
+        tmp_path: Path) -> None:
+    """check, compile and render take a gpu_memory stage without cluster flags; serving it or
+    writing a Serve config needs them, and says so before any Ray starts."""
     unsized = servegraph("check", "tests.cli_graphs:lengths")
-    assert (unsized.returncode, unsized.stdout) == (1, "")
-    assert unsized.stderr == (
-        "servegraph check: error: [resources] stage 'WordLengths' (tests/cli_graphs.py:29: "
-        "@sg.deployment(num_replicas=2, gpu_memory=\"16GiB\")): gpu_memory=16GiB needs the "
-        "GPUs' memory size to derive a GPU fraction, and no cluster spec was given\n"
-        "  hint: compile with cluster=sg.ClusterSpec(gpus=2, gpu_memory='80GiB') (CLI: --gpus "
-        "2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}\n")
+    assert (unsized.returncode, unsized.stderr) == (0, "")
+    assert unsized.stdout.splitlines()[1] == (
+        "note: WordLengths gives gpu_memory only: serving or deploying needs the cluster flags "
+        "(e.g. --gpus 2x80GiB) to derive the GPU fraction; running in-process (run --local) "
+        "needs none")
+    site = sites.at(cli_graphs.__file__, '@sg.deployment(num_replicas=2, gpu_memory="16GiB")')
+    for verb, step, flags in (("compile", "serve-config", ["-o", str(tmp_path / "s.yaml")]),
+                              ("run", "serve", []), ("deploy", "serve", [])):
+        placed = servegraph(verb, "tests.cli_graphs:lengths", *flags)
+        assert (placed.returncode, placed.stdout) == (1, "")
+        assert placed.stderr == (
+            f"servegraph {verb}: error: [{step}] stage 'WordLengths' ({site}): gpu_memory=16GiB "
+            "needs the GPUs' memory size to derive a GPU fraction, and no cluster spec was given\n"
+            "  hint: placing replicas on GPUs needs their size: sg.compile(graph, cluster="
+            "sg.ClusterSpec(gpus=2, gpu_memory='80GiB')) or sg.serve(graph, cluster=...) (CLI: "
+            "--gpus 2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}; running "
+            "in-process (sg.run_local, servegraph run --local) and tests that fake the stage "
+            "need neither\n")
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -219,6 +232,13 @@ def test_help_lists_every_verb() -> None:
     text = servegraph("--help").stdout
     for verb in ("check", "compile", "render", "run", "deploy", "status", "shutdown", "bench"):
         assert verb in text
+    # the description is the docstring's whole user-facing part, not its first line
+    assert ("The `servegraph` command (also `python -m servegraph`). Each verb takes "
+            "`MODULE:ATTR`, an\n`sg.Graph` (or a function returning one) in an importable "
+            "module.\n") in text
+    assert "  bench    load a running route" in text
+    assert "(exit 2), a graph that does not compile or fit exits 1.\n" in text
+    assert "The package:" not in text  # the note for whoever edits cli/ stays in the source
 
 
 def test_run_local_serves_http_and_bench_loads_it() -> None:
@@ -248,11 +268,13 @@ def test_run_local_serves_http_and_bench_loads_it() -> None:
 
 
 @contextmanager
-def ray_head(*flags: str) -> Iterator[tuple[str, dict[str, str]]]:
+def ray_head(*flags: str, auth_token: str | None = None
+             ) -> Iterator[tuple[str, dict[str, str]]]:
     """`ray start --head --block` in a subprocess on free ports; yields its GCS address and the
     environment to talk to it with. Stopped on the way out, even on failure, by terminating
     that process (never `ray stop`, which stops every Ray on the machine, this session's own
-    included). Workers import the test modules through PYTHONPATH."""
+    included). Workers import the test modules through PYTHONPATH. With `auth_token`, the head
+    requires that token (and the environment yielded sends it)."""
     gcs_port = _free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     # Ray 2.60 turns on token authentication for `ray start`; the token file in ~/.ray is
@@ -260,6 +282,8 @@ def ray_head(*flags: str) -> Iterator[tuple[str, dict[str, str]]]:
     # Without draining on SIGTERM the head stops at once rather than after 30 s.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    if auth_token is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=auth_token)
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
          f"--ray-client-server-port={_free_port()}", "--disable-usage-stats", *flags],

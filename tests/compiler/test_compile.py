@@ -111,6 +111,12 @@ def test_batched_stage_gets_room_for_two_batches() -> None:
     assert sg.compile(sg.Graph(out)).stage("Batched").options["max_ongoing_requests"] == 1000
 
 
+def test_explain_says_a_failing_batch_is_split_and_how_deep() -> None:
+    assert ("  Scorer               class    1 replica, 1 CPU, batch score <= 8 within 10 ms, "
+            "failures isolated by splitting the batch in halves (at most 3 deep), "
+            "max_ongoing_requests=64") in sg.compile(scoring()).explain().splitlines()
+
+
 def test_schedule_is_topological_with_argument_templates() -> None:
     plan = sg.compile(scoring())
     assert [(n.id, n.op, n.label) for n in plan.nodes] == [

@@ -3,6 +3,7 @@ errors that say what would fit, and cluster specs from Python and from CLI flags
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -201,13 +202,45 @@ def test_a_declared_fraction_whose_memory_does_not_fit_names_both_stages() -> No
                             'gpu_memory="40GiB")')
 
 
-def test_gpu_memory_needs_a_gpu_size() -> None:
-    with pytest.raises(sg.CompileError) as caught:
-        sg.compile(mixed())
-    assert caught.value.pass_name == "resources"
-    assert caught.value.stage == "Big"
-    assert caught.value.message == ("gpu_memory=30GiB needs the GPUs' memory size to derive a "
-                                    "GPU fraction, and no cluster spec was given")
+def test_without_a_cluster_spec_a_gpu_memory_fraction_is_unknown_until_placed() -> None:
+    """Compiling, running in-process and explaining need no cluster spec; what places
+    replicas on GPUs (serving, the Serve config, the RayService) fails naming the stage."""
+    plan = sg.compile(mixed())
+    assert [stage.resources.gpus for stage in plan.deployments] == [None, None, 0.25, 0.0]
+    assert plan.stage("Big").resources.gpus_from_memory
+    assert plan.stage("Big").resources.uses_gpu
+    assert "num_gpus" not in plan.stage("Big").options.get("ray_actor_options", {})
+    assert plan.stage("Big").fusion == ("needs a GPU (fraction unknown): never fused across a "
+                                        "GPU boundary")
+    layout = plan.gpu_layout  # the GPUs counted leave the unknown fractions out
+    assert layout is not None and not layout.bounded and layout.sharing() == [["Scaled"]]
+    assert sg.CompiledPipeline.model_validate_json(plan.model_dump_json()) == plan
+    explained = plan.explain().splitlines()
+    assert explained[2] == ("  Big                  class    2 replicas, 1 CPU, GPU fraction "
+                            "unknown (gpu_memory 30GiB: serving needs a cluster spec)")
+    assert explained[-3:] == [
+        "GPU fractions unknown without a cluster spec: Big, Mid (the GPUs below leave them out)",
+        "GPU layout (no cluster spec: GPUs counted as needed): 1 GPU used, lower bound 1",
+        "  gpu0 GPU 0: 25%: Scaled#0 0.25"]
+    assert sg.run_local(mixed(), 3) == 3
+    for place, step in ((lambda: plan.to_serve_config(graph="tests:mixed"), "serve-config"),
+                        (lambda: plan.to_rayservice(graph="tests:mixed"), "rayservice"),
+                        (lambda: sg.serve(mixed()), "serve")):
+        with pytest.raises(sg.CompileError) as caught:
+            place()
+        assert (caught.value.pass_name, caught.value.stage) == (step, "Big")
+        assert caught.value.site == at('@sg.deployment(num_replicas=2, gpu_memory="30GiB")')
+        assert caught.value.message == ("gpu_memory=30GiB needs the GPUs' memory size to "
+                                        "derive a GPU fraction, and no cluster spec was given")
+        assert caught.value.hint == (
+            "placing replicas on GPUs needs their size: sg.compile(graph, cluster="
+            "sg.ClusterSpec(gpus=2, gpu_memory='80GiB')) or sg.serve(graph, cluster=...) (CLI: "
+            "--gpus 2x80GiB), or declare ray_actor_options={'num_gpus': 0.25}; running "
+            "in-process (sg.run_local, servegraph run --local) and tests that fake the stage "
+            "need neither")
+
+
+def test_gpu_memory_needs_a_gpu_size_in_the_cluster_spec() -> None:
     with pytest.raises(sg.CompileError) as caught:
         sg.compile(mixed(), cluster=sg.ClusterSpec(gpus=2))  # as detected from Ray
     assert caught.value.message.endswith("and the cluster spec does not give it")
@@ -300,6 +333,21 @@ def test_cluster_specs_from_cli_flags() -> None:
         assert str(caught.value) == message
     with pytest.raises(ValueError, match="disagrees with the nodes' GPUs"):
         sg.ClusterSpec(gpus=3, nodes=[sg.NodeSpec(gpus=2)])
+
+
+def test_the_cluster_spec_shows_every_keyword_it_takes() -> None:
+    """Editors and `help()` offer the shorthand too; the data is still its nodes alone."""
+    parameters = inspect.signature(sg.ClusterSpec).parameters
+    assert list(parameters) == ["gpus", "gpu_memory", "cpus", "nodes"]
+    assert {p.kind for p in parameters.values()} == {inspect.Parameter.KEYWORD_ONLY}
+    spec = sg.ClusterSpec(gpus=2, gpu_memory="16GiB", cpus=8)
+    assert list(sg.ClusterSpec.model_fields) == ["nodes"]
+    assert spec.model_dump() == {"nodes": [{"name": "node0", "gpus": 2, "gpu_memory": 16 * GiB,
+                                            "cpus": 8.0, "labels": {}}]}
+    assert sg.ClusterSpec.model_validate_json(spec.model_dump_json()) == spec == \
+        sg.ClusterSpec(nodes=[sg.NodeSpec(gpus=2, cpus=8)], gpu_memory=16 * GiB)
+    with pytest.raises(ValueError, match="gpu\n  Extra inputs are not permitted"):
+        sg.ClusterSpec(gpus=2, gpu=2)
 
 
 def test_pack_mimics_rays_best_fit() -> None:

@@ -119,6 +119,12 @@ def test_bad_payload_is_an_input_error_naming_the_field() -> None:
         sg.run_local(scoring(), {"query": "q", "words": "not a list"})
     assert caught.value.errors == [
         {"loc": ["words"], "msg": "Input should be a valid list", "type": "list_type"}]
+    assert caught.value.message == (
+        "request body does not fit tests.stages:Request: invalid words (list_type)")
+    with pytest.raises(sg.InputError) as two:  # each problem by pydantic's error type
+        sg.run_local(scoring(), {"query": 1})
+    assert two.value.message == ("request body does not fit tests.stages:Request: invalid "
+                                 "query (string_type), missing words")
     with pytest.raises(sg.InputError) as missing:
         sg.run_local(diamond(), {"y": 1})
     assert missing.value.errors == [{"loc": ["input.x"], "msg": "field required",

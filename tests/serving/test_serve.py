@@ -42,7 +42,8 @@ def test_bad_input_and_failing_stage_keep_the_service_serving(
                           headers={"x-request-id": "req-422"})
         assert bad.status_code == 422
         assert bad.json() == {
-            "error": "request body does not fit tests.stages:Request: invalid words",
+            "error": "request body does not fit tests.stages:Request: invalid words "
+                     "(list_type)",
             "stage": None,
             "errors": [{"loc": ["words"], "msg": "Input should be a valid list",
                         "type": "list_type"}],
@@ -53,6 +54,10 @@ def test_bad_input_and_failing_stage_keep_the_service_serving(
         not_json = client.post(handle.url, content=b"{nope", headers={"x-request-id": "r400"})
         assert not_json.status_code == 400
         assert not_json.json()["request_id"] == "r400"
+        empty = client.post(handle.url, content=b"", headers={"x-request-id": "r400e"})
+        assert (empty.status_code, empty.json()) == (400, {
+            "error": "the request body is empty: POST a JSON body", "stage": None,
+            "request_id": "r400e"})
 
         wrong_method = client.get(handle.url)
         assert wrong_method.status_code == 405
@@ -122,4 +127,9 @@ def test_a_plan_too_big_for_the_cluster_fails_at_once(ray_serve: int) -> None:
         sg.serve(sg.Graph(out, name="toobig"))
     assert str(caught.value) == (
         "pipeline 'toobig' needs 5 GPU for its replicas (on_gpu 5 x 1), but the Ray cluster "
-        "has 4; lower num_replicas or num_gpus, or give Ray more (ray.init(num_gpus=...))")
+        "has 4; lower num_replicas or num_gpus, or serve it for a cluster spec: servegraph's "
+        "embedded Ray gets its GPUs (logical ones: none need exist) (CLI: servegraph run "
+        "MODULE:ATTR --gpus 5; Python: sg.serve(graph, cluster=sg.ClusterSpec(gpus=5))). A Ray "
+        "that was running already (your ray.init, or RAY_ADDRESS) keeps the GPUs it started "
+        "with: start it with ray.init(num_gpus=5) or ray start --num-gpus=5, servegraph's "
+        "switches (servegraph.serving.env) set first")

@@ -147,3 +147,26 @@ def test_a_projects_own_pipeline_fixture_is_left_alone(pytester: pytest.Pytester
             assert pipeline == "mine"
     ''')
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("imported_in", ["conftest", "test module"])
+def test_rays_own_deprecation_warnings_stay_out_of_a_projects_run(
+        pytester: pytest.Pytester, imported_in: str) -> None:
+    """Importing `ray.serve` warns 18 times (Ray's config uses pydantic v1 idioms); a project
+    with the plugin and no filter of its own sees none of them, whether its conftest or a test
+    module imports Ray, while its own deprecations still show."""
+    importing = "import ray.serve\n"
+    if imported_in == "conftest":
+        pytester.makeconftest(importing)
+    pytester.makepyfile(test_mine=(importing if imported_in != "conftest" else "") + '''
+import warnings
+
+
+def test_mine():
+    warnings.warn("mine", DeprecationWarning)
+''')
+    # a fresh process: this one imported Ray already, and a module warns only when imported
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    assert "Pydantic" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*DeprecationWarning: mine"])

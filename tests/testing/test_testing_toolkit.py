@@ -14,7 +14,14 @@ from servegraph import testing as sgt
 from tests import stages
 from tests.sites import at
 from tests.stages import EXPECTED, PAYLOAD, Scorer, add, diamond, double, scoring, summarize
-from tests.toolkit_stages import CpuEmbedder, GpuEmbedder, search
+from tests.toolkit_stages import (
+    CpuEmbedder,
+    GpuEmbedder,
+    PairedProbe,
+    PerItemProbe,
+    search,
+    tenfold,
+)
 
 DIAMOND_ADD = at(stages.__file__, "out = add.bind(double.bind(a), triple.bind(a))")
 SCORER_SCALE = at(stages.__file__, "scaled = scorer.scale.bind(query, factor=inp.factor)")
@@ -55,6 +62,21 @@ def test_an_override_runs_a_cpu_fake_in_place_of_a_gpu_stage(
     if not pipeline.on_ray:  # the real stage cannot be built here; on Ray it would wait
         with pytest.raises(sg.StageError, match="needs a CUDA GPU"):
             pipeline.run(graph, payload)
+
+
+def test_a_fake_of_a_batched_method_gets_one_item_unless_it_batches_itself(
+        pipeline: sgt.PipelineTester) -> None:
+    """`BatchProbe.size` is an `sg.batch` method (a list in, a list out). A fake is called as
+    it is written: a plain method, a `"Stage.method"` stand-in or a fault gets one item per
+    call; a method of its own under `sg.batch` gets lists, batched by its own settings."""
+    graph, payload = stages.batch_probe(), {"first": 1, "items": [2, 3, 4]}
+    per_item = {"one": 10, "sizes": [20, 30, 40]}
+    assert pipeline.run(graph, payload, overrides={stages.BatchProbe: PerItemProbe}) == per_item
+    assert pipeline.run(graph, payload, overrides={"BatchProbe.size": tenfold}) == per_item
+    assert pipeline.run(graph, payload, faults={stages.BatchProbe: sgt.returns(5)}) == {
+        "one": 5, "sizes": [5, 5, 5]}
+    assert pipeline.run(graph, payload, overrides={stages.BatchProbe: PairedProbe}) == {
+        "one": 2, "sizes": [2, 2, 2]}
 
 
 def test_a_call_node_is_replaced_by_a_constant(pipeline: sgt.PipelineTester) -> None:

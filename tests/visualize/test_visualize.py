@@ -115,6 +115,15 @@ def test_the_gpu_layout_is_drawn_beside_the_plan_in_mermaid() -> None:
     assert '  subgraph d0["Big · 2 replicas · 1 CPU · 0.38 GPU"]' in lines
 
 
+def test_the_dot_diagram_ties_each_stage_to_its_gpus_as_mermaid_does() -> None:
+    lines = to_dot(gpu_plan()).splitlines()
+    assert [line for line in lines if "gpu" in line and "->" in line] == [
+        "  out -> gpu0 [style=invis];", "  out -> gpu1 [style=invis];",
+        "  n1 -> gpu0 [style=dashed, dir=none, color=gray50, constraint=false];",
+        "  n2 -> gpu1 [style=dashed, dir=none, color=gray50, constraint=false];",
+        "  n3 -> gpu1 [style=dashed, dir=none, color=gray50, constraint=false];"]
+
+
 def test_each_deployment_is_labelled_with_the_replicas_serve_runs() -> None:
     """An autoscaled stage shows its range (num_replicas="auto": Serve's 1..100), a fixed one
     its count, each with what one replica reserves."""
@@ -140,7 +149,8 @@ def test_a_plan_with_gpu_sharing_renders_to_svg_and_png(tmp_path: Path) -> None:
                   "node0 GPU 1 · 100% · 80GiB of 80GiB", "Mid#2 0.25", "Scaled#0 0.25"):
         assert label in texts
     titles = {el.text for el in root.iter(f"{SVG}title")}
-    assert {"cluster_gpus", "gpu0", "gpu1", "n0->n1", "n3->n4", "n4->out"} <= titles
+    assert {"cluster_gpus", "gpu0", "gpu1", "n0->n1", "n3->n4", "n4->out", "n1->gpu0",
+            "n3->gpu1"} <= titles  # the dashed stage-to-GPU ties are drawn
     png = sg.render(plan, tmp_path / "gpus.png")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 

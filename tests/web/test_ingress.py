@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 import servegraph as sg
 from servegraph.web import ingress, views
 from servegraph.web.ingress import View, handle_http, plan_views
+from servegraph.web.local_app import local_app
 from servegraph.web.views import looks_like_token, openapi
 from tests.stages import EXPECTED, PAYLOAD, scoring
 
@@ -52,7 +53,7 @@ def test_error_statuses_and_bodies(client: TestClient) -> None:
     bad = client.post("/p", json={"query": 3, "words": []}, headers={"x-request-id": "r1"})
     assert bad.status_code == 422
     assert bad.json() == {
-        "error": "request body does not fit tests.stages:Request: invalid query",
+        "error": "request body does not fit tests.stages:Request: invalid query (string_type)",
         "stage": None,
         "errors": [{"loc": ["query"], "msg": "Input should be a valid string",
                     "type": "string_type"}],
@@ -81,6 +82,39 @@ def test_an_output_that_is_not_json_is_a_500_not_a_crash() -> None:
         response = test_client.post("/p", json={"x": 1})
     assert response.status_code == 500
     assert response.json()["error"].startswith("the pipeline's output is not JSON: ")
+
+
+@sg.deployment
+def echo(value: Any) -> Any:
+    return value
+
+
+@sg.deployment
+def seven() -> int:
+    return 7
+
+
+def test_an_empty_body_is_a_400_where_the_graph_reads_its_input() -> None:
+    """Through the in-process app (the Serve driver passes the same `needs_body`): with an
+    input model or without one, an empty body is not JSON; a graph that never reads its input
+    takes it as the payload None. A JSON `null` is a body: it does not fit the model (422)."""
+    with sg.InputNode() as inp:
+        whole = sg.Graph(echo.bind(inp), name="whole")
+    constant = sg.Graph(seven.bind(), name="constant")
+    answers = {}
+    for graph in (scoring(), whole, constant):
+        executor = sg.LocalExecutor(graph)
+        with TestClient(local_app(executor.plan, "/p", executor.acall)) as test_client:
+            response = test_client.post("/p", content=b"", headers={"x-request-id": "e"})
+            answers[graph.name] = (response.status_code, response.json())
+            if graph.name == "scoring":
+                null = test_client.post("/p", content=b"null")
+                assert (null.status_code, null.json()["error"]) == (
+                    422, "request body does not fit tests.stages:Request: invalid body "
+                    "(model_type)")
+    empty = {"error": "the request body is empty: POST a JSON body", "stage": None,
+             "request_id": "e"}
+    assert answers == {"scoring": (400, empty), "whole": (400, empty), "constant": (200, 7)}
 
 
 def test_get_views_below_the_route() -> None:

@@ -109,17 +109,48 @@ def test_validation_rejects_broken_manifests(validator: Any) -> None:
 
 def test_gpu_pods_follow_the_packing() -> None:
     """2 nodes x 2 GPUs; the layout uses 3 GPUs (two whole Reranker GPUs on node0, both
-    Embedder replicas on one GPU of node1): two 2-GPU pods. CPU stages: tokenize 2 x 1 CPU and
-    top_hits 3 x 2 CPUs fill two 4-CPU pods."""
+    Embedder replicas on one GPU of node1): a pod asks for the GPUs the plan uses on its node,
+    so a 2-GPU pod and a 1-GPU pod. CPU stages: tokenize 2 x 1 CPU and top_hits 3 x 2 CPUs
+    fill two 4-CPU pods."""
     plan = sg.compile(gpu_graphs.rag, cluster=TWO_BY_TWO)
     assert plan.gpu_layout is not None and plan.gpu_layout.used == 3
     manifest = rayservice(plan, ray_version="2.60.0")
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["workerGroupSpecs"] == [
-        worker("gpu-2x24gib", GPU_IMAGE, replicas=2, cpus="2", memory="8Gi", gpus="2"),
+        worker("gpu-2x24gib", GPU_IMAGE, replicas=1, cpus="2", memory="8Gi", gpus="2"),
+        worker("gpu-1x24gib", GPU_IMAGE, replicas=1, cpus="2", memory="8Gi", gpus="1"),
         worker("cpu", CPU_IMAGE, replicas=2, cpus="4", memory="16Gi"),
     ]
     assert "enableInTreeAutoscaling" not in cluster
+
+
+def test_a_pod_asks_for_the_gpus_the_plan_uses_not_the_whole_node() -> None:
+    """One node of 2 GPUs; both Embedder replicas (0.42 each) share one: a 1-GPU pod."""
+    plan = sg.compile(gpu_graphs.embed, cluster=sg.ClusterSpec(gpus=2, gpu_memory="24GiB"))
+    assert plan.gpu_layout is not None and plan.gpu_layout.used == 1
+    groups = rayservice(plan, ray_version="2.60.0")["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"]
+    assert groups[0] == worker("gpu-1x24gib", GPU_IMAGE, replicas=1, cpus="2", memory="8Gi",
+                               gpus="1")
+
+
+def test_pods_keep_their_nodes_gpus_where_smaller_ones_would_strand_a_replica() -> None:
+    """On nodes of 4, 2, 3 and 4 GPUs the plan puts wide#0 (2 GPUs) on node1 and the slim
+    pair on node2; autoscaling's extras fill node2 and node0 and take two GPUs of node3. Ray,
+    placing onto pods of only the GPUs used (4, 2, 3, 2), would send the slim pair to the
+    2-GPU node3 and find no room for the last wide replica: so every pod asks for its whole
+    node."""
+    cluster = sg.ClusterSpec(nodes=[NodeSpec(gpus=n) for n in (4, 2, 3, 4)],
+                             gpu_memory="24GiB")
+    plan = sg.compile(gpu_graphs.spread, cluster=cluster)
+    assert [(g.node, [r.stage for r in g.replicas]) for g in plan.gpu_layout.gpus
+            if g.replicas] == [("node1", ["wide"]), ("node1", ["wide"]),
+                               ("node2", ["slim", "slim"])]
+    groups = rayservice(plan, ray_version="2.60.0")["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"]
+    assert [(g["groupName"], g["replicas"], g["maxReplicas"],
+             container(g)["resources"]["limits"]["nvidia.com/gpu"]) for g in groups[:3]] == [
+        ("gpu-4x24gib", 0, 2, "4"), ("gpu-2x24gib", 1, 1, "2"), ("gpu-3x24gib", 1, 1, "3")]
 
 
 def test_unused_nodes_get_no_pod_and_node_shapes_get_their_own_group() -> None:
@@ -143,13 +174,12 @@ def test_unused_nodes_get_no_pod_and_node_shapes_get_their_own_group() -> None:
 
 
 def test_same_shape_twice_gets_distinct_group_names() -> None:
-    cluster = sg.ClusterSpec(nodes=[NodeSpec(gpus=2, labels={"zone": "a"}),
-                                    NodeSpec(gpus=2, labels={"zone": "b"})],
+    cluster = sg.ClusterSpec(nodes=[NodeSpec(gpus=1, labels={"zone": zone}) for zone in "abb"],
                              gpu_memory="24GiB")
     groups = rayservice(sg.compile(gpu_graphs.rag, cluster=cluster),
                         ray_version="2.60.0")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert [(g["groupName"], g["replicas"], g["labels"]) for g in groups[:2]] == [
-        ("gpu-2x24gib", 1, {"zone": "a"}), ("gpu-2x24gib-2", 1, {"zone": "b"})]
+        ("gpu-1x24gib", 1, {"zone": "a"}), ("gpu-1x24gib-2", 2, {"zone": "b"})]
 
 
 def test_without_a_cluster_spec_pods_hold_one_gpu_or_one_whole_gpu_replica() -> None:
@@ -167,8 +197,9 @@ def test_without_a_cluster_spec_pods_hold_one_gpu_or_one_whole_gpu_replica() -> 
 
 def test_autoscaled_stages_size_max_replicas_and_turn_on_the_autoscaler() -> None:
     """ScaledEmbedder starts 2 replicas on node1 and may reach 6: the 4 more take node1's
-    other GPU and one of node2's, so 3 GPU pods at most. `join` scales 1..8 CPU replicas:
-    3 CPU pods (with tokenize's 2) at most, 1 at start."""
+    other GPU and one of node2's, so 3 GPU pods at most (node2's a pod of 1 GPU, added only
+    as Serve scales up). `join` scales 1..8 CPU replicas: 3 CPU pods (with tokenize's 2) at
+    most, 1 at start."""
     cluster = sg.ClusterSpec(nodes=[NodeSpec(gpus=2, cpus=8) for _ in range(3)],
                              gpu_memory="24GiB")
     plan = sg.compile(gpu_graphs.scaled, cluster=cluster)
@@ -177,7 +208,9 @@ def test_autoscaled_stages_size_max_replicas_and_turn_on_the_autoscaler() -> Non
     spec = rayservice(plan, ray_version="2.60.0")["spec"]["rayClusterConfig"]
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["workerGroupSpecs"] == [
-        worker("gpu-2x24gib", GPU_IMAGE, replicas=2, most=3, cpus="8", memory="32Gi", gpus="2"),
+        worker("gpu-2x24gib", GPU_IMAGE, replicas=2, cpus="8", memory="32Gi", gpus="2"),
+        worker("gpu-1x24gib", GPU_IMAGE, replicas=0, most=1, cpus="8", memory="32Gi",
+               gpus="1"),
         worker("cpu", CPU_IMAGE, replicas=1, most=3, cpus="4", memory="16Gi"),
     ]
 
@@ -267,19 +300,19 @@ def test_images_version_name_and_namespace_overrides() -> None:
     assert cluster["rayVersion"] == "2.55.1"
     images = [container(cluster["headGroupSpec"])["image"],
               *(container(group)["image"] for group in cluster["workerGroupSpecs"])]
-    assert images == ["registry.example/search:1"] * 3
+    assert images == ["registry.example/search:1"] * 4
 
     cluster = plan.to_rayservice(ray_version="2.55.1")["spec"]["rayClusterConfig"]
     assert [container(g)["image"] for g in [cluster["headGroupSpec"],
                                             *cluster["workerGroupSpecs"]]] == [
         "rayproject/ray:2.55.1-py311", "rayproject/ray:2.55.1-py311-gpu",
-        "rayproject/ray:2.55.1-py311"]
+        "rayproject/ray:2.55.1-py311-gpu", "rayproject/ray:2.55.1-py311"]
 
     cluster = plan.to_rayservice(image="me/cpu:1", gpu_image="me/gpu:1")["spec"][
         "rayClusterConfig"]
     assert [container(g)["image"] for g in [cluster["headGroupSpec"],
                                             *cluster["workerGroupSpecs"]]] == [
-        "me/cpu:1", "me/gpu:1", "me/cpu:1"]
+        "me/cpu:1", "me/gpu:1", "me/gpu:1", "me/cpu:1"]
 
 
 def test_default_ray_version_is_the_installed_one(monkeypatch: pytest.MonkeyPatch) -> None:
