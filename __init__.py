@@ -16,7 +16,7 @@ _EXPORTS = {
     "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
     "NodeSpec": "compiler", "detect_cluster": "serving.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
-    "serve": "serving", "PipelineHandle": "serving.handle",
+    "serve": "serving", "connect": "serving", "PipelineHandle": "serving.handle",
     "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",

@@ -1,6 +1,6 @@
-"""`servegraph bench URL`: load a running route, with one body for every request (`--payload`)
-or a mix of checked cases (`--cases`). The load generator itself is `bench`, imported only
-when the verb runs (it brings httpx)."""
+"""`servegraph bench URL|NAME`: load a running route (a URL, or a servegraph application's
+name), with one body for every request (`--payload`) or a mix of checked cases (`--cases`).
+The load generator itself is `bench`, imported only when the verb runs (it brings httpx)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,27 @@ import argparse
 import asyncio
 import json
 
-from .common import UsageError
+from .common import UsageError, connect
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if (args.payload is None) == (args.cases is None):
         raise UsageError("give one of --payload (one body for every request) or --cases")
+    args.url = route_url(args)
     if args.cases is not None:
         return bench_cases(args)
     return bench_payload(args)
+
+
+def route_url(args: argparse.Namespace) -> str:
+    """The URL to load: `url` as given, or, given an application's name, its route on the
+    cluster it runs on (`--address`, else RAY_ADDRESS), read from Serve (`sg.connect`)."""
+    if "://" in args.url:
+        return str(args.url)
+    from ..serving import connect as connect_app
+
+    connect(args.address)
+    return connect_app(args.url).url
 
 
 def bench_cases(args: argparse.Namespace) -> int:

@@ -118,7 +118,10 @@ def add_shutdown(verbs: Verbs) -> None:
 
 def add_bench(verbs: Verbs) -> None:
     bench = verbs.add_parser("bench", help="load a running route: p50/p99/throughput")
-    bench.add_argument("url", help="the route, e.g. http://127.0.0.1:8000/search")
+    bench.add_argument("url", metavar="URL|NAME", help="the route, e.g. "
+                       "http://127.0.0.1:8000/search, or the name of a servegraph application "
+                       "running on the cluster at --address")
+    add_cluster_address(bench)
     bench.add_argument("--payload", help="the JSON body of every request")
     bench.add_argument("--cases", help="a JSON-lines file of requests to cycle through, each "
                        '{"body": ...} or {"raw": "..."}, with {"expect": output} (checked) or '

@@ -174,13 +174,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def render_live(name: str | None, applications: dict[str, Any], path: str) -> None:
     """Draw one application's plan, each deployment coloured by its live Serve status."""
-    from ..serving import admin
+    from ..serving import connect as connect_app
     from ..visualize import LiveStatus, render
 
     if name is None:
         raise UsageError("--render draws one application: name it (servegraph status NAME "
                          "--render out.svg)")
-    plan = admin.served_plan(name, timeout_s=60)
+    plan = connect_app(name, timeout_s=60).plan  # the plan its driver serves
     live = {deployment: LiveStatus(state.status.value, dict(state.replica_states))
             for deployment, state in applications[name].deployments.items()}
     render(plan, path, live=live)

@@ -1,7 +1,16 @@
 """The graph users build: stages, nodes, the input, and `sg.Graph`. Imports neither ray nor
 graphviz."""
 
-from .deployment import BatchSpec, DeploymentSpec, batch, batch_spec, deployment, map, spec_of
+from .deployment import (
+    BatchSpec,
+    DeploymentSpec,
+    batch,
+    batch_spec,
+    deployment,
+    health_check,
+    map,
+    spec_of,
+)
 from .graph import Graph
 from .nodes import CallNode, CallTarget, ClassNode, InputNode, MethodRef, Node, Op, SelectNode
 from .options import DeploymentOptions, parse_bytes
@@ -9,5 +18,5 @@ from .options import DeploymentOptions, parse_bytes
 __all__ = [
     "BatchSpec", "CallNode", "CallTarget", "ClassNode", "DeploymentOptions", "DeploymentSpec",
     "Graph", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "batch", "batch_spec",
-    "deployment", "map", "parse_bytes", "spec_of",
+    "deployment", "health_check", "map", "parse_bytes", "spec_of",
 ]

@@ -6,6 +6,7 @@ servegraph only attaches a `DeploymentSpec` and the `bind`/`options` entry point
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -146,6 +147,22 @@ def batch(
 
 def batch_spec(fn: Any) -> BatchSpec | None:
     return getattr(fn, BATCH_ATTR, None)
+
+
+def health_check(target: Any) -> Callable[..., Any] | None:
+    """A class stage's (or its instance's) own `check_health`, which Serve calls as the
+    replica's health check: a method by that name that takes no arguments. One that takes
+    arguments is a method the graph calls, not the hook."""
+    method = getattr(target, "check_health", None)
+    if not callable(method):
+        return None
+    unbound = isinstance(target, type) and inspect.isfunction(
+        inspect.getattr_static(target, "check_health"))
+    try:
+        inspect.signature(method).bind(*([None] if unbound else []))
+    except (TypeError, ValueError):
+        return None
+    return method
 
 
 def map(target: Any, items: Any, *args: Any, **kwargs: Any) -> CallNode:

@@ -1,19 +1,22 @@
-"""`sg.serve`: deploy a pipeline on Ray Serve with its own diagram.
+"""`sg.serve`: deploy a pipeline on Ray Serve with its own diagram; `sg.connect`: a handle to
+one deployed earlier.
 
 The package holds everything that runs a plan on Ray from the outside: the application
-builder (`app`), launching (`launch`: the embedded Ray, `check_fits`), the client
-(`handle.PipelineHandle`), the test session's Ray (`session`), cluster detection (`cluster`)
-and Serve's environment switches (`env`). `serving` renders the diagram and hands the driver
-the bytes, so `executors/` and `web/` never import `visualize/`.
+builder (`app`), launching (`launch`: the embedded Ray, `check_fits`), stage code sent by
+value (`ship`), the client (`handle.PipelineHandle`), the test session's Ray (`session`),
+cluster detection (`cluster`) and Serve's environment switches (`env`). `serving` renders the
+diagram and hands the driver the bytes, so `executors/` and `web/` never import `visualize/`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..compiler import ClusterSpec, CompiledPipeline, as_plan, compile
 from ..dag import Graph
 from ..errors import DeployError
+from . import admin
 from .app import diagram_svg
 from .handle import PipelineHandle
 from .launch import serve_pipeline
@@ -44,4 +47,25 @@ def serve(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
                           diagram_svg=diagram_svg(plan), logging_config=logging_config)
 
 
-__all__ = ["PipelineHandle", "serve"]
+def connect(name: str, *, address: str | None = None, timeout_s: float = 60.0
+            ) -> PipelineHandle:
+    """A handle to the servegraph application `name` deployed earlier (by `sg.serve`,
+    `servegraph deploy`, `serve deploy`, or another process), with the plan its driver serves
+    (`handle.plan`). Joins the Ray cluster at `address` (else `RAY_ADDRESS`) unless this
+    process is connected already. Raises DeployError naming the running applications when
+    `name` is not one of them or there is no cluster to join."""
+    if not admin.is_connected():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise DeployError(
+                f"sg.connect({name!r}): no Ray cluster to find it on: pass address= (e.g. "
+                "'127.0.0.1:6379'), set RAY_ADDRESS, or call it where ray.init ran")
+        try:
+            admin.connect(address)
+        except ConnectionError as exc:
+            raise DeployError(f"sg.connect({name!r}): cannot join the Ray cluster at "
+                              f"{address}: {exc}") from exc
+    return PipelineHandle.attach(name, timeout_s=timeout_s)
+
+
+__all__ = ["PipelineHandle", "connect", "serve"]

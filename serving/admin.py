@@ -1,5 +1,5 @@
 """Operating running applications from outside them: connecting to a Ray cluster, reading Serve's
-status and a served plan, deleting an application, stopping Serve. The CLI's `status`,
+status, deleting an application, stopping Serve. The CLI's `status`,
 `shutdown`, `run` and `deploy` verbs go through here, so that Ray is imported only under
 `serving` and `executors/ray`.
 """
@@ -12,7 +12,6 @@ import ray
 from ray import serve
 from ray.exceptions import AuthenticationError
 
-from ..compiler import CompiledPipeline
 from .auth import check_token
 
 
@@ -40,12 +39,6 @@ def applications() -> dict[str, Any]:
     """Serve's status of each application: `status`, and per deployment `status` and
     `replica_states` (Serve's `ApplicationStatusOverview`s, by name)."""
     return dict(serve.status().applications)
-
-
-def served_plan(name: str, *, timeout_s: float = 60.0) -> CompiledPipeline:
-    """The plan a running servegraph application was deployed from, asked of its driver."""
-    text = serve.get_app_handle(name).plan.remote().result(timeout_s=timeout_s)
-    return CompiledPipeline.model_validate_json(text)
 
 
 def delete(name: str) -> None:

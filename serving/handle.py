@@ -15,10 +15,12 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ..errors import StageTimeoutError
+from ..compiler import CompiledPipeline
+from ..errors import DeployError, StageTimeoutError
 from ..executors.ray.errors import as_pipeline_error, find_pipeline_error
-from ..executors.ray.ray_private import router_in_separate_loop
+from ..executors.ray.ray_private import http_url, route_prefix_of, router_in_separate_loop
 from ..executors.trace import Trace
+from .admin import applications
 
 
 class PipelineHandle:
@@ -31,14 +33,51 @@ class PipelineHandle:
 
     Where this process imported Serve in its throughput-optimised mode, a handle routes on the
     event loop it was first used in and cannot block outside one; every call then runs on one
-    loop of our own in a daemon thread, so the blocking and the async methods work alike."""
+    loop of our own in a daemon thread, so the blocking and the async methods work alike.
 
-    def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str) -> None:
+    `plan` is the plan it serves: the one deployed (`sg.serve`), or the one its driver serves
+    (`attach`, `sg.connect`)."""
+
+    def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str, *,
+                 plan: CompiledPipeline | None = None) -> None:
         self._loop = None if router_in_separate_loop() else _own_loop()
         self._run, self._stream, self._trace = self._on_loop(_options_of, handle)
         self.name = name
         self.route_prefix = route_prefix
         self.url = url
+        self.plan = plan
+
+    @classmethod
+    def attach(cls, name: str, *, timeout_s: float = 60.0) -> PipelineHandle:
+        """A handle to the servegraph application `name` already running on the Ray this
+        process is connected to (deployed by `sg.serve`, `servegraph deploy`, `serve deploy`
+        or another process), with the plan its driver serves. Raises DeployError naming the
+        running applications when there is no such one, or when it is not servegraph's."""
+        running = applications()
+        if name not in running:
+            raise DeployError(
+                f"no Serve application named {name!r} is running (running: "
+                f"{', '.join(sorted(running)) or 'none'}); deploy it first (sg.serve, "
+                "servegraph deploy, serve deploy) or connect to the cluster it runs on "
+                "(RAY_ADDRESS, or sg.connect(name, address=...))")
+        prefix = route_prefix_of(name) or ""
+        handle = cls(serve.get_app_handle(name), name, prefix, http_url(prefix))
+        try:
+            text = handle._served_plan(serve.get_app_handle(name), timeout_s)
+        except Exception as exc:
+            raise DeployError(
+                f"Serve application {name!r} is not a servegraph pipeline: its ingress "
+                f"serves no plan ({type(exc).__name__}: {exc})") from exc
+        handle.plan = CompiledPipeline.model_validate_json(text)
+        return handle
+
+    def _served_plan(self, handle: DeploymentHandle, timeout_s: float) -> str:
+        """The plan JSON the driver serves (`PipelineDriver.plan`), blocking."""
+        method = handle.options(method_name="plan")
+        if self._loop is None:
+            return method.remote().result(timeout_s=timeout_s)
+        return asyncio.run_coroutine_threadsafe(
+            _awaited(method.remote), self._loop).result(timeout=timeout_s)
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` here, or, with a loop of our own, there (blocking for its result)."""

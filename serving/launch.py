@@ -29,6 +29,7 @@ from .admin import connect
 from .app import bind_app
 from .env import EMBEDDED_ENV, PROXY_ENV, SERVE_ENV
 from .handle import PipelineHandle
+from .ship import ship_stage_code
 
 
 def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None = None,
@@ -43,13 +44,14 @@ def serve_pipeline(graph_or_plan: Graph | CompiledPipeline, *, name: str | None 
     require_gpu_fractions(plan, "serve")
     ensure_ray(plan)
     check_fits(plan, ray.cluster_resources())
+    ship_stage_code(plan)  # stages from a test module or a script reach the replicas by value
     if http_port is not None:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     name = name or plan.name
     route_prefix = route_prefix or f"/{plan.name}"
     handle = serve.run(bind_app(plan, diagram_svg), name=name, route_prefix=route_prefix,
                        logging_config=logging_config)
-    return PipelineHandle(handle, name, route_prefix, http_url(route_prefix))
+    return PipelineHandle(handle, name, route_prefix, http_url(route_prefix), plan=plan)
 
 
 # Logical CPUs of an embedded Ray: Serve reserves one per replica by default, and a laptop
@@ -134,7 +136,7 @@ def check_fits(plan: CompiledPipeline, cluster: dict[str, float]) -> None:
         option = _OPTION[resource]
         per_stage = ", ".join(
             f"{stage.name} {stage.resources.replicas.start} x {each:g}"
-            for stage in plan.served() if (each := _per_replica(stage, resource)))
+            for stage in [*plan.served(), plan.driver] if (each := _per_replica(stage, resource)))
         more = _more_gpus(plan, amount) if resource == "GPU" else \
             f"give Ray more (ray.init({option}=...))"
         raise DeployError(

@@ -62,3 +62,19 @@ def both_scalings(x: int) -> int:
 @sg.deployment(gpu_memory="six gigs")
 def bad_memory(x: int) -> int:
     return x
+
+
+@sg.deployment(user_config={"threshold": 0.5})
+def configured_function(x: int) -> int:
+    return x
+
+
+@sg.deployment(user_config={"threshold": 0.7})
+class Unconfigurable:
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@sg.deployment(version="v1")
+def versioned(x: int) -> int:
+    return x

@@ -64,6 +64,31 @@ def graph(version: str = "v1") -> sg.Graph:
     return sg.Graph(out, name="reliable")
 
 
+@sg.deployment
+class Tally:
+    """A light stage with state, fused into the driver: each driver replica builds its own
+    (so `calls` counts that replica's calls only)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, middle: dict[str, Any], word: str) -> dict[str, Any]:
+        self.calls += 1
+        return {**middle, "length": len(word)}
+
+
+SCALED_DRIVER = {"num_replicas": 2}
+
+
+def scaled_graph() -> sg.Graph:
+    """`graph()`'s answers from two driver replicas, its last stage fused into them."""
+    with sg.InputNode(Job) as inp:
+        n = prep.bind(inp.x)
+        middle = Middle.bind(SECRET).__call__.bind(n, inp.word)
+        out = Tally.bind().__call__.bind(middle, inp.word)
+    return sg.Graph(out, name="scaled", driver=SCALED_DRIVER)
+
+
 def expected(x: int, word: str) -> dict[str, Any]:
     return {"n": 2 * (x + 1), "word": word.upper(), "length": len(word)}
 

@@ -16,8 +16,8 @@ def test_public_api_is_pinned() -> None:
         "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeployError",
         "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
-        "StageTimeoutError", "TypeMismatchError", "batch", "compile", "deployment",
-        "detect_cluster", "map", "render", "run_local", "serve",
+        "StageTimeoutError", "TypeMismatchError", "batch", "compile", "connect",
+        "deployment", "detect_cluster", "map", "render", "run_local", "serve",
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None

@@ -83,6 +83,8 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
     for node in plan.nodes:
         cluster = cluster_ids.get(node.stage) if node.stage else None
         label = f"{node.label} = constant" if node.op == "const" else node.label
+        if node.op == "input" and not fused:  # the driver, drawn nowhere else, receives it
+            label = f"{label} · {_stage_label(plan.driver)}"
         diagram.boxes.append(Box(node.id, label, node.op, cluster))
         sources = [*node.args, *node.kwargs.values()]
         for source in dict.fromkeys(refs(*sources)):

@@ -8,8 +8,9 @@ it had unfused: the driver's scheduling core still starts independent branches a
 A stage is light when it needs no GPU, has no scaling of its own (`num_replicas` unset or 1,
 no autoscaling), does not batch (`sg.batch`), neither makes nor reads a stream, sets no
 options only its own process can honour (`runtime_env`, custom resources, `user_config`,
-its own request limits), and does not say `fuse=False`. `fuse=True` asks for fusion despite
-batching or its own request limits (the driver then batches locally and its limits go); never
+its own request limits), has no `check_health` (Serve checks a replica's health, not a
+fused stage's), and does not say `fuse=False`. `fuse=True` asks for fusion despite batching
+or its own request limits (the driver then batches locally and its limits go); never
 across a GPU, an autoscaled stage, `num_replicas` > 1, a stream or `fuse=False`.
 `sg.compile(..., fuse=False)` turns the pass off. The decision for every stage, fused or not,
 and why, is kept in the plan (`StagePlan.fused_into`, `StagePlan.fusion`) for `explain()`.
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...dag import CallNode, batch_spec
+from ...dag import CallNode, batch_spec, health_check
 from ...dag.nodes import find_nodes
-from ..state import CompileState, FuseDecision, Group
+from ..state import CompileState, FuseDecision, Group, spec_of_group
 from .validate import is_stream
 
 PASS = "fuse"
@@ -72,6 +73,8 @@ def decide(state: CompileState, group: Group, calls: list[CallNode],
            if actor is not None and getattr(actor, name, None) is not None]
     if options.user_config is not None:
         own.append("user_config")
+    if health_check(spec_of_group(group).target) is not None:
+        own.append("check_health")
     if options.placement_group_bundles is not None:
         own.append("placement_group_bundles")
     if own:

@@ -4,7 +4,8 @@ schedule of nodes the driver walks.
 Serve options are chosen per stage role. The driver only awaits other deployments, so Serve's
 default `max_ongoing_requests=5` would starve it (measured on 2 cores: a fan-in served 6 req/s
 at the default, 58 req/s raised); it gets `DRIVER_MAX_ONGOING_REQUESTS` and no CPU of its own,
-only the CPUs the stages fused into it declared.
+only the CPUs the stages fused into it declared. What the user gives in `sg.Graph(driver=...)`
+(replicas, autoscaling, a limit) wins over these, and its facts come from `stage_resources`.
 A batched stage takes every call in flight into its batch queue (`BATCHED_MAX_ONGOING_REQUESTS`,
 or two batches' worth when that is more): a limit below them leaves calls in Serve's router,
 which retries a full replica after a backoff of up to 0.5 s.
@@ -14,13 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...dag import CallNode, ClassNode, InputNode, Node, Op, SelectNode, batch_spec
+from ...dag import (
+    CallNode,
+    ClassNode,
+    DeploymentOptions,
+    InputNode,
+    Node,
+    Op,
+    SelectNode,
+    batch_spec,
+)
 from ..graphview import schedule
 from ..pipeline import CompiledPipeline
-from ..plan import BatchPlan, NodePlan, PlanMemory, StagePlan, StageResources
+from ..plan import BatchPlan, NodePlan, PlanMemory, StagePlan
 from ..state import CompileState, spec_of_group
 from ..templates import ValueEncoder
 from ..types import type_name
+from .resources import stage_resources
 from .typecheck import TypeFacts
 from .validate import is_stream
 
@@ -61,15 +72,11 @@ def lower(state: CompileState, passes: list[str], fuse: bool = True) -> Compiled
     if graph.input is not None and graph.input.model is not None:
         input_model = import_path(graph.input.model)
         objects[input_model] = graph.input.model
-    driver_cpus = fused_cpus(stages)
+    options = driver_options(graph.driver_options, fused_cpus(stages))
     driver = StagePlan(
-        name=driver_name, role="driver", kind="driver",
-        options={"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
-                 "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
-                 "backpressure_config": DRIVER_BACKPRESSURE,
-                 "health_check_period_s": DRIVER_HEALTH_CHECK_PERIOD_S,
-                 "ray_actor_options": {"num_cpus": driver_cpus}},
-        resources=StageResources(cpus=driver_cpus),  # one replica, no GPU
+        name=driver_name, role="driver", kind="driver", options=options,
+        resources=stage_resources(driver_name, graph.site,
+                                  DeploymentOptions.model_validate(options), state.cluster),
         site=str(graph.site),
     )
     plan = CompiledPipeline(
@@ -80,6 +87,18 @@ def lower(state: CompileState, passes: list[str], fuse: bool = True) -> Compiled
     )
     return plan.with_memory(PlanMemory(objects=objects, constants=tuple(constants), graph=graph,
                                        node_ids=ids))
+
+
+def driver_options(chosen: DeploymentOptions, cpus: float) -> dict[str, Any]:
+    """The driver's Serve options: what the user chose (`sg.Graph(driver=...)`) over
+    servegraph's defaults, `ray_actor_options` merged key by key (`cpus`: `fused_cpus`)."""
+    own = chosen.serve_options()
+    actor = {"num_cpus": cpus, **(own.pop("ray_actor_options", None) or {})}
+    return {"max_ongoing_requests": DRIVER_MAX_ONGOING_REQUESTS,
+            "max_queued_requests": DRIVER_MAX_QUEUED_REQUESTS,
+            "backpressure_config": DRIVER_BACKPRESSURE,
+            "health_check_period_s": DRIVER_HEALTH_CHECK_PERIOD_S,
+            "ray_actor_options": actor, **own}
 
 
 def fused_cpus(stages: list[StagePlan]) -> float:

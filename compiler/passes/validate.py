@@ -49,6 +49,9 @@ def validate(graph: Graph) -> CompileState:
             _check_select(node)
     _check_streams(graph, calls)
     _check_retries(calls, options, names)
+    for group in groups.values():
+        _check_user_config(group, options[id(group)], names[id(group)])
+        _check_version(group, options[id(group)], names[id(group)])
     return CompileState(graph, tuple(groups.values()), names,
                         {names[key]: value for key, value in options.items()})
 
@@ -209,6 +212,38 @@ def _check_streams(graph: Graph, calls: list[CallNode]) -> None:
                 stage=node.label, pass_name=PASS, site=second.site,
                 hint="give it one reader; a reader that needs the chunks twice should "
                 "collect them into a list")
+
+
+def _check_user_config(group: Group, options: DeploymentOptions, name: str) -> None:
+    """Serve hands `user_config` to the replica's `reconfigure` method (after `__init__`, and
+    again on each redeploy that changes it): only a class that has one can take it."""
+    if options.user_config is None:
+        return
+    spec = spec_of_group(group)
+    if spec.is_function:
+        raise OptionsError(
+            f"user_config on the function stage {spec.name}: Serve hands user_config to a "
+            "class's `reconfigure` method", stage=name, site=spec.site,
+            hint="make the stage a class with a `reconfigure(self, config)` method, or drop "
+            "user_config")
+    if not callable(getattr(spec.target, "reconfigure", None)):
+        raise OptionsError(
+            f"user_config on {spec.name}, which has no `reconfigure` method to receive it",
+            stage=name, site=spec.site,
+            hint=f"add `def reconfigure(self, config)` to {spec.name} (sync or async), or "
+            "drop user_config")
+
+
+def _check_version(group: Group, options: DeploymentOptions, name: str) -> None:
+    """`version` is a keyword of `ray.serve.deployment`, but Serve 2.60 manages versions itself
+    and raises at deploy time when one is given: refuse it now, with the stage's line."""
+    if options.version is not None:
+        raise OptionsError(
+            f"version={options.version!r}: Ray Serve manages deployment versions itself and "
+            "refuses this option when the deployment is created",
+            stage=name, site=spec_of_group(group).site,
+            hint="drop version; a `serve deploy` config with a changed user_config updates "
+            "running replicas in place")
 
 
 def _check_retries(calls: list[CallNode], options: Mapping[int, DeploymentOptions],

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...compiler import CompiledPipeline, StagePlan
@@ -30,13 +31,39 @@ def build_instances(plan: CompiledPipeline, stages: list[StagePlan] | None = Non
     built: dict[str, Any] = {}
     for stage in plan.deployments if stages is None else stages:
         try:
-            built[stage.name] = plan.build_stage(stage)
+            built[stage.name] = obj = plan.build_stage(stage)
+            if stage.options.get("user_config") is not None:
+                reconfigure(obj, stage.options["user_config"])
         except PipelineError:
             raise
         except Exception as exc:
             raise StageError(stage.name, f"constructor failed: {exc}", site=stage.site,
                              error_type=type(exc).__name__) from exc
     return built
+
+
+def reconfigure(obj: Any, user_config: Any) -> None:
+    """Serve's start of a replica with `user_config`: `reconfigure(user_config)` right after
+    `__init__`, awaited when async (on a loop of its own in a worker thread where a loop runs
+    here already: this is still the constructor's time). An override without `reconfigure`
+    (a fake put in the stage's place) is left as it is; the validate pass checked the stage."""
+    method = getattr(obj, "reconfigure", None)
+    if method is None:
+        return
+    result = method(user_config)
+    if not inspect.isawaitable(result):
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_awaited(result))
+        return
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        worker.submit(asyncio.run, _awaited(result)).result()
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
 
 
 class LocalRunner:

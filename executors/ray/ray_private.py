@@ -46,6 +46,17 @@ def http_url(route_prefix: str) -> str:
     return f"http://{host}:{config.port}{route_prefix}"
 
 
+def route_prefix_of(app_name: str) -> str | None:
+    """The route prefix Serve serves application `app_name` at, as Serve's controller has it
+    (None: no such application, none with an HTTP route, or no Ray connected)."""
+    import ray
+
+    client = read(*PRIVATE_NAMES[1])(raise_if_no_controller_running=False) \
+        if ray.is_initialized() else None
+    details = client.get_serve_details() if client is not None else {}
+    return (details.get("applications", {}).get(app_name) or {}).get("route_prefix")
+
+
 def serve_request_id() -> str:
     """The id Serve's proxy gave the HTTP request this replica is handling (the client's
     `x-request-id` when it sent one); a new one where the context holds none."""

@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from ...compiler import CompiledPipeline, NodePlan
-from ...dag import batch_spec
+from ...dag import batch_spec, health_check
 from ...errors import PipelineError, StageError
 from ..batching import Outcome, isolating, noted, one_by_one
 from ..core import Program, Step
@@ -121,12 +121,18 @@ class StageReplica:
     """A replica of one stage's deployment: the user's object, called by node id. A stage's
     `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`).
     Each method of the stage that a node calls is an attribute too (`serve_method`), the
-    replica's `__call__` (or `stream`) under the method's name."""
+    replica's `__call__` (or `stream`) under the method's name. Serve's replica hooks reach
+    the stage: `reconfigure` (its `user_config`) and, where the stage has one taking no
+    arguments, `check_health` (`dag.health_check`)."""
 
     def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
         stage = plan.stage(stage_name)
         self.stage = stage
         target = plan.build_stage(stage)
+        self._target = target
+        health = health_check(target)
+        if health is not None:  # Serve calls it every health_check_period_s
+            self.check_health = health
         self.calls: dict[str, tuple[Step, Any, bool, CallPolicy]] = {}
         self._stream_handles: dict[str, DeploymentHandle] = {}
         self._methods = serve_methods(plan)  # the streams this stage reads are others' nodes
@@ -164,6 +170,17 @@ class StageReplica:
             return await result if is_async else result
         except Exception as exc:
             raise self._failed(exc, step) from None
+
+    async def reconfigure(self, config: Any) -> None:
+        """Serve's hook for `user_config`, forwarded to the stage's own `reconfigure` (sync or
+        async): after `__init__`, and on each redeploy that changes the config, without a
+        restart. Serve calls it only when the stage has a user_config, which the validate
+        pass allows only on a class with `reconfigure`; an override without one (a fake in the
+        stage's place) is left as it is, as `run_local` leaves it."""
+        method = getattr(self._target, "reconfigure", None)
+        result = method(config) if method is not None else None
+        if inspect.isawaitable(result):
+            await result
 
     async def reported(self, node_id: str, shape: ArgShape, *flat: Any) -> Outcome:
         """`__call__` for a traced request: its value or its servegraph error, with the

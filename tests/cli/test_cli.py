@@ -330,6 +330,11 @@ def test_deploy_status_shutdown_on_a_real_ray_head(tmp_path: Path) -> None:
         assert drawn.read_text().count('fillcolor="#d9f2d9"') == 1  # the driver, all fused
         assert ('label="diamond_driver · 1 replica · 0 CPU · fused: Inc, double, triple, add · '
                 'HEALTHY: RUNNING 1"') in drawn.read_text()
+        benched = servegraph("bench", "diamond", "--address", address, "--payload",
+                             '{"x": 1}', "-n", "4", "-c", "2", env=env)  # by its name
+        assert benched.returncode == 0, benched.stderr
+        assert benched.stdout.startswith(f"{url}: 4 requests at concurrency 2 in ")
+        assert benched.stdout.splitlines()[-1] == "  responses: 200: 4"
         missing = servegraph("status", "nope", "--address", address, env=env)
         assert missing.stderr == ("servegraph status: error: no Serve application named "
                                   "'nope' (running: diamond)\n")

@@ -319,3 +319,54 @@ def test_every_error_is_a_pipeline_error() -> None:
         assert issubclass(cls, sg.PipelineError)
     for cls in (sg.BindError, sg.OptionsError, sg.TypeMismatchError):
         assert issubclass(cls, sg.CompileError)
+
+
+def test_user_config_on_a_function_stage() -> None:
+    with sg.InputNode() as inp:
+        out = bad_stages.configured_function.bind(inp.x)
+    with pytest.raises(sg.OptionsError) as caught:
+        sg.compile(sg.Graph(out))
+    line = declared('@sg.deployment(user_config={"threshold": 0.5})')
+    assert str(caught.value) == (
+        f"[validate] stage 'configured_function' ({line}): user_config on the function stage "
+        "configured_function: Serve hands user_config to a class's `reconfigure` method\n"
+        "  hint: make the stage a class with a `reconfigure(self, config)` method, or drop "
+        "user_config"
+    )
+
+
+def test_user_config_on_a_class_without_reconfigure() -> None:
+    with sg.InputNode() as inp:
+        out = bad_stages.Unconfigurable.bind().__call__.bind(inp.x)
+    with pytest.raises(sg.OptionsError) as caught:
+        sg.compile(sg.Graph(out))
+    assert caught.value.stage == "Unconfigurable"
+    assert caught.value.site == declared(
+        '@sg.deployment(user_config={"threshold": 0.7})')
+    assert str(caught.value).endswith(
+        "user_config on Unconfigurable, which has no `reconfigure` method to receive it\n"
+        "  hint: add `def reconfigure(self, config)` to Unconfigurable (sync or async), or "
+        "drop user_config"
+    )
+
+
+def test_version_is_refused_as_serve_refuses_it() -> None:
+    with sg.InputNode() as inp:
+        out = bad_stages.versioned.bind(inp.x)
+    with pytest.raises(sg.OptionsError) as caught:
+        sg.compile(sg.Graph(out))
+    line = declared('@sg.deployment(version="v1")')
+    assert str(caught.value) == (
+        f"[validate] stage 'versioned' ({line}): version='v1': Ray Serve manages deployment "
+        "versions itself and refuses this option when the deployment is created\n"
+        "  hint: drop version; a `serve deploy` config with a changed user_config updates "
+        "running replicas in place"
+    )
+
+
+def test_the_driver_takes_no_user_config() -> None:
+    with sg.InputNode() as inp:
+        out = bad_stages.Unconfigurable.bind().__call__.bind(inp.x)
+    with pytest.raises(sg.OptionsError, match="option 'user_config' does not apply to the "
+                       "driver"):
+        sg.Graph(out, name="g", driver={"user_config": {"a": 1}})

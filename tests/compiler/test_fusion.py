@@ -76,12 +76,21 @@ def test_batching_and_own_limits_fuse_only_when_asked_and_process_options_never(
     limited = fs.light_add.options(name="limited", max_ongoing_requests=8)
     isolated = fs.light_mix.options(name="isolated",
                                     ray_actor_options={"runtime_env": {"env_vars": {"A": "1"}}})
-    configured = fs.light_add.options(name="configured", user_config={"k": 1}, fuse=True)
+    @sg.deployment
+    class Configured:
+        def reconfigure(self, config: dict[str, int]) -> None:
+            self.k = config["k"]
+
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+    configured = Configured.options(name="configured", user_config={"k": 1}, fuse=True)
 
     def graph(batched: Any) -> sg.Graph:
         with sg.InputNode() as inp:
             one = batched.bind().size.bind(inp.x)
-            out = configured.bind(isolated.bind(limited.bind(one, inp.x), inp.x), inp.x)
+            out = configured.bind().add.bind(
+                isolated.bind(limited.bind(one, inp.x), inp.x), inp.x)
         return sg.Graph(out, name="soft")
 
     plan = sg.compile(graph(Batched))

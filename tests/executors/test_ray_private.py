@@ -29,10 +29,12 @@ def test_the_readers_work_outside_serve() -> None:
     be up): defaults, and no Ray started or joined."""
     code = ("import re, ray; from servegraph.executors.ray import ray_private as p; "
             "print(isinstance(p.router_in_separate_loop(), bool), p.http_url('/x'), "
-            "bool(re.fullmatch('[0-9a-f]{32}', p.serve_request_id())), ray.is_initialized())")
+            "bool(re.fullmatch('[0-9a-f]{32}', p.serve_request_id())), p.route_prefix_of('x'), "
+            "ray.is_initialized())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True, env={**os.environ, "RAY_ADDRESS": ""})
-    assert done.stdout.split() == ["True", "http://127.0.0.1:8000/x", "True", "False"]
+    assert done.stdout.split() == ["True", "http://127.0.0.1:8000/x", "True", "None",
+                                  "False"]
 
 
 PRIVATE = re.compile(r"ray\.[\w.]*\._\w+|from ray[\w.]* import _\w+|\._(deployment_config|"

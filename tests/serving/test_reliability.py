@@ -36,14 +36,16 @@ def served(ray_serve: int) -> Iterator[str]:
 
 # What the proxy (web/proxy.py) answers for a request in flight on a driver replica that
 # died, good or bad alike: the driver never got to validate it.
-DRIVER_DIED = f'502 {{"error": "the ingress {APP}_driver of /{APP} stopped before answering'
+def driver_died(app: str) -> str:
+    return f'502 {{"error": "the ingress {app}_driver of /{app} stopped before answering'
 
 
-def only_stage_failures(summary: dict[str, Any], *, driver: bool = False) -> list[str]:
+def only_stage_failures(summary: dict[str, Any], *, driver: bool = False,
+                        app: str = APP) -> list[str]:
     """The answers that were neither correct nor a 5xx naming what failed (when the driver was
     killed, a bad request may get the proxy's 502 naming the driver)."""
     unnamed = [wrong for wrong in summary["unnamed_5xx"] + summary["bad_not_4xx"]
-               if not (driver and wrong.split(" ", 1)[1].startswith(DRIVER_DIED))]
+               if not (driver and wrong.split(" ", 1)[1].startswith(driver_died(app)))]
     return [wrong for wrong in summary["wrong"] if not wrong.split()[1].startswith("5")] + unnamed
 
 
@@ -139,6 +141,36 @@ def test_a_killed_replica_loses_no_request(served: str, tmp_path: Path,
     after = rs.run_bench(served, cases, tmp_path / "after.json", requests=200, concurrency=16)
     assert after["correct"] == after["good"] == 180, after
     assert after["bad_not_4xx"] == [], after
+
+
+def test_a_killed_driver_replica_of_two_loses_nothing(ray_serve: int, tmp_path: Path) -> None:
+    """`sg.Graph(driver={"num_replicas": 2})`: two driver replicas RUNNING, each with its own
+    fused `Tally`; one killed under load and no request is lost."""
+    app = "scaled"
+    driver = f"{app}_driver"
+    handle = sg.serve(rs.scaled_graph(), name=app, route_prefix=f"/{app}")
+    try:
+        url = f"http://127.0.0.1:{ray_serve}/{app}"
+        assert rs.running_replicas(app, driver) == 2
+        assert len(rs.replica_actors(app, driver)) == 2
+        answer = httpx.post(url, json={"x": 1, "word": "ab"}, timeout=30)
+        assert (answer.status_code, answer.json()) == (200, rs.expected(1, "ab"))
+        cases = rs.write_cases(tmp_path / "cases.jsonl", rs.cases(bad_share=0.1, size=100))
+        with rs.bench(url, cases, tmp_path / "load.json", requests=600, concurrency=32,
+                      timeout_s=30, progress=50) as load:
+            rs.wait_answered(load, 150)
+            killed = rs.kill_replica(app, driver)
+            recovery_s = rs.wait_until(rs.recovered(app, driver, killed, 2), timeout_s=90,
+                                       what=f"{driver} restored")
+            summary = rs.finish_bench(load, tmp_path / "load.json")
+        print(f"{driver} (1 of 2) restored in {recovery_s:.1f} s; {summary['statuses']}")
+        assert (summary["answered"], summary["lost"]) == (600, 0), summary
+        assert only_stage_failures(summary, driver=True, app=app) == [], summary
+        assert {status for status in summary["statuses"] if status.startswith("5")} <= {"502"}
+        after = rs.run_bench(url, cases, tmp_path / "after.json", requests=200, concurrency=16)
+        assert after["correct"] == after["good"] == 180, after
+    finally:
+        handle.shutdown()
 
 
 @pytest.mark.parametrize("downstream", [False, True], ids=["awaited", "passed-on"])

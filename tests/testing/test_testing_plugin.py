@@ -170,3 +170,40 @@ def test_mine():
     result.assert_outcomes(passed=1, warnings=1)
     assert "Pydantic" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*DeprecationWarning: mine"])
+
+
+STAGES_IN_THE_TEST_FILE = '''
+import pytest
+
+import servegraph as sg
+
+
+@sg.deployment
+class Shout:
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+
+    def __call__(self, text: str) -> str:
+        return text.upper() + self.mark
+
+
+@sg.deployment(num_replicas=2)
+def count(text: str) -> int:
+    return len(text)
+
+
+@pytest.mark.servegraph_executors("ray")
+def test_stages_defined_here(pipeline):
+    with sg.InputNode() as inp:
+        out = [Shout.bind("!").__call__.bind(inp.text), count.bind(inp.text)]
+    assert pipeline.run(sg.Graph(out, name="here"), {"text": "hi"}) == ["HI!", 2]
+'''
+
+
+@pytest.mark.ray
+def test_stages_defined_in_a_test_module_run_on_ray(pytester: pytest.Pytester) -> None:
+    """pytest puts `tests/` on this process's `sys.path` only: the replicas cannot import
+    `test_here` by name, so `sg.serve` sends its stages by value."""
+    (pytester.mkdir("tests") / "test_here.py").write_text(STAGES_IN_THE_TEST_FILE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_here.py")
+    result.assert_outcomes(passed=1)

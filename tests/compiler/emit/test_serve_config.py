@@ -25,6 +25,9 @@ CLUSTER = sg.ClusterSpec(gpus=2, gpu_memory="80GiB")
                user_config={"threshold": 0.3}, max_queued_requests=50,
                graceful_shutdown_timeout_s=3)
 class Ranker:
+    def reconfigure(self, config: dict[str, float]) -> None:
+        self.threshold = config["threshold"]
+
     def rank(self, query: str) -> str:
         return query
 
