@@ -34,15 +34,13 @@ class ServeRunner:
     notes batch splits, see `batching`) asks the replica's `reported` method instead, and is
     an asyncio task that settles its `Outcome`: the trace awaits every value anyway. A call
     asks for its node's method by name (`methods`, see `replica.serve_method`), so Serve's
-    access log names the stage's method; the handle of each node is made once."""
+    access log names the stage's method; each (stage, method) handle is made once."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str,
                  methods: dict[str, str] | None = None) -> None:
         self.handles = handles
         self.methods = methods or {}
-        self.node_handles: dict[str, DeploymentHandle] = {}
-        self.stream_handles: dict[str, DeploymentHandle] = {}
-        self.reporting_handles: dict[str, DeploymentHandle] = {}
+        self.by_method: dict[tuple[str, str, bool], DeploymentHandle] = {}
         self.driver_name = driver_name
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
@@ -52,30 +50,27 @@ class ServeRunner:
             return StreamCall(node.stage, node.id, shape, tuple(flat))  # type: ignore[arg-type]
         if noting():
             return asyncio.ensure_future(self._reported(node.stage, node.id, shape, flat))
-        handle = self.node_handles.get(node.id) or self._node_handle(node.id, node.stage)
+        handle = self._handle(node.stage, self.methods.get(node.id, "__call__"))  # type: ignore[arg-type]
         return handle.remote(node.id, shape, *flat)
 
-    def _node_handle(self, node_id: str, stage: Any) -> DeploymentHandle:
-        handle = self.handles[stage]
-        method = self.methods.get(node_id, "__call__")
-        if method != "__call__":
-            handle = handle.options(method_name=method)
-        self.node_handles[node_id] = handle
+    def _handle(self, stage: str, method: str, stream: bool = False) -> DeploymentHandle:
+        """The stage's handle for one method (and streaming or not), made once."""
+        key = (stage, method, stream)
+        handle = self.by_method.get(key)
+        if handle is None:
+            handle = self.handles[stage]
+            if method != "__call__" or stream:
+                handle = handle.options(method_name=method, **({"stream": True} if stream else {}))
+            self.by_method[key] = handle
         return handle
 
     async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any]) -> Any:
-        handle = self.reporting_handles.get(stage)
-        if handle is None:
-            handle = self.handles[stage].options(method_name="reported")
-            self.reporting_handles[stage] = handle
+        handle = self._handle(stage, "reported")
         return settle(await handle.remote(node_id, shape, *flat))
 
     def open(self, stream: StreamCall) -> AsyncIterator[Any]:
-        handle = self.stream_handles.get(stream.node_id)
-        if handle is None:
-            handle = self.handles[stream.stage].options(
-                method_name=self.methods.get(stream.node_id, "stream"), stream=True)
-            self.stream_handles[stream.node_id] = handle
+        handle = self._handle(stream.stage, self.methods.get(stream.node_id, "stream"),
+                              stream=True)
         return handle.remote(stream.node_id, stream.shape, *stream.flat)
 
     def is_future(self, value: Any) -> bool:

@@ -66,4 +66,4 @@ def test_a_stream_is_opened_by_its_method_name() -> None:
     runner = ServeRunner({"Words": FakeHandle()}, "streams_driver", serve_methods(plan))
     handle_method, _ = runner.open(runner.call(words, ["a b"]))
     assert handle_method == "words"
-    assert runner.stream_handles[words.node.id].options_given == {"stream": True}
+    assert runner.by_method[("Words", "words", True)].options_given == {"stream": True}
