@@ -18,6 +18,7 @@ from .passes.typecheck import typecheck
 from .passes.validate import validate
 from .pipeline import CompiledPipeline
 from .plan import (
+    BranchPlan,
     GpuLayout,
     NodePlan,
     Plan,
@@ -66,6 +67,6 @@ def as_plan(graph_or_plan: Graph | CompiledPipeline) -> CompiledPipeline:
     return compile(graph_or_plan)
 
 
-__all__ = ["PASSES", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan", "NodeSpec",
-           "Plan", "PlanMemory", "ReplicaRange", "StagePlan", "StageResources", "as_plan",
-           "compile"]
+__all__ = ["PASSES", "BranchPlan", "ClusterSpec", "CompiledPipeline", "GpuLayout", "NodePlan",
+           "NodeSpec", "Plan", "PlanMemory", "ReplicaRange", "StagePlan", "StageResources",
+           "as_plan", "compile"]

@@ -23,8 +23,9 @@ from ..errors import CompileError
 from . import templates
 from .cluster import ClusterSpec
 
-# "const": a call node replaced by a constant (`args[0]` its template), see `override`
-NodeOp = Literal["input", "select", "call", "map", "const"]
+# "const": a call node replaced by a constant (`args[0]` its template), see `override`;
+# "branch": switch, when, split, fallback or shadow (`args[0]` its key, then its arms)
+NodeOp = Literal["input", "select", "call", "map", "const", "branch"]
 
 
 class BatchPlan(BaseModel):
@@ -170,8 +171,35 @@ class GpuLayout(BaseModel):
         return [sorted(r.stage for r in gpu.replicas) for gpu in self.gpus if gpu.replicas]
 
 
+class BranchPlan(BaseModel):
+    """How a branch node picks the arm a request takes (see `dag.control`). Its node's `args`
+    are the key's template, then one template per arm, in the order of `arms`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["switch", "when", "split", "fallback", "shadow"]
+    name: str                   # unique in the plan: messages, traces, a split's weights
+    arms: list[str]             # labels: 'en' and default, then/otherwise, variant names, ...
+    cases: list[Any] = []       # switch: the case values of its first len(cases) arms
+    default: bool = False       # switch: its last arm is the default
+    weights: list[float] = []   # split: per arm, as compiled (the driver's user_config may
+                                # change them on a running application)
+    sticky: bool = False        # split: drawn by a hash of its key, not at random
+    seed: int | None = None     # split without a key: its random generator's seed
+    forced: str | None = None   # every request takes this arm (a test's `testing.route`)
+
+    @property
+    def lazy_arms(self) -> list[int]:
+        """The arms (indexes into `arms`) that run only when taken: all of them, except a
+        fallback's primary and both of a shadow's."""
+        if self.kind == "shadow":
+            return []
+        return [1] if self.kind == "fallback" else list(range(len(self.arms)))
+
+
 class NodePlan(BaseModel):
-    """One step of the schedule."""
+    """One step of the schedule. A `lazy` node runs only when a branch takes an arm that
+    needs it (computed once, by the lower pass, from the branch nodes' `lazy_arms`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -185,6 +213,8 @@ class NodePlan(BaseModel):
     select: tuple[Literal["attr", "item"], str | int] | None = None
     output_type: str | None = None  # the annotated type of its value, for diagrams
     stream: bool = False            # an async generator stage: its value is a stream of chunks
+    branch: BranchPlan | None = None  # op "branch": how it picks its arm
+    lazy: bool = False              # started only when a branch's taken arm needs it
     site: str = ""
 
 

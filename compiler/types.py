@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..dag import CallNode, InputNode, Node, Op, SelectNode, batch_spec
+from ..dag import BranchNode, CallNode, InputNode, Node, Op, SelectNode, batch_spec
 
 _SEQUENCES = {list, tuple, set, frozenset, cabc.Sequence, cabc.Collection, cabc.Iterable,
               cabc.MutableSequence, cabc.Set}
@@ -88,6 +88,18 @@ def output_type(node: Node) -> Any:
     if isinstance(node, CallNode):
         produced = return_type(node.call.function)
         return list[produced] if node.op is Op.MAP else produced  # type: ignore[valid-type]
+    if isinstance(node, BranchNode):
+        return branch_type(node, output_type)
+    return Any
+
+
+def branch_type(node: BranchNode, type_of: Callable[[Node], Any]) -> Any:
+    """What a branch yields: its primary's type (fallback, shadow), else its first arm's that
+    is an annotated node (the typecheck pass makes the others agree with it)."""
+    arms = node.arms[:1] if node.branching.kind in ("fallback", "shadow") else node.arms
+    for arm in arms:
+        if isinstance(arm, Node) and (produced := type_of(arm)) is not Any:
+            return produced
     return Any
 
 

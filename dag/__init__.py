@@ -1,6 +1,7 @@
 """The graph users build: stages, nodes, the input, and `sg.Graph`. Imports neither ray nor
 graphviz."""
 
+from .control import Branching, BranchNode, fallback, shadow, split, switch, when
 from .deployment import (
     BatchSpec,
     DeploymentSpec,
@@ -16,7 +17,9 @@ from .nodes import CallNode, CallTarget, ClassNode, InputNode, MethodRef, Node, 
 from .options import DeploymentOptions, parse_bytes
 
 __all__ = [
-    "BatchSpec", "CallNode", "CallTarget", "ClassNode", "DeploymentOptions", "DeploymentSpec",
+    "BatchSpec", "BranchNode", "Branching", "CallNode", "CallTarget", "ClassNode",
+    "DeploymentOptions", "DeploymentSpec",
     "Graph", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "batch", "batch_spec",
-    "deployment", "health_check", "map", "parse_bytes", "spec_of",
+    "deployment", "fallback", "health_check", "map", "parse_bytes", "shadow", "spec_of",
+    "split", "switch", "when",
 ]

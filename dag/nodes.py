@@ -39,6 +39,7 @@ class Op(str, enum.Enum):
     CLASS = "class"    # a class stage's constructor call: one actor group
     CALL = "call"      # one call of a stage (a method of a ClassNode, or a function stage)
     MAP = "map"        # a call per element of a list, concurrently, results in order
+    BRANCH = "branch"  # switch, when, split, fallback, shadow: one arm taken (`control`)
 
 
 _next_id = itertools.count(1).__next__

@@ -13,45 +13,33 @@ itself locally, an unstarted call on Serve) that flows, unread, into the one nod
 consumes it chunk by chunk, or out of `stream()` to the caller. Awaited as an output by
 `execute`, a stream is read to the end and its chunks returned as a list.
 
-Arguments are precompiled per node, by the plan's one template codec (`compiler.templates`),
-into `refs` (the node values it reads, in order: the *leaves*) and a `build(leaves)` that
-rebuilds the user's nesting of lists and dicts. Serve
-needs the leaves flat, because it resolves a `DeploymentResponse` only as a top-level argument.
-A map's per-element call reads the element as leaf 0 (`ITEM`). A `const` node (a call node an
-override replaced by a constant) is a value the core reads from the plan.
+Control flow stays lazy. A node the plan marks `lazy` (one that only untaken arms of a
+branch might need) is not started with the others: a branch node is a task of the core that
+awaits its key, picks an arm (`branches.Routing`), then starts the lazy nodes that arm needs,
+in schedule order, and passes the arm's value on (a single node's future unawaited, like any
+other). A fallback awaits its primary and, should it fail, starts its default instead; a
+shadow passes its primary's value on and watches its candidate in the background, logging
+its failure, while the request goes on without it.
+
+Each node's arguments were compiled once into leaves and a builder (`program`).
 
 An `Observer` the caller passes (a trace: `trace.Tracer`) wraps the runner and sees every
-node's value and the request's end; the core knows only the protocol, never who implements it.
+node's value, each arm taken and the request's end; the core knows only the protocol, never
+who implements it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
-from ..compiler import CompiledPipeline, NodePlan, templates
-from ..compiler.templates import Build, BuildCall, RefSlots
-from ..dag.nodes import Selector
+from ..compiler import NodePlan
 from ..errors import InputError
+from .program import Program, Step
 
-ITEM = "<item>"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One node, ready to run: the leaves it reads and how to rebuild its arguments."""
-
-    node: NodePlan
-    refs: tuple[str, ...] = ()
-    build: BuildCall | None = None
-    items: Build | None = None            # map: the list it iterates over (from `item_refs`)
-    item_refs: tuple[str, ...] = ()
-    selector: Selector | None = None
-    constant: Any = None                  # const: its value
+logger = logging.getLogger("servegraph")
 
 
 class Runner(Protocol):
@@ -83,80 +71,17 @@ class Observer(Protocol):
     def computed(self, node: NodePlan, value: Any) -> None:
         """A node the core computed itself: the input, a selection, a constant."""
 
+    def branched(self, node: NodePlan, arm: str, reason: str | None) -> None:
+        """A branch node took `arm` (a fallback's `default`: `reason` says what failed)."""
+
     def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
         """The request ended: every node's value as far as it is known, and the output (None
         for an opened stream) or the servegraph error."""
 
 
-class Program:
-    """A plan prepared once for many requests: steps with precompiled argument builders."""
-
-    def __init__(self, plan: CompiledPipeline) -> None:
-        self.plan = plan
-        self.steps = [_prepare(plan, node) for node in plan.nodes]
-        self.by_id = {step.node.id: step for step in self.steps}
-        refs = RefSlots()
-        self.build_outputs = templates.builder(plan.outputs, refs, plan.memory.constants)
-        self.output_refs = tuple(refs)
-        self.stream_refs = frozenset(node.id for node in plan.nodes if node.stream)
-        # the graph's output is one stream: HTTP and `stream()` pass its chunks on as they come
-        self.streams = templates.ref_of(plan.outputs) in self.stream_refs
-        model = plan.input_type()
-        self._input_adapter = TypeAdapter(model) if model is not None else None
-
-    def validate_input(self, payload: Any) -> Any:
-        if self._input_adapter is None:
-            return payload
-        try:
-            return self._input_adapter.validate_python(payload)
-        except ValidationError as exc:
-            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                      for e in exc.errors(include_url=False, include_context=False,
-                                          include_input=False)]
-            raise InputError(f"request body does not fit {self.plan.input_model}: "
-                             f"{input_problems(errors)}", errors=errors) from None
-
-
-def input_problems(errors: Sequence[dict[str, Any]]) -> str:
-    """Pydantic's field errors in a few words each, by error type: `missing reviews`,
-    `unexpected extra`, `invalid top_k (int_parsing)` (pydantic's full sentences stay in
-    `InputError.errors`)."""
-    problems = []
-    for error in errors:
-        where = ".".join(map(str, error["loc"])) or "body"
-        if error["type"] == "missing":
-            problems.append(f"missing {where}")
-        elif error["type"] == "extra_forbidden":
-            problems.append(f"unexpected {where}")
-        else:
-            problems.append(f"invalid {where} ({error['type']})")
-    return ", ".join(problems)
-
-
-def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
-    """One node's step: its argument templates compiled by the codec, once for all requests."""
-    if node.op == "input":
-        return Step(node)
-    if node.op == "select":
-        return Step(node, refs=tuple(templates.refs(node.args[0])),
-                    selector=Selector(*node.select))
-    if node.op == "const":
-        return Step(node, constant=plan.decode(node.args[0]))
-    constants = plan.memory.constants
-    refs = RefSlots()
-    if node.op == "map":
-        item_refs = RefSlots()
-        items = templates.builder(node.args[0], item_refs, constants)
-        refs.slot(ITEM)
-        build = templates.call_builder([templates.ref(ITEM), *node.args[1:]], node.kwargs,
-                                       refs, constants)
-        return Step(node, tuple(refs), build, items, tuple(item_refs))
-    build = templates.call_builder(node.args, node.kwargs, refs, constants)
-    return Step(node, tuple(refs), build)
-
-
 class _Deferred:
-    """A node the core itself must wait for (it reads a map's list); holds an asyncio task."""
+    """A node the core itself must wait for (it reads a map's list, or is a branch); holds
+    an asyncio task."""
 
     __slots__ = ("task",)
 
@@ -182,53 +107,168 @@ async def execute(program: Program, payload: Any, runner: Runner,
                   observer: Observer | None = None) -> Any:
     """Run one request through the plan with `runner`; return the outputs' values (streams
     read to the end), or with `open_stream` the output stream itself, opened. An `observer`
-    (a trace) wraps the runner and is told every computed node and the request's end."""
-    values: dict[str, Any] = {}
-    deferred: list[asyncio.Task[Any]] = []
-    output: Any = None
-    error: BaseException | None = None
+    (a trace) wraps the runner and is told every computed node, each arm taken and the
+    request's end."""
     if observer is not None:
         runner = observer.wrap(runner, program.plan.nodes)
+    request = _Request(program, payload, runner, request_id, observer)
+    output: Any = None
+    error: BaseException | None = None
     try:
-        _dispatch(program, payload, runner, values, deferred, observer)
+        request.start_eager()
+        values = request.values
         if open_stream:
-            return runner.open(await _settle(values[program.output_refs[0]], runner))
+            return runner.open(await _settle(values[program.output_refs[0]]))
         results = [await _collect(values[ref], runner) if ref in program.stream_refs
                    else await _value(values[ref], runner) for ref in program.output_refs]
         output = program.build_outputs(results)
         return output
     except BaseException as exc:
-        _abandon(deferred, values, runner)
+        request.abandon()
         error = runner.on_error(exc, request_id)
         raise error from None
     finally:
         if observer is not None:
-            observer.finish({key: _known(value) for key, value in values.items()}, output,
-                            error)
+            observer.finish({key: _known(value) for key, value in request.values.items()},
+                            output, error)
 
 
-def _dispatch(program: Program, payload: Any, runner: Runner, values: dict[str, Any],
-              deferred: list[asyncio.Task[Any]], observer: Observer | None) -> None:
-    """Start every node in schedule order, awaiting nothing: the core computes the input,
-    selections and constants; a call goes to the runner at once, or, when it must wait for
-    the core (a map's list, a deferred argument), into a task of its own in `deferred`."""
-    for step in program.steps:
-        node = step.node
+class _Request:
+    """One request's walk: the value (or future) of each node started so far, and the core's
+    own tasks (deferred calls and branches) to stop should the request fail."""
+
+    def __init__(self, program: Program, payload: Any, runner: Runner,
+                 request_id: str | None, observer: Observer | None) -> None:
+        self.program = program
+        self.payload = payload
+        self.runner = runner
+        self.request_id = request_id
+        self.observer = observer
+        self.values: dict[str, Any] = {}
+        self.deferred: list[asyncio.Task[Any]] = []
+
+    def start_eager(self) -> None:
+        """Start every node that is not lazy, in schedule order, awaiting nothing."""
+        for step in self.program.steps:
+            if not step.node.lazy:
+                self.start(step)
+
+    def start(self, step: Step) -> None:
+        """Start one node whose inputs have started: the core computes the input, selections
+        and constants; a call goes to the runner at once, or, when it must wait for the core
+        (a map's list, a deferred argument), into a task of its own; a branch is a task."""
+        node, values = step.node, self.values
         if node.op in _COMPUTED:
-            values[node.id] = _computed(program, step, payload, values)
-            if observer is not None:
-                observer.computed(node, values[node.id])
-            continue
+            values[node.id] = _computed(self.program, step, self.payload, values)
+            if self.observer is not None:
+                self.observer.computed(node, values[node.id])
+            return
+        if step.key is not None:
+            values[node.id] = self._branch(step)
+            return
         leaves = [values.get(ref) for ref in step.refs]
-        mapped = None if step.items is None else _map_now(step, values, leaves, runner)
+        mapped = None if step.items is None else _map_now(step, values, leaves, self.runner)
         if mapped is not None:
             values[node.id] = mapped
         elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
-            task = asyncio.ensure_future(_run_later(step, values, runner))
-            deferred.append(task)
-            values[node.id] = _Deferred(task)
+            values[node.id] = self._defer(_run_later(step, values, self.runner))
         else:
-            values[node.id] = runner.call(step, leaves)
+            values[node.id] = self.runner.call(step, leaves)
+
+    def start_needed(self, refs: Sequence[str]) -> None:
+        """Start the lazy nodes `refs` need that have not started, dependencies first (in
+        schedule order; iterative, for deep arms)."""
+        missing: set[str] = set()
+        stack = [ref for ref in refs if ref not in self.values]
+        while stack:
+            ref = stack.pop()
+            if ref in missing:
+                continue
+            missing.add(ref)
+            stack.extend(dep for dep in self.program.by_id[ref].needs
+                         if dep not in self.values and dep not in missing)
+        for ref in sorted(missing, key=self.program.order.__getitem__):
+            self.start(self.program.by_id[ref])
+
+    def _defer(self, work: Any) -> _Deferred:
+        task = asyncio.ensure_future(work)
+        self.deferred.append(task)
+        return _Deferred(task)
+
+    def _branch(self, step: Step) -> Any:
+        kind = step.node.branch.kind  # type: ignore[union-attr]
+        if kind == "shadow":
+            primary, candidate = step.arms
+            self._watch(step.node, candidate)
+            if self.observer is not None:
+                self.observer.branched(step.node, "primary", None)
+            return self.values[primary.ref]  # type: ignore[index]
+        if kind == "fallback":
+            return self._defer(self._fallback(step))
+        return self._defer(self._choose(step))
+
+    async def _choose(self, step: Step) -> Any:
+        """A switch, when or split: its key's value picks the arm that then starts."""
+        key = step.key.build([await _value(self.values[ref], self.runner)  # type: ignore[union-attr]
+                              for ref in step.key.refs])  # type: ignore[union-attr]
+        index = self.program.routing.choose(step.node, key)
+        if self.observer is not None:
+            self.observer.branched(step.node, step.node.branch.arms[index], None)  # type: ignore[union-attr]
+        return await self._take(step.arms[index])
+
+    async def _fallback(self, step: Step) -> Any:
+        """The primary's value, or, when it fails (or times out), the default's."""
+        primary, default = step.arms
+        node = step.node
+        if node.branch.forced != "default":  # type: ignore[union-attr]
+            try:
+                value = await _value(await self._take(primary), self.runner)
+            except Exception as exc:
+                reason = str(self.runner.on_error(exc, self.request_id))
+                logger.warning("%s (%s) took its default: %s", node.label, node.site, reason)
+            else:
+                if self.observer is not None:
+                    self.observer.branched(node, "primary", None)
+                return value
+        else:
+            reason = "forced by testing.route"
+        if self.observer is not None:
+            self.observer.branched(node, "default", reason)
+        return await self._take(default)
+
+    async def _take(self, arm: Any) -> Any:
+        """An arm's value: its lazy nodes started; one node's value passed on as it is (a
+        runner's future unawaited), a nesting of values built from the resolved leaves."""
+        self.start_needed(arm.refs)
+        if arm.ref is not None:
+            return await _settle(self.values[arm.ref])
+        return arm.build([await _value(self.values[ref], self.runner) for ref in arm.refs])
+
+    def _watch(self, node: NodePlan, candidate: Any) -> None:
+        """A shadow's candidate: awaited in the background, its failure logged, its result
+        dropped; the program holds the task until it ends."""
+        async def watch() -> None:
+            try:
+                await _value(self.values[candidate.ref], self.runner)
+            except Exception as exc:
+                logger.warning("%s (%s): the candidate failed, the answer is the "
+                               "primary's: %s", node.label, node.site,
+                               self.runner.on_error(exc, self.request_id))
+
+        task = asyncio.ensure_future(watch())
+        background = self.program.background
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def abandon(self) -> None:
+        """The request failed: stop the core's own waits (retrieving the errors of finished
+        ones) and discard the runner's futures still in flight."""
+        for task in self.deferred:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()
+        _discard_all(self.values.values(), self.runner)
 
 
 _COMPUTED = ("input", "select", "const")
@@ -241,18 +281,6 @@ def _computed(program: Program, step: Step, payload: Any, values: dict[str, Any]
     if step.node.op == "select":
         return _select(step, values[step.refs[0]])
     return step.constant
-
-
-def _abandon(deferred: list[asyncio.Task[Any]], values: dict[str, Any], runner: Runner
-             ) -> None:
-    """The request failed: stop the core's own waits (retrieving the errors of finished ones)
-    and discard the runner's futures still in flight."""
-    for task in deferred:
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled():
-            task.exception()
-    _discard_all(values.values(), runner)
 
 
 def _known(value: Any) -> Any:
@@ -287,29 +315,29 @@ def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],
 async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
     """A call that waits for the core first: a map (its list), or a reader of a deferred."""
     if step.items is not None:
-        item_leaves = [await _settle(values[ref], runner) for ref in step.item_refs]
+        item_leaves = [await _settle(values[ref]) for ref in step.item_refs]
         items = step.items(item_leaves)
         if runner.is_future(items):
             items = await runner.resolve(items)
-        rest = [await _settle(values[ref], runner) for ref in step.refs[1:]]
+        rest = [await _settle(values[ref]) for ref in step.refs[1:]]
         return [runner.call(step, [item, *rest]) for item in items]
-    leaves = [await _settle(values[ref], runner) for ref in step.refs]
+    leaves = [await _settle(values[ref]) for ref in step.refs]
     return runner.call(step, leaves)
 
 
-async def _settle(value: Any, runner: Runner) -> Any:
+async def _settle(value: Any) -> Any:
     """Wait for the core's own deferral only; runner futures pass on unawaited."""
     return await value.task if isinstance(value, _Deferred) else value
 
 
 async def _collect(value: Any, runner: Runner) -> list[Any]:
     """A stream output, read to the end: its chunks in order."""
-    return [chunk async for chunk in runner.open(await _settle(value, runner))]
+    return [chunk async for chunk in runner.open(await _settle(value))]
 
 
 async def _value(value: Any, runner: Runner) -> Any:
     """The concrete value of a leaf: deferrals and runner futures awaited, lists of them too."""
-    value = await _settle(value, runner)
+    value = await _settle(value)
     if runner.is_future(value):
         return await runner.resolve(value)
     if isinstance(value, list) and any(runner.is_future(v) for v in value):

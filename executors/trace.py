@@ -13,7 +13,9 @@ A map is one span (its element calls counted in `calls`, their outputs in order)
 node's span shows `<stream>`: its chunks are read by its consumer, whose span shows what it
 made of them. A batched call's span counts in `splits` how many times the batch it rode in
 failed and was split before its item's value or error was settled (see `batching`; a map's
-span sums its calls'); the table shows it as `split xN` beside the op.
+span sums its calls'); the table shows it as `split xN` beside the op. A branch node's span
+names the arm it took (`branch`: `fr`, `then`, a split's variant, a fallback's `default`
+with the failure that made it take it in `reason`); `Trace.branches` lists them by branch.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 from ..compiler import NodePlan
 from ..errors import PipelineError
 from .batching import noted
-from .core import Program, Runner, Step, execute
+from .core import Runner, execute
+from .program import Program, Step
 
 STREAM = "<stream>"
-_COMPUTED = ("input", "select", "const")  # nodes the core computes: no call, no inputs shown
+_COMPUTED = ("input", "select", "const", "branch")  # no call of a stage: no inputs shown
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Span:
     duration: float = 0.0
     calls: int = 1
     splits: int = 0
+    branch: str | None = None   # a branch node: the arm taken
+    reason: str | None = None   # a fallback's default taken: what failed
 
     @property
     def inputs(self) -> Any:
@@ -82,15 +87,24 @@ class Trace:
     def labels(self) -> list[str]:
         return [span.label for span in self.spans]
 
+    @property
+    def branches(self) -> dict[str, str]:
+        """The arm each branch node took, by its label (`{"switch lang": "fr"}`)."""
+        return {span.label: span.branch for span in self.spans if span.branch is not None}
+
     def table(self, width: int = 48) -> str:
         """The spans as a text table; values cut to `width` characters."""
         rows = [("#", "node", "op", "label", "stage", "start ms", "took ms", "inputs",
                  "output")]
         for index, span in enumerate(self.spans, 1):
             output = f"!! {span.error}" if span.error else _cut(span.output, width)
+            if span.reason:
+                output = f"{output} (after: {_cut(span.reason, width)})"
             op = span.op if span.calls == 1 else f"{span.op} x{span.calls}"
             if span.splits:
                 op += f" split x{span.splits}"
+            if span.branch is not None:
+                op += f" -> {span.branch}"
             rows.append((str(index), span.node, op, span.label, span.stage or "-",
                          f"{span.start * 1000:.1f}", f"{span.duration * 1000:.1f}",
                          "-" if span.op in _COMPUTED else _cut(span.inputs, width), output))
@@ -138,6 +152,10 @@ class TracingRunner:
     def computed(self, node: NodePlan, value: Any) -> None:
         """A node the core computes itself (the input, a selection, a constant)."""
         self._span(node, output=value, start=self._now())
+
+    def branched(self, node: NodePlan, arm: str, reason: str | None) -> None:
+        """A branch node took `arm`; its output is read from the values at the end."""
+        self._span(node, start=self._now(), branch=arm, reason=reason)
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         node = step.node
@@ -239,6 +257,8 @@ class TracingRunner:
             span.error = next((e.error for e in elements if e.error), None)
         for node_id, node in self.nodes.items():
             value = values.get(node_id)
+            if node.op == "branch" and node_id in self.spans:
+                self.spans[node_id].output = _done(value)
             if node_id not in self.spans and isinstance(value, list) and not value:
                 empty = self._span(node, output=[], start=self._now(), args=([],))
                 empty.calls = 0
@@ -256,6 +276,14 @@ class TracingRunner:
         return time.perf_counter() - self.began
 
 
+def _done(value: Any) -> Any:
+    """A value as far as it is known: a finished call's result in place of its task."""
+    if isinstance(value, asyncio.Future) and value.done() and not value.cancelled() \
+            and value.exception() is None:
+        return value.result()
+    return value
+
+
 class Tracer:
     """The `Observer` that `execute` takes to record one request into `trace`: the runner
     wrapped in a `TracingRunner`, the spans, output and error written at the end."""
@@ -271,6 +299,9 @@ class Tracer:
 
     def computed(self, node: NodePlan, value: Any) -> None:
         self.runner.computed(node, value)
+
+    def branched(self, node: NodePlan, arm: str, reason: str | None) -> None:
+        self.runner.branched(node, arm, reason)
 
     def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
         self.trace.output, self.trace.error = output, error

@@ -17,7 +17,8 @@ def test_public_api_is_pinned() -> None:
         "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
         "StageTimeoutError", "TypeMismatchError", "batch", "compile", "connect",
-        "deployment", "detect_cluster", "map", "render", "run_local", "serve",
+        "deployment", "detect_cluster", "fallback", "map", "render", "run_local", "serve",
+        "shadow", "split", "switch", "when",
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None

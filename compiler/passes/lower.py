@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...dag import (
+    BranchNode,
     CallNode,
     ClassNode,
     DeploymentOptions,
@@ -25,9 +26,10 @@ from ...dag import (
     SelectNode,
     batch_spec,
 )
+from ...dag.nodes import find_nodes
 from ..graphview import schedule
 from ..pipeline import CompiledPipeline
-from ..plan import BatchPlan, NodePlan, PlanMemory, StagePlan
+from ..plan import BatchPlan, BranchPlan, NodePlan, PlanMemory, StagePlan
 from ..state import CompileState, spec_of_group
 from ..templates import ValueEncoder
 from ..types import type_name
@@ -67,12 +69,17 @@ def lower(state: CompileState, passes: list[str], fuse: bool = True) -> Compiled
                           driver_name)
               for group in state.groups]
     facts = TypeFacts()  # each stage function's annotations read once
-    nodes = [_node_plan(state, node, ids, encoder, facts) for node in order]
+    branches = branch_plans(order)
+    lazy = lazy_nodes(graph.outputs, branches)
+    nodes = [_node_plan(state, node, ids, encoder, facts, branches, lazy) for node in order]
     input_model = None
     if graph.input is not None and graph.input.model is not None:
         input_model = import_path(graph.input.model)
         objects[input_model] = graph.input.model
     options = driver_options(graph.driver_options, fused_cpus(stages))
+    weights = split_weights(branches.values())
+    if weights:  # a running application's weights change with its driver's user_config
+        options["user_config"] = {"splits": weights}
     driver = StagePlan(
         name=driver_name, role="driver", kind="driver", options=options,
         resources=stage_resources(driver_name, graph.site,
@@ -99,6 +106,59 @@ def driver_options(chosen: DeploymentOptions, cpus: float) -> dict[str, Any]:
             "backpressure_config": DRIVER_BACKPRESSURE,
             "health_check_period_s": DRIVER_HEALTH_CHECK_PERIOD_S,
             "ray_actor_options": actor, **own}
+
+
+def branch_plans(order: list[Node]) -> dict[int, BranchPlan]:
+    """Each branch node's plan, named uniquely: the user's `name=`, else its kind numbered
+    in schedule order (`split`, `split_2`, ...)."""
+    taken = {node.branching.name for node in order
+             if isinstance(node, BranchNode) and node.branching.name is not None}
+    plans = {}
+    for node in order:
+        if not isinstance(node, BranchNode):
+            continue
+        how = node.branching
+        name, number = how.name, 1
+        while name is None or (name in taken and how.name is None):
+            name = how.kind if number == 1 else f"{how.kind}_{number}"
+            number += 1
+        taken.add(name)
+        plans[node.id] = BranchPlan(
+            kind=how.kind, name=name, arms=list(how.arms), cases=list(how.cases),
+            default=how.default, weights=list(how.weights), sticky=how.sticky, seed=how.seed)
+    return plans
+
+
+def lazy_nodes(outputs: Any, branches: dict[int, BranchPlan]) -> set[int]:
+    """The nodes that run only when a branch takes an arm needing them: every node not
+    reached from the outputs when walking past no branch's `lazy_arms` (class nodes are
+    constructors, not steps, and are left out)."""
+    eager: set[int] = set()
+    stack = list(find_nodes(outputs))
+    while stack:
+        node = stack.pop()
+        if node.id in eager:
+            continue
+        eager.add(node.id)
+        reads: list[Any] = [node.args, node.kwargs]
+        if isinstance(node, BranchNode):
+            skipped = {index + 1 for index in branches[node.id].lazy_arms}
+            reads = [arg for index, arg in enumerate(node.args) if index not in skipped]
+        stack.extend(find_nodes(reads))
+    every: set[int] = set()
+    stack = list(find_nodes(outputs))
+    while stack:
+        node = stack.pop()
+        if node.id not in every:
+            every.add(node.id)
+            stack.extend(node.upstream())
+    return every - eager
+
+
+def split_weights(branches: Any) -> dict[str, dict[str, float]]:
+    """Each split's weights by variant, as the driver's user_config holds them."""
+    return {plan.name: dict(zip(plan.arms, plan.weights)) for plan in branches
+            if plan.kind == "split"}
 
 
 def fused_cpus(stages: list[StagePlan]) -> float:
@@ -156,16 +216,23 @@ def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder:
     )
 
 
-def _node_plan(state: CompileState, node: Node, ids: dict[int, str],
-               encoder: ValueEncoder, facts: TypeFacts) -> NodePlan:
+def _node_plan(state: CompileState, node: Node, ids: dict[int, str], encoder: ValueEncoder,
+               facts: TypeFacts, branches: dict[int, BranchPlan], lazy: set[int]) -> NodePlan:
     produced = facts.output_type(node)
     common = {"id": ids[node.id], "label": node.label, "site": str(node.site),
-              "output_type": None if produced is Any else type_name(produced)}
+              "output_type": None if produced is Any else type_name(produced),
+              "lazy": node.id in lazy}
     if isinstance(node, InputNode):
         return NodePlan(op="input", **common)
     if isinstance(node, SelectNode):
         return NodePlan(op="select", args=[encoder.encode(node.args[0])],
                         select=(node.target.kind, node.target.key), **common)
+    if isinstance(node, BranchNode):
+        branch = branches[node.id]
+        common["label"] = f"{branch.kind} {branch.name}" if branch.name != branch.kind \
+            else branch.kind
+        return NodePlan(op="branch", branch=branch, args=[encoder.encode(a) for a in node.args],
+                        **common)
     assert isinstance(node, CallNode)
     return NodePlan(
         op="map" if node.op is Op.MAP else "call",

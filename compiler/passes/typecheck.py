@@ -11,10 +11,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ...dag import CallNode, Node, Op
+from ...dag import BranchNode, CallNode, Node, Op
 from ...errors import TypeMismatchError
 from ..state import CompileState
-from ..types import element_type, is_assignable, output_type, parameter_types, type_name
+from ..types import (
+    branch_type,
+    element_type,
+    is_assignable,
+    output_type,
+    parameter_types,
+    type_name,
+)
 
 PASS = "typecheck"
 
@@ -24,6 +31,8 @@ def typecheck(state: CompileState) -> CompileState:
     for node in state.graph.nodes:
         if isinstance(node, CallNode):
             _check_call(node, facts)
+        elif isinstance(node, BranchNode):
+            _check_branch(node, facts)
     return state
 
 
@@ -55,6 +64,8 @@ class TypeFacts:
 
     def output_type(self, node: Node) -> Any:
         """`types.output_type`; a call's depends only on its function and op, read once."""
+        if isinstance(node, BranchNode):
+            return branch_type(node, self.output_type)
         if not isinstance(node, CallNode):
             return output_type(node)
         return self._memo(f"output {node.op.value}", node.call.function,
@@ -116,3 +127,25 @@ def _fail(node: CallNode, param: str, producer: Node, produced: Any, expected: A
         hint=f"change the annotation of {param!r} or of {producer.label}'s return type, or "
         "put a stage between them that converts the value",
     )
+
+
+def _check_branch(node: BranchNode, facts: TypeFacts) -> None:
+    """The arms that are nodes must yield types that agree (one assignable to the other), so
+    what reads the branch gets one type whichever arm ran; constants are not checked (a
+    fallback's `default=None` is the usual one). A shadow's candidate must agree too: it is
+    a stand-in for the primary."""
+    how = node.branching
+    typed = [(label, arm, facts.output_type(arm)) for label, arm in zip(how.arms, node.arms)
+             if isinstance(arm, Node)]
+    typed = [entry for entry in typed if entry[2] is not Any]
+    for label, arm, produced in typed[1:]:
+        first_label, first, expected = typed[0]
+        if is_assignable(produced, expected) or is_assignable(expected, produced):
+            continue
+        raise TypeMismatchError(
+            f"the arms of {node.label} disagree: {first_label} is {first.label} "
+            f"({first.site}) returning {type_name(expected)}, {label} is {arm.label} "
+            f"({arm.site}) returning {type_name(produced)}",
+            stage=node.label, site=node.site,
+            hint="make every arm return the same type (what reads the branch must accept "
+            "whichever arm ran), or convert in a stage inside the arm")

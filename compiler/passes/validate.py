@@ -13,7 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ...dag import CallNode, ClassNode, DeploymentOptions, Graph, Op, SelectNode, batch_spec
+from ...dag import (
+    BranchNode,
+    CallNode,
+    ClassNode,
+    DeploymentOptions,
+    Graph,
+    Op,
+    SelectNode,
+    batch_spec,
+)
 from ...dag.nodes import find_nodes
 from ...dag.options import SERVEGRAPH_OPTIONS
 from ...errors import CompileError, OptionsError
@@ -48,6 +57,7 @@ def validate(graph: Graph) -> CompileState:
         if isinstance(node, SelectNode):
             _check_select(node)
     _check_streams(graph, calls)
+    _check_branch_names(graph)
     _check_retries(calls, options, names)
     for group in groups.values():
         _check_user_config(group, options[id(group)], names[id(group)])
@@ -173,6 +183,12 @@ def _check_streams(graph: Graph, calls: list[CallNode]) -> None:
         for source in find_nodes((node.args, node.kwargs)):
             if source.id not in streams:
                 continue
+            if isinstance(node, BranchNode):
+                raise CompileError(
+                    f"the stream of {source.label} is an argument of {node.label}: control "
+                    "flow picks between whole values", stage=node.label, pass_name=PASS,
+                    site=node.site, hint="branch on stages that return a value, or read the "
+                    "stream in a stage first")
             if isinstance(node, CallNode) and node.op is Op.MAP and node.args[0] is source:
                 raise CompileError(
                     f"sg.map over the stream of {source.label}: map needs the whole list",
@@ -212,6 +228,20 @@ def _check_streams(graph: Graph, calls: list[CallNode]) -> None:
                 stage=node.label, pass_name=PASS, site=second.site,
                 hint="give it one reader; a reader that needs the chunks twice should "
                 "collect them into a list")
+
+
+def _check_branch_names(graph: Graph) -> None:
+    """A branch's name keys its weights in the driver's user_config and names it in traces:
+    two named alike would be one."""
+    seen: dict[str, BranchNode] = {}
+    for node in graph.nodes:
+        if isinstance(node, BranchNode) and node.branching.name is not None:
+            first = seen.setdefault(node.branching.name, node)
+            if first is not node:
+                raise CompileError(
+                    f"two branches are named {node.branching.name!r} (the first at "
+                    f"{first.site})", stage=node.label, pass_name=PASS, site=node.site,
+                    hint="give each switch, when, split, fallback and shadow its own name=")
 
 
 def _check_user_config(group: Group, options: DeploymentOptions, name: str) -> None:

@@ -17,7 +17,8 @@ from ...compiler import CompiledPipeline, as_plan
 from ...compiler.passes.override import override
 from ...dag import Graph
 from ...errors import PipelineError, StageTimeoutError
-from ..core import Program, execute, stream
+from ..core import execute, stream
+from ..program import Program
 from ..trace import Trace, record
 from .runner import LocalRunner, build_instances
 
@@ -47,7 +48,7 @@ class LocalExecutor:
         """The outputs' values, blocking: for scripts and sync tests."""
         _refuse_in_loop("call()/sg.run_local() block", "await sg.LocalExecutor(graph).acall("
                         "payload)")
-        return asyncio.run(self.acall(payload, request_id, timeout_s=timeout_s))
+        return asyncio.run(self._drained(self.acall(payload, request_id, timeout_s=timeout_s)))
 
     async def acall(self, payload: Any = None, request_id: str | None = None, *,
                     timeout_s: float | None = None) -> Any:
@@ -63,7 +64,15 @@ class LocalExecutor:
               timeout_s: float | None = None) -> Trace:
         """`atrace`, blocking."""
         _refuse_in_loop("trace() blocks", "await sg.LocalExecutor(graph).atrace(payload)")
-        return asyncio.run(self.atrace(payload, request_id, timeout_s=timeout_s))
+        return asyncio.run(self._drained(self.atrace(payload, request_id, timeout_s=timeout_s)))
+
+    async def _drained(self, request: Awaitable[T]) -> T:
+        """A blocking call's request, then the shadow candidates it left running: its event
+        loop ends with it (the answer never waits for them: `acall` returns at once)."""
+        try:
+            return await request
+        finally:
+            await self.program.drain()
 
     async def atrace(self, payload: Any = None, request_id: str | None = None, *,
                      timeout_s: float | None = None) -> Trace:

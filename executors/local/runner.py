@@ -18,8 +18,8 @@ from typing import Any
 from ...compiler import CompiledPipeline, StagePlan
 from ...dag import batch_spec
 from ...errors import PipelineError, StageError
-from ..core import Program, Step
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
+from ..program import Program, Step
 from .batcher import Batcher
 from .strict import EdgeChecker
 

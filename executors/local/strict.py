@@ -15,7 +15,7 @@ from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from ...compiler.types import parameter_types, return_type, type_name
 from ...errors import EdgeTypeError
-from ..core import Step
+from ..program import Step
 
 
 class EdgeChecker:

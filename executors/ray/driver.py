@@ -20,8 +20,9 @@ from starlette.responses import Response
 from ...compiler import CompiledPipeline
 from ...web.ingress import handle_http, plan_views
 from ..batching import noting, settle
-from ..core import Program, Runner, Step, execute, stream
+from ..core import Runner, execute, stream
 from ..local.runner import LocalRunner, build_instances
+from ..program import Program, Step
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
@@ -101,6 +102,11 @@ class PipelineDriver:
             LocalRunner(self.program, build_instances(plan, fused), strict=False), remote)
         self.views = plan_views(plan, diagram_svg)
         self.needs_body = plan.reads_input()  # an empty HTTP body is a 400, not the payload
+
+    def reconfigure(self, config: Any) -> None:
+        """The driver's user_config, from the plan or a new `serve deploy` config: the weights
+        of the plan's splits (`branches.Routing`), changed without restarting a replica."""
+        self.program.routing.reconfigure(config)
 
     async def run(self, payload: Any, request_id: str | None = None) -> Any:
         return await execute(self.program, payload, self.runner, request_id)

@@ -17,8 +17,9 @@ from typing import Any
 
 from ray.serve.handle import DeploymentResponse
 
-from ..core import Runner, Step
+from ..core import Runner
 from ..local.runner import LocalRunner
+from ..program import Step
 
 
 class FusedRunner:

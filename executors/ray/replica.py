@@ -29,8 +29,8 @@ from ...compiler import CompiledPipeline, NodePlan
 from ...dag import batch_spec, health_check
 from ...errors import PipelineError, StageError
 from ..batching import Outcome, isolating, noted, one_by_one
-from ..core import Program, Step
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
+from ..program import Program, Step
 from .errors import find_pipeline_error
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:

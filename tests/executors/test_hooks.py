@@ -12,7 +12,7 @@ import pytest
 
 import servegraph as sg
 from servegraph.dag import health_check
-from servegraph.executors.core import Program
+from servegraph.executors.program import Program
 from servegraph.executors.ray.replica import StageReplica
 from tests import cli_graphs
 from tests import hook_stages as hs

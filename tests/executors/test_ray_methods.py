@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import servegraph as sg
-from servegraph.executors.core import Program
+from servegraph.executors.program import Program
 from servegraph.executors.ray.driver import ServeRunner
 from servegraph.executors.ray.replica import StageReplica, serve_method, serve_methods
 from tests import cli_graphs, stream_stages

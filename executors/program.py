@@ -1,0 +1,144 @@
+"""A compiled plan prepared once for many requests: each node's step, its argument templates
+compiled by the plan's one codec (`compiler.templates`) into `refs` (the node values it reads,
+in order: the *leaves*) and a `build(leaves)` that rebuilds the user's nesting of lists and
+dicts. Serve needs the leaves flat, because it resolves a `DeploymentResponse` only as a
+top-level argument. A map's per-element call reads the element as leaf 0 (`ITEM`). A `const`
+node (a call node an override replaced by a constant) is a value read from the plan. A branch
+node's key and each of its arms are compiled alike (`Arm`), so the core builds an arm's value
+only once the arm is taken. The scheduling loop that runs a program is `core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..compiler import CompiledPipeline, NodePlan, templates
+from ..compiler.templates import Build, BuildCall, RefSlots
+from ..dag.nodes import Selector
+from ..errors import InputError
+from .branches import Routing
+
+ITEM = "<item>"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One template of a branch node (its key, or an arm): the refs it reads and its build;
+    `ref` is set when the template is one node's value, passed on as it is."""
+
+    refs: tuple[str, ...]
+    build: Build
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node, ready to run: the leaves it reads and how to rebuild its arguments."""
+
+    node: NodePlan
+    refs: tuple[str, ...] = ()
+    build: BuildCall | None = None
+    items: Build | None = None            # map: the list it iterates over (from `item_refs`)
+    item_refs: tuple[str, ...] = ()
+    selector: Selector | None = None
+    constant: Any = None                  # const: its value
+    key: Arm | None = None                # branch: its key, then its arms
+    arms: tuple[Arm, ...] = ()
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The nodes that must have started before this one starts (a branch's arms start
+        only once taken)."""
+        if self.key is not None:
+            return self.key.refs
+        return (*self.refs, *self.item_refs)
+
+
+class Program:
+    """A plan prepared once for many requests: steps with precompiled argument builders."""
+
+    def __init__(self, plan: CompiledPipeline) -> None:
+        self.plan = plan
+        self.steps = [_prepare(plan, node) for node in plan.nodes]
+        self.by_id = {step.node.id: step for step in self.steps}
+        refs = RefSlots()
+        self.build_outputs = templates.builder(plan.outputs, refs, plan.memory.constants)
+        self.output_refs = tuple(refs)
+        self.stream_refs = frozenset(node.id for node in plan.nodes if node.stream)
+        # the graph's output is one stream: HTTP and `stream()` pass its chunks on as they come
+        self.streams = templates.ref_of(plan.outputs) in self.stream_refs
+        self.order = {node.id: index for index, node in enumerate(plan.nodes)}
+        self.routing = Routing(plan.nodes)  # split weights: the driver's user_config may change
+        self.background: set[asyncio.Task[Any]] = set()  # shadows' candidates still running
+        model = plan.input_type()
+        self._input_adapter = TypeAdapter(model) if model is not None else None
+
+    async def drain(self) -> None:
+        """Wait for the shadow candidates still running (a blocking local call's loop ends
+        with the request: their results would be lost half-way)."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
+    def validate_input(self, payload: Any) -> Any:
+        if self._input_adapter is None:
+            return payload
+        try:
+            return self._input_adapter.validate_python(payload)
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                      for e in exc.errors(include_url=False, include_context=False,
+                                          include_input=False)]
+            raise InputError(f"request body does not fit {self.plan.input_model}: "
+                             f"{input_problems(errors)}", errors=errors) from None
+
+
+def input_problems(errors: Sequence[dict[str, Any]]) -> str:
+    """Pydantic's field errors in a few words each, by error type: `missing reviews`,
+    `unexpected extra`, `invalid top_k (int_parsing)` (pydantic's full sentences stay in
+    `InputError.errors`)."""
+    problems = []
+    for error in errors:
+        where = ".".join(map(str, error["loc"])) or "body"
+        if error["type"] == "missing":
+            problems.append(f"missing {where}")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"unexpected {where}")
+        else:
+            problems.append(f"invalid {where} ({error['type']})")
+    return ", ".join(problems)
+
+
+def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
+    """One node's step: its argument templates compiled by the codec, once for all requests."""
+    if node.op == "input":
+        return Step(node)
+    if node.op == "select":
+        return Step(node, refs=tuple(templates.refs(node.args[0])),
+                    selector=Selector(*node.select))
+    if node.op == "const":
+        return Step(node, constant=plan.decode(node.args[0]))
+    constants = plan.memory.constants
+    if node.op == "branch":
+        key, *arms = (_arm(template, constants) for template in node.args)
+        return Step(node, key=key, arms=tuple(arms))
+    refs = RefSlots()
+    if node.op == "map":
+        item_refs = RefSlots()
+        items = templates.builder(node.args[0], item_refs, constants)
+        refs.slot(ITEM)
+        build = templates.call_builder([templates.ref(ITEM), *node.args[1:]], node.kwargs,
+                                       refs, constants)
+        return Step(node, tuple(refs), build, items, tuple(item_refs))
+    build = templates.call_builder(node.args, node.kwargs, refs, constants)
+    return Step(node, tuple(refs), build)
+
+
+def _arm(template: Any, constants: Sequence[Any]) -> Arm:
+    refs = RefSlots()
+    build = templates.builder(template, refs, constants)
+    return Arm(tuple(refs), build, templates.ref_of(template))
