@@ -1,9 +1,15 @@
-"""`explain`: what the compiler decided, as text: deployments, resources, fusion, GPU layout."""
+"""`explain`: what the compiler decided, as text: deployments, resources, fusion, control flow,
+GPU layout. The texts of a branch's arms (`arm_texts`) and of the constants an arm may be
+(`constant_text`) are made here once, and the diagrams label their edges with them too."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from . import templates
 from .cluster import format_bytes
-from .plan import Plan, ReplicaRange, StagePlan
+from .plan import BranchPlan, NodePlan, Plan, ReplicaRange, StagePlan
 
 
 def explain(plan: Plan) -> str:
@@ -23,7 +29,7 @@ def explain(plan: Plan) -> str:
         for stage in plan.deployments:
             where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
             lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
-    return "\n".join([*lines, *_gpu_layout(plan)])
+    return "\n".join([*lines, *_control_flow(plan), *_gpu_layout(plan)])
 
 
 def replicas_text(replicas: ReplicaRange) -> str:
@@ -90,3 +96,106 @@ def _gpu_layout(plan: Plan) -> list[str]:
                      + ("" if room.placed + room.fits >= room.max_replicas
                         else " (the rest would stay pending)"))
     return lines
+
+
+def arm_texts(branch: BranchPlan) -> list[str]:
+    """Each arm as a reader needs it: its label, with a split's share of the weight
+    (`v1 90%`), what a fallback's default and a shadow's candidate are for."""
+    texts = list(branch.arms)
+    if branch.kind == "split":
+        total = sum(branch.weights)
+        texts = [f"{arm} {100 * weight / total:.3g}%"
+                 for arm, weight in zip(branch.arms, branch.weights)]
+    elif branch.kind == "fallback":
+        texts[1] = f"{texts[1]} (on failure)"
+    elif branch.kind == "shadow":
+        texts[1] = f"{texts[1]} (shadow, result dropped)"
+    return texts
+
+
+def key_role(branch: BranchPlan) -> str:
+    """What the key's edge is called in a diagram: `if` for a when's condition."""
+    return "if" if branch.kind == "when" else "key"
+
+
+def constant_text(template: Any) -> str:
+    """A template that reads no node, as Python would show its value (an opaque constant by
+    the repr kept in the plan)."""
+    tag, body = templates.split(template)
+    if tag == templates.CONST:
+        return repr(body)
+    if tag == templates.OPAQUE:
+        return str(body["repr"])
+    if tag == templates.DICT:
+        return "{" + ", ".join(f"{key!r}: {constant_text(item)}"
+                               for key, item in body.items()) + "}"
+    items = [constant_text(item) for item in body]
+    if tag == templates.TUPLE:
+        return f"({items[0]},)" if len(items) == 1 else "(" + ", ".join(items) + ")"
+    return "[" + ", ".join(items) + "]"
+
+
+def _reads_text(template: Any, labels: Mapping[str, str]) -> str:
+    """What an argument of a branch reads: a node's label, several in parentheses, or the
+    constant it is."""
+    whole = templates.ref_of(template)
+    if whole is not None:
+        return labels[whole]
+    read = list(dict.fromkeys(templates.refs(template)))
+    if read:
+        return "(" + ", ".join(labels[source] for source in read) + ")"
+    return constant_text(template)
+
+
+def _control_flow(plan: Plan) -> list[str]:
+    """One line per branch node: how it picks its arm, and what each arm reads."""
+    branches = [node for node in plan.nodes if node.branch is not None]
+    if not branches:
+        return []
+    labels = {node.id: node.label for node in plan.nodes}
+    return ["control flow:", *(f"  {_branch_line(plan, node, labels)}" for node in branches)]
+
+
+def _branch_line(plan: Plan, node: NodePlan, labels: Mapping[str, str]) -> str:
+    branch = node.branch
+    assert branch is not None
+    arms = ", ".join(f"{text} -> {_reads_text(template, labels)}"
+                     for text, template in zip(arm_texts(branch), node.args[1:]))
+    parts = [_key_text(branch, node.args[0], labels), arms]
+    if branch.forced is not None:
+        parts.append(f"forced: {branch.forced} (testing.route)")
+    lazy = _lazy_nodes(plan, node)
+    if lazy:
+        parts.append(f"{lazy} nodes run only when their arm is taken" if lazy > 1
+                     else "1 node runs only when its arm is taken")
+    where = f" ({node.site})" if node.site else ""
+    return f"{node.label}{where}: " + "; ".join(parts)
+
+
+def _key_text(branch: BranchPlan, key: Any, labels: Mapping[str, str]) -> str:
+    """How a branch picks its arm: by its key's value, by weight, or by failure."""
+    if branch.kind == "switch":
+        return f"on {_reads_text(key, labels)}"
+    if branch.kind == "when":
+        return f"if {_reads_text(key, labels)}"
+    if branch.kind == "split" and branch.sticky:
+        return f"sticky by {_reads_text(key, labels)}"
+    if branch.kind == "split":
+        return "random" if branch.seed is None else f"random (seed {branch.seed})"
+    return "no key"
+
+
+def _lazy_nodes(plan: Plan, node: NodePlan) -> int:
+    """How many lazy nodes stand behind the branch's lazy arms (reached through lazy nodes
+    only): what runs only when an arm needing it is taken."""
+    assert node.branch is not None
+    by_id = {each.id: each for each in plan.nodes}
+    arms = node.args[1:]
+    todo = [source for index in node.branch.lazy_arms for source in templates.refs(arms[index])]
+    owned: set[str] = set()
+    while todo:
+        current = by_id[todo.pop()]
+        if current.lazy and current.id not in owned:
+            owned.add(current.id)
+            todo.extend(templates.refs(*current.args, *current.kwargs.values()))
+    return len(owned)

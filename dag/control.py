@@ -191,6 +191,7 @@ def _variant_names(labels: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     names = []
     for label in labels:
+        label = label.removesuffix(".__call__")
         seen[label] = seen.get(label, 0) + 1
         names.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return names

@@ -167,13 +167,16 @@ class _Request:
             values[node.id] = self._branch(step)
             return
         leaves = [values.get(ref) for ref in step.refs]
-        mapped = None if step.items is None else _map_now(step, values, leaves, self.runner)
-        if mapped is not None:
-            values[node.id] = mapped
-        elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
-            values[node.id] = self._defer(_run_later(step, values, self.runner))
-        else:
-            values[node.id] = self.runner.call(step, leaves)
+        try:
+            mapped = None if step.items is None else _map_now(step, values, leaves, self.runner)
+            if mapped is not None:
+                values[node.id] = mapped
+            elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
+                values[node.id] = self._defer(_run_later(step, values, self.runner))
+            else:
+                values[node.id] = self.runner.call(step, leaves)
+        except Exception as exc:  # a sync stage that failed inline: its value is the failure,
+            values[node.id] = _failed(exc)  # raised where it is awaited (a fallback catches it)
 
     def start_needed(self, refs: Sequence[str]) -> None:
         """Start the lazy nodes `refs` need that have not started, dependencies first (in
@@ -220,7 +223,10 @@ class _Request:
         """The primary's value, or, when it fails (or times out), the default's."""
         primary, default = step.arms
         node = step.node
-        if node.branch.forced != "default":  # type: ignore[union-attr]
+        forced = node.branch.forced  # type: ignore[union-attr]
+        if forced == "primary":  # a test's route: the primary's failure is the request's
+            return await self._take(primary)
+        if forced != "default":
             try:
                 value = await _value(await self._take(primary), self.runner)
             except Exception as exc:
@@ -272,6 +278,12 @@ class _Request:
 
 
 _COMPUTED = ("input", "select", "const")
+
+
+def _failed(error: Exception) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 def _computed(program: Program, step: Step, payload: Any, values: dict[str, Any]) -> Any:

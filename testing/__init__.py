@@ -4,6 +4,9 @@
   (`pipeline.run(graph, payload, faults={Encoder: raises(ValueError("down"))})`);
 - `node("label")`: a call node by label or plan id, as an override key (its output replaced by
   a constant); the node object itself works too;
+- `route(arm)`: an override's value forcing a branch node's arm (`overrides={lang_switch:
+  route("fr")}`, or `{node("switch lang"): route("fr")}`); `Trace.branches` says which arm
+  each branch took;
 - `override(plan, overrides)`: the plan transformation both executors honour;
 - `Trace`, `Span`: one request's nodes, inputs, outputs and timings (`.table()`);
 - `PipelineTester`: what the `pipeline` fixture gives; `Golden`, `normalized_plan`: golden
@@ -15,7 +18,7 @@ provides the `pipeline`, `golden` and `servegraph_ray` fixtures.
 
 from __future__ import annotations
 
-from ..compiler.passes.override import NodeKey, override
+from ..compiler.passes.override import NodeKey, Route, override
 from ..executors.trace import Span, Trace
 from .faults import Fault, FaultHung, hangs, raises, returns
 from .golden import Golden, normalized_plan
@@ -28,5 +31,13 @@ def node(label: str) -> NodeKey:
     return NodeKey(label)
 
 
-__all__ = ["EXECUTORS", "Fault", "FaultHung", "Golden", "NodeKey", "PipelineTester", "Span",
-           "Trace", "hangs", "node", "normalized_plan", "override", "raises", "returns"]
+def route(arm: object) -> Route:
+    """An override's value sending every request down one arm of a branch node: a switch's
+    case (`route("fr")`), a when's True/False, a split's variant name, a fallback's
+    `"default"` (its primary never tried) or `"primary"` (never falling back)."""
+    return Route(arm)
+
+
+__all__ = ["EXECUTORS", "Fault", "FaultHung", "Golden", "NodeKey", "PipelineTester", "Route",
+           "Span", "Trace", "hangs", "node", "normalized_plan", "override", "raises", "returns",
+           "route"]

@@ -3,7 +3,9 @@ through the `dot` program when the `graphviz` package and program are installed.
 
 A graph is drawn from its compiled plan: each Serve deployment is a box (a cluster) holding
 its call nodes, with its replica count; the input, its selected fields and the outputs sit
-outside; a map is drawn as a parallelogram. Labels are escaped for each format, so a stage
+outside; a map is drawn as a parallelogram, a branch (switch, when, split, fallback, shadow)
+as a diamond whose incoming edges name the key and the arms, and a node that runs only when
+its arm is taken with a dashed border. Labels are escaped for each format, so a stage
 named `<script>` or `a"b` cannot break or inject into the diagram.
 """
 

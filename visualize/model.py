@@ -1,15 +1,22 @@
-"""What a diagram shows, independent of its format: boxes, clusters and edges of a plan."""
+"""What a diagram shows, independent of its format: boxes, clusters and edges of a plan.
+
+A branch node (switch, when, split, fallback, shadow) is a diamond; the edges into it are
+labelled with the part each source plays (`key`, `if`, an arm with its split share) instead of
+the value's type, and the arms that are constants are written in the diamond. A lazy node, run
+only when a branch takes an arm that needs it, is drawn dashed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..compiler import CompiledPipeline, StagePlan
+from ..compiler import CompiledPipeline, NodePlan, StagePlan
 from ..compiler.cluster import format_bytes
+from ..compiler.explain import arm_texts, constant_text, key_role
 from ..compiler.templates import refs
 
-Shape = Literal["input", "select", "call", "map", "const", "output"]
+Shape = Literal["input", "select", "call", "map", "const", "branch", "output"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,7 @@ class Box:
     label: str
     shape: Shape
     cluster: str | None = None
+    lazy: bool = False  # runs only when a branch takes an arm that needs it: drawn dashed
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,8 @@ class Diagram:
     title: str
     boxes: list[Box] = field(default_factory=list)
     clusters: list[Cluster] = field(default_factory=list)
-    edges: list[tuple[str, str, str]] = field(default_factory=list)  # source, target, type
+    # source, target, label: the value's type, or the part it plays in a branch (`key`, an arm)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)
     gpu_title: str = ""
     gpus: list[GpuBox] = field(default_factory=list)
     gpu_edges: list[tuple[str, str]] = field(default_factory=list)  # a stage's box -> its GPU
@@ -82,18 +91,46 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
                                         state.status if state else None))
     for node in plan.nodes:
         cluster = cluster_ids.get(node.stage) if node.stage else None
-        label = f"{node.label} = constant" if node.op == "const" else node.label
+        label = _node_label(node)
         if node.op == "input" and not fused:  # the driver, drawn nowhere else, receives it
             label = f"{label} · {_stage_label(plan.driver)}"
-        diagram.boxes.append(Box(node.id, label, node.op, cluster))
-        sources = [*node.args, *node.kwargs.values()]
-        for source in dict.fromkeys(refs(*sources)):
-            diagram.edges.append((source, node.id, types[source]))
+        diagram.boxes.append(Box(node.id, label, node.op, cluster, node.lazy))
+        diagram.edges.extend((source, node.id, kind) for source, kind in _edges_into(node, types))
     diagram.boxes.append(Box("out", "output", "output"))
     for source in dict.fromkeys(refs(plan.outputs)):
         diagram.edges.append((source, "out", types[source]))
     _add_gpu_layout(diagram, plan)
     return diagram
+
+
+def _node_label(node: NodePlan) -> str:
+    """A box's text; a branch's adds its constant arms (`otherwise = 'x'`) and a forced arm."""
+    if node.op == "const":
+        return f"{node.label} = constant"
+    if node.branch is None:
+        return node.label
+    lines = [node.label]
+    for text, template in zip(arm_texts(node.branch), node.args[1:]):
+        if next(refs(template), None) is None:
+            lines.append(f"{text} = {constant_text(template)}")
+    if node.branch.forced is not None:
+        lines.append(f"forced: {node.branch.forced}")
+    return "\n".join(lines)
+
+
+def _edges_into(node: NodePlan, types: dict[str, str]) -> list[tuple[str, str]]:
+    """The source and label of each edge into a node: the value's type; into a branch, the
+    parts the source plays (a node read by two arms: one edge, both labels)."""
+    if node.branch is None:
+        sources = refs(*node.args, *node.kwargs.values())
+        return [(source, types[source]) for source in dict.fromkeys(sources)]
+    roles: dict[str, list[str]] = {}
+    for template, role in zip(node.args, [key_role(node.branch), *arm_texts(node.branch)]):
+        for source in refs(template):
+            played = roles.setdefault(source, [])
+            if role not in played:
+                played.append(role)
+    return [(source, ", ".join(played)) for source, played in roles.items()]
 
 
 def _add_gpu_layout(diagram: Diagram, plan: CompiledPipeline) -> None:

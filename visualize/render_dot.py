@@ -4,15 +4,21 @@ and newlines escaped; SVG output from `dot` escapes `<` and `&` itself."""
 from __future__ import annotations
 
 from ..compiler import CompiledPipeline
-from .model import STATUS_COLOURS, LiveStatus, diagram_of
+from .model import STATUS_COLOURS, Box, LiveStatus, diagram_of
 
 _SHAPES = {"input": "invhouse", "select": "note", "call": "box", "map": "parallelogram",
-           "const": "cylinder", "output": "house"}
+           "const": "cylinder", "branch": "diamond", "output": "house"}
 
 
 def quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+def _box(box: Box) -> str:
+    """A node's statement; a lazy one (run only when its branch arm is taken) dashed."""
+    dashed = ", style=dashed" if box.lazy else ""
+    return f"{box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}{dashed}];"
 
 
 def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> str:
@@ -27,11 +33,9 @@ def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) ->
         if cluster.status is not None:
             fill = STATUS_COLOURS.get(cluster.status, "#eeeeee")
             lines.append(f'    style="rounded,filled"; fillcolor="{fill}";')
-        lines.extend(f"    {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
-                     for box in diagram.boxes if box.cluster == cluster.id)
+        lines.extend(f"    {_box(box)}" for box in diagram.boxes if box.cluster == cluster.id)
         lines.append("  }")
-    lines.extend(f"  {box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}];"
-                 for box in diagram.boxes if box.cluster is None)
+    lines.extend(f"  {_box(box)}" for box in diagram.boxes if box.cluster is None)
     lines.extend(f"  {source} -> {target}" + (f" [label={quote(kind)}];" if kind else ";")
                  for source, target, kind in diagram.edges)
     if diagram.gpus:

@@ -9,7 +9,9 @@ from .model import STATUS_COLOURS, LiveStatus, diagram_of
 _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
              "\n": "<br/>", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
 _SHAPES = {"input": ('[/"', '"/]'), "select": ('["', '"]'), "call": ('["', '"]'),
-           "map": ('[/"', '"\\]'), "const": ('[("', '")]'), "output": ('(["', '"])')}
+           "map": ('[/"', '"\\]'), "const": ('[("', '")]'), "branch": ('{"', '"}'),
+           "output": ('(["', '"])')}
+LAZY_STYLE = "stroke-dasharray: 5 5"  # a node run only when its branch arm is taken
 
 
 def label(text: str) -> str:
@@ -32,6 +34,9 @@ def to_mermaid(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
             lines.append(f"  {box.id}{start}{label(box.label)}{end}")
     lines.extend(f"  style {cluster.id} fill:{STATUS_COLOURS.get(cluster.status, '#eeeeee')}"
                  for cluster in diagram.clusters if cluster.status is not None)
+    lazy = [box.id for box in diagram.boxes if box.lazy]
+    if lazy:
+        lines.extend([f"  classDef lazy {LAZY_STYLE}", f"  class {','.join(lazy)} lazy"])
     lines.extend(f"  {source} -->|{label(kind)}| {target}" if kind else f"  {source} --> {target}"
                  for source, target, kind in diagram.edges)
     if diagram.gpus:

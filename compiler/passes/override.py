@@ -16,6 +16,10 @@ node's value from the plan. What a key of `overrides` selects:
 - a call node: the node object the graph was built from, or `NodeKey("label")` (a call node's
   label, or its plan id such as `"n4"`): the value is the node's output, a constant. Nodes that
   then reach no output are dropped, and so are stages left without calls.
+- a branch node (`sg.switch`, `when`, `split`, `fallback`), selected the same way, with a
+  `Route` value (`servegraph.testing.route("fr")`): every request takes that arm, named by
+  its case (a switch), True/False (a when), or its label (`then`, a split's variant,
+  `default`: a fallback that never tries its primary, `primary`: one that never falls back).
 
 A value with a `stand_in(like)` method (servegraph.testing's faults) gives a callable shaped
 like the stage's own (sync, async or async generator) and carrying its annotations, so strict
@@ -48,6 +52,13 @@ class NodeKey:
     label: str
 
 
+@dataclass(frozen=True)
+class Route:
+    """An override's value forcing a branch node's arm (see the module docstring)."""
+
+    arm: Any
+
+
 class StageStandIn:
     """A class stage's stand-in: one callable per method, called with the call's arguments."""
 
@@ -71,8 +82,9 @@ def override(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> CompiledPi
     by_method: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         if isinstance(key, (Node, NodeKey)):
-            node = nodes[_node_id(plan, key)]
-            nodes[node.id] = _constant(node, value, constants)
+            node = nodes[_node_id(plan, key, branch=isinstance(value, Route))]
+            nodes[node.id] = _routed(node, value) if isinstance(value, Route) else \
+                _constant(node, value, constants)
             continue
         for name, method in _stages_of(plan, key):
             if method is None:
@@ -101,8 +113,10 @@ def override(plan: CompiledPipeline, overrides: Mapping[Any, Any]) -> CompiledPi
     return new.with_memory(replace(plan.memory, objects=objects, constants=tuple(constants)))
 
 
-def _node_id(plan: CompiledPipeline, key: Node | NodeKey) -> str:
-    calls = [node for node in plan.nodes if node.op in ("call", "map")]
+def _node_id(plan: CompiledPipeline, key: Node | NodeKey, branch: bool = False) -> str:
+    """The plan id of the call node (or, for a `Route`, the branch node) `key` selects."""
+    calls = [node for node in plan.nodes if node.op in (("branch",) if branch else
+                                                        ("call", "map"))]
     if isinstance(key, Node):
         found = plan.memory.node_ids.get(key.id)
         if found is None:
@@ -113,8 +127,9 @@ def _node_id(plan: CompiledPipeline, key: Node | NodeKey) -> str:
     else:
         matches = [node for node in calls if key.label in (node.label, node.id)]
     if len(matches) != 1:
-        labels = ", ".join(dict.fromkeys(node.label for node in calls))
-        what = "no call node" if not matches else f"{len(matches)} call nodes"
+        labels = ", ".join(dict.fromkeys(node.label for node in calls)) or "none"
+        kind = "branch node" if branch else "call node"
+        what = f"no {kind}" if not matches else f"{len(matches)} {kind}s"
         raise CompileError(
             f"{what} of {plan.name!r} {'is' if not matches else 'are'} labelled "
             f"{getattr(key, 'label', key)!r}", pass_name=PASS,
@@ -126,6 +141,25 @@ def _node_id(plan: CompiledPipeline, key: Node | NodeKey) -> str:
             stage=node.stage, pass_name=PASS, site=node.site,
             hint="override its stage with a fake async generator instead")
     return node.id
+
+
+def _routed(node: NodePlan, route: Route) -> NodePlan:
+    """The branch node with every request sent down the arm `route` names."""
+    branch = node.branch
+    assert branch is not None
+    arm = route.arm
+    if branch.kind == "switch":
+        arm = next((label for case, label in zip(branch.cases, branch.arms)
+                    if case == arm and isinstance(case, bool) == isinstance(arm, bool)), arm)
+    elif branch.kind == "when" and isinstance(arm, bool):
+        arm = "then" if arm else "otherwise"
+    if branch.kind == "shadow" or arm not in branch.arms:
+        raise CompileError(
+            f"{node.label} has no arm {route.arm!r} to force", stage=node.label,
+            pass_name=PASS, site=node.site,
+            hint="a shadow runs both of its arms always" if branch.kind == "shadow"
+            else "route one of its arms: " + ", ".join(branch.arms))
+    return node.model_copy(update={"branch": branch.model_copy(update={"forced": arm})})
 
 
 def _constant(node: NodePlan, value: Any, constants: list[Any]) -> NodePlan:
