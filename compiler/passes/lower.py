@@ -229,8 +229,7 @@ def _node_plan(state: CompileState, node: Node, ids: dict[int, str], encoder: Va
                         select=(node.target.kind, node.target.key), **common)
     if isinstance(node, BranchNode):
         branch = branches[node.id]
-        common["label"] = f"{branch.kind} {branch.name}" if branch.name != branch.kind \
-            else branch.kind
+        common["label"] = node.label if node.branching.name else branch.name  # split_2
         return NodePlan(op="branch", branch=branch, args=[encoder.encode(a) for a in node.args],
                         **common)
     assert isinstance(node, CallNode)
