@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
+    "multiplexed": "dag", "multiplexed_model_id": "dag",
     "switch": "dag", "when": "dag", "split": "dag", "fallback": "dag", "shadow": "dag",
     "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
     "NodeSpec": "compiler", "detect_cluster": "serving.cluster",

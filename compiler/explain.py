@@ -60,7 +60,8 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
                          f"{batch.max_splits} deep)")
     limit = stage.options.get("max_ongoing_requests")
     if limit is not None:
-        parts.append(f"max_ongoing_requests={limit}")
+        why = f" ({stage.limit_reason})" if stage.limit_reason not in ("", "declared") else ""
+        parts.append(f"max_ongoing_requests={limit}{why}")
     if stage.timeout_s is not None:
         parts.append(f"timeout {stage.timeout_s:g} s per call")
     if stage.max_retries:
@@ -197,5 +198,5 @@ def _lazy_nodes(plan: Plan, node: NodePlan) -> int:
         current = by_id[todo.pop()]
         if current.lazy and current.id not in owned:
             owned.add(current.id)
-            todo.extend(templates.refs(*current.args, *current.kwargs.values()))
+            todo.extend(templates.refs(*current.templates()))
     return len(owned)

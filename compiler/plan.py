@@ -85,12 +85,23 @@ class StageResources(BaseModel):
     gpus: float | None = 0.0        # per replica: declared, or derived from gpu_memory (None:
                                     # not derivable without a cluster spec, see above)
     gpu_memory: int | None = None   # bytes one replica uses on its GPU(s), when declared
+                                    # (a multiplexed stage: per model x models_per_replica)
     gpus_from_memory: bool = False  # `gpus` derived (or to be) from gpu_memory
+    models_per_replica: int = 1     # an @sg.multiplexed stage's max_models_per_replica
 
     @property
     def uses_gpu(self) -> bool:
         """A replica reserves a GPU or part of one, its fraction known or not."""
         return self.gpus is None or self.gpus > 0
+
+
+class MultiplexPlan(BaseModel):
+    """An `@sg.multiplexed` stage's loader, as the user declared it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loader: str                     # the method's name
+    max_models_per_replica: int
 
 
 class StagePlan(BaseModel):
@@ -106,11 +117,13 @@ class StagePlan(BaseModel):
     init_kwargs: dict[str, Any] = {}
     methods: list[str] = []
     batching: dict[str, BatchPlan] = {}
+    multiplexed: MultiplexPlan | None = None  # its model loader (`sg.multiplexed`)
     options: dict[str, Any] = {}    # what the user set, in Ray's names: Serve fills in the rest
     resources: StageResources = StageResources()  # as Serve counts them, defaults filled in
     fuse: bool | None = None
     timeout_s: float | None = None  # bound on each call (a stream: on each chunk's wait)
     max_retries: int = 0            # calls retried after a failure or a timeout
+    limit_reason: str = ""          # why servegraph chose its max_ongoing_requests, if it did
     site: str = ""
     fused_into: str | None = None   # the deployment it runs inside (the driver), see `fuse`
     fusion: str = ""                # why it was fused, or why not
@@ -197,6 +210,18 @@ class BranchPlan(BaseModel):
         return [1] if self.kind == "fallback" else list(range(len(self.arms)))
 
 
+class MapPlan(BaseModel):
+    """An `sg.map` node's fan-out: elements per call to the target's deployment on Serve
+    (`chunk_size`: None chooses per request from the width and the replicas), and the most
+    elements one request may map over (`max_width`: the map's own, else the global default
+    read once, at compile time)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chunk_size: int | None = None
+    max_width: int
+
+
 class NodePlan(BaseModel):
     """One step of the schedule. A `lazy` node runs only when a branch takes an arm that
     needs it (computed once, by the lower pass, from the branch nodes' `lazy_arms`)."""
@@ -214,8 +239,16 @@ class NodePlan(BaseModel):
     output_type: str | None = None  # the annotated type of its value, for diagrams
     stream: bool = False            # an async generator stage: its value is a stream of chunks
     branch: BranchPlan | None = None  # op "branch": how it picks its arm
+    fanout: MapPlan | None = None   # op "map": its chunks and its width bound
     lazy: bool = False              # started only when a branch's taken arm needs it
+    model_id: Any = None            # call, map: the template of its model id (multiplexed)
     site: str = ""
+
+    def templates(self) -> list[Any]:
+        """Every template this node reads (its arguments, then its model id): what a walk
+        over the plan's edges follows."""
+        found = [*self.args, *self.kwargs.values()]
+        return found if self.model_id is None else [*found, self.model_id]
 
 
 @dataclass(frozen=True, eq=False)

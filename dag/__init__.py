@@ -10,6 +10,9 @@ from .deployment import (
     deployment,
     health_check,
     map,
+    multiplex_spec,
+    multiplexed,
+    multiplexed_model_id,
     spec_of,
 )
 from .graph import Graph
@@ -20,6 +23,7 @@ __all__ = [
     "BatchSpec", "BranchNode", "Branching", "CallNode", "CallTarget", "ClassNode",
     "DeploymentOptions", "DeploymentSpec",
     "Graph", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "batch", "batch_spec",
-    "deployment", "fallback", "health_check", "map", "parse_bytes", "shadow", "spec_of",
+    "deployment", "fallback", "health_check", "map", "multiplex_spec", "multiplexed",
+    "multiplexed_model_id", "parse_bytes", "shadow", "spec_of",
     "split", "switch", "when",
 ]

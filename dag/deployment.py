@@ -6,9 +6,14 @@ servegraph only attaches a `DeploymentSpec` and the `bind`/`options` entry point
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import functools
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -18,6 +23,7 @@ from .site import user_site
 
 SPEC_ATTR = "__servegraph_deployment__"
 BATCH_ATTR = "__servegraph_batch__"
+MULTIPLEXED_ATTR = "__servegraph_multiplexed__"
 
 T = TypeVar("T")
 
@@ -54,6 +60,13 @@ class DeploymentSpec:
 
     def options(self, **options: Any) -> DeploymentSpec:
         """A copy with options overridden (Ray's `Deployment.options`)."""
+        if "model_id" in options:
+            raise BindError(
+                f"model_id on the stage {self.name}: a model id is given per call, to a "
+                "method of a class stage with an @sg.multiplexed loader",
+                stage=self.name, site=user_site(),
+                hint="stage.method.options(model_id=inp.tenant).bind(...) on a bound class "
+                "that declares `@sg.multiplexed async def load(self, model_id)`")
         return replace(self, raw_options={**self.raw_options, **options}, site=user_site())
 
     def __repr__(self) -> str:
@@ -165,14 +178,24 @@ def health_check(target: Any) -> Callable[..., Any] | None:
     return method
 
 
-def map(target: Any, items: Any, *args: Any, **kwargs: Any) -> CallNode:
+def map(target: Any, items: Any, *args: Any, chunk_size: int | None = None,
+        max_width: int | None = None, **kwargs: Any) -> CallNode:
     """Call `target` once per element of the list `items`, concurrently; results in order.
 
     `target` is a method of an actor group (`enc.encode`) or a function stage. Extra arguments
-    are passed to every call after the element.
+    are passed to every call after the element. On Serve the elements travel to the target's
+    replicas in chunks (`chunk_size` elements a call; by default chosen from their number and
+    the replicas). `max_width` bounds the elements one request may map over (default:
+    `SERVEGRAPH_MAX_MAP_WIDTH`, 100,000): a request over it is refused before any call.
     """
+    for name, value in (("chunk_size", chunk_size), ("max_width", max_width)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise BindError(f"sg.map {name}={value!r}: give a whole number >= 1",
+                            site=user_site(), hint=f"sg.map(f, items, {name}=64), or leave "
+                            "it out for the default")
     if isinstance(target, MethodRef):
-        call_target = CallTarget(target.node, target.method)
+        call_target = target.target()
     elif (spec := spec_of(target)) is not None and spec.is_function:
         call_target = CallTarget(spec, None)
     else:
@@ -187,4 +210,162 @@ def map(target: Any, items: Any, *args: Any, **kwargs: Any) -> CallNode:
                         stage=call_target.spec.name, site=user_site(),
                         hint="pass a node that yields a list, e.g. inp.documents")
     return make_call(Op.MAP, call_target, (items, *args), kwargs,
-                     check_args=(None, *args))
+                     check_args=(None, *args),
+                     map_options={"chunk_size": chunk_size, "max_width": max_width})
+
+
+# --- sg.multiplexed: one stage, many models, each replica an LRU of them ---------------------
+
+
+@dataclass(frozen=True)
+class MultiplexSpec:
+    """A class stage's model loader: `@sg.multiplexed(max_models_per_replica=N)` on
+    `async def load(self, model_id)`. `loader` is the user's function as written."""
+
+    loader: Callable[..., Any]
+    max_models_per_replica: int
+    site: SourceSite
+
+    @property
+    def name(self) -> str:
+        return self.loader.__name__
+
+
+_model_id: contextvars.ContextVar[str] = contextvars.ContextVar("servegraph_model_id",
+                                                                default="")
+
+
+def multiplexed_model_id() -> str:
+    """The model id of the call being served (`method.options(model_id=...)`), inside a
+    stage's method; "" outside such a call (as `serve.get_multiplexed_model_id`)."""
+    return _model_id.get()
+
+
+@contextlib.contextmanager
+def serving_model(model_id: str) -> Iterator[None]:
+    """Run a call with `multiplexed_model_id()` giving `model_id` (what runners wrap a
+    multiplexed call in)."""
+    token = _model_id.set(model_id)
+    try:
+        yield
+    finally:
+        _model_id.reset(token)
+
+
+def require_model_id(value: Any) -> str:
+    """A model id as a call gives it: a non-empty string, else a ValueError saying so."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"the model id is {value!r} ({type(value).__name__}): a model id "
+                         "is a non-empty string")
+    return value
+
+
+def multiplexed(_fn: Callable[..., Any] | None = None, *,
+                max_models_per_replica: int = 3) -> Any:
+    """Declare a class stage's model loader, `async def load(self, model_id)`: each replica
+    keeps the last `max_models_per_replica` models it loaded and drops the least recently
+    used one to load another. The stage's methods call `await self.load(model_id)`; on Serve
+    this is `serve.multiplexed`, so a call goes to a replica already holding its model."""
+    site = user_site()
+    if isinstance(max_models_per_replica, bool) or not isinstance(max_models_per_replica, int) \
+            or max_models_per_replica < 1:
+        raise OptionsError(f"sg.multiplexed max_models_per_replica={max_models_per_replica!r} "
+                           "is out of range", site=site,
+                           hint="give how many models one replica holds: an integer >= 1")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _check_loader(fn, site)
+        spec = MultiplexSpec(fn, max_models_per_replica, site)
+
+        @functools.wraps(fn)
+        async def load(owner: Any, model_id: str) -> Any:
+            return await models_of(owner, spec).get(owner, model_id)
+
+        setattr(load, MULTIPLEXED_ATTR, spec)
+        return load
+
+    return decorate if _fn is None else decorate(_fn)
+
+
+def _check_loader(fn: Any, site: SourceSite) -> None:
+    name = getattr(fn, "__qualname__", repr(fn))
+    if not inspect.iscoroutinefunction(fn):
+        raise BindError(f"the @sg.multiplexed loader {name} is not `async def`", site=site,
+                        hint="declare it `async def load(self, model_id: str)` (as "
+                        "serve.multiplexed requires)")
+    params = list(inspect.signature(fn).parameters.values())
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) != 2 or any(p.kind not in plain for p in params):
+        raise BindError(f"the @sg.multiplexed loader {name} must take one model id after "
+                        f"self, not ({', '.join(p.name for p in params)})", site=site,
+                        hint="declare it `async def load(self, model_id: str)`")
+
+
+def multiplex_specs(target: Any) -> list[MultiplexSpec]:
+    """The loaders a class stage (or its instance) declares, in definition order."""
+    cls = target if isinstance(target, type) else type(target)
+    found: dict[str, MultiplexSpec] = {}
+    for base in reversed(cls.__mro__):
+        for name, value in vars(base).items():
+            spec = getattr(value, MULTIPLEXED_ATTR, None)
+            if isinstance(spec, MultiplexSpec):
+                found[name] = spec
+            else:
+                found.pop(name, None)
+    return list(found.values())
+
+
+def multiplex_spec(target: Any) -> MultiplexSpec | None:
+    """The one loader of a class stage, if it has one (validate refuses two)."""
+    specs = multiplex_specs(target)
+    return specs[0] if specs else None
+
+
+class ModelCache:
+    """One stage instance's models, least recently used first; a load that would exceed the
+    limit first drops the least recently used (as Serve's `_ModelMultiplexWrapper`).
+    Concurrent calls for a model being loaded wait for that one load."""
+
+    def __init__(self, spec: MultiplexSpec) -> None:
+        self.spec = spec
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self.loading: dict[str, asyncio.Future[Any]] = {}
+        self.evicted = 0
+
+    async def get(self, owner: Any, model_id: str) -> Any:
+        require_model_id(model_id)
+        if model_id in self.models:
+            self.models.move_to_end(model_id)
+            return self.models[model_id]
+        if model_id in self.loading:
+            return await asyncio.shield(self.loading[model_id])
+        while self.models and len(self.models) + len(self.loading) >= \
+                self.spec.max_models_per_replica:
+            self.models.popitem(last=False)
+            self.evicted += 1
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.loading[model_id] = done
+        try:
+            model = await self.spec.loader(owner, model_id)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: only the waiters, if any, see it
+            raise
+        finally:
+            del self.loading[model_id]
+        self.models[model_id] = model
+        done.set_result(model)
+        return model
+
+
+def models_of(owner: Any, spec: MultiplexSpec) -> ModelCache:
+    """The model cache of one stage instance for one loader, made at its first use."""
+    key = f"__servegraph_models_{spec.name}"
+    cache = vars(owner).get(key)
+    if cache is None:
+        cache = ModelCache(spec)
+        setattr(owner, key, cache)
+    return cache

@@ -165,10 +165,14 @@ class SelectNode(_Selectable):
 
 @dataclass(frozen=True)
 class CallTarget:
-    """What a call node calls: a method of a ClassNode's actor group, or a function stage."""
+    """What a call node calls: a method of a ClassNode's actor group, or a function stage.
+    `model_id` (a node, or a constant string) picks the model an `@sg.multiplexed` stage
+    serves the call with: an edge of the graph like an argument, but not passed to the
+    method (it reads it with `sg.multiplexed_model_id()`)."""
 
     group: ClassNode | StageSpec
     method: str | None
+    model_id: Any = None
 
     @property
     def spec(self) -> StageSpec:
@@ -250,13 +254,29 @@ class ClassNode(Node):
 
 @dataclass(frozen=True)
 class MethodRef:
-    """`enc.encode`: a method of an actor group, ready to `bind` or to `sg.map`."""
+    """`enc.encode`: a method of an actor group, ready to `bind` or to `sg.map`; with
+    `options(model_id=...)`, its calls are served by the model that id names."""
 
     node: ClassNode
     method: str
+    model_id: Any = None
+
+    def options(self, *, model_id: Any) -> MethodRef:
+        """A copy whose calls name a model of the stage's `@sg.multiplexed` loader: a node
+        (`inp.tenant`, a stage's output) or a constant string. On Serve a call goes to a
+        replica that holds that model."""
+        if not isinstance(model_id, Node) and not (isinstance(model_id, str) and model_id):
+            raise BindError(
+                f"model_id={model_id!r}: a model id is a non-empty string or a node giving one",
+                stage=self.node.target.name, site=user_site(),
+                hint="pass a part of the input (model_id=inp.tenant) or a constant string")
+        return MethodRef(self.node, self.method, model_id)
 
     def bind(self, *args: Any, **kwargs: Any) -> CallNode:
-        return make_call(Op.CALL, CallTarget(self.node, self.method), args, kwargs)
+        return make_call(Op.CALL, self.target(), args, kwargs)
+
+    def target(self) -> CallTarget:
+        return CallTarget(self.node, self.method, self.model_id)
 
 
 class CallNode(Node):
@@ -264,17 +284,38 @@ class CallNode(Node):
     def call(self) -> CallTarget:
         return self.target
 
+    def upstream(self) -> list[Node]:
+        """The nodes this call reads: its arguments, then the node giving its model id."""
+        found = super().upstream()
+        model_id = self.target.model_id
+        if isinstance(model_id, Node) and all(node.id != model_id.id for node in found):
+            found.append(model_id)
+        return found
+
     @property
     def label(self) -> str:
         prefix = "map " if self.op is Op.MAP else ""
         return prefix + self.target.label
 
 
+@dataclass(frozen=True, eq=False)
+class MapNode(CallNode):
+    """`sg.map`'s node: a call per element. `chunk_size`: elements per call to the target's
+    deployment on Serve (None: chosen from the width and the replicas); `max_width`: the most
+    elements one request may map over (None: the global default)."""
+
+    chunk_size: int | None = None
+    max_width: int | None = None
+
+
 def make_call(op: Op, target: CallTarget, args: tuple[Any, ...],
-              kwargs: Mapping[str, Any], *, check_args: tuple[Any, ...] | None = None) -> CallNode:
+              kwargs: Mapping[str, Any], *, check_args: tuple[Any, ...] | None = None,
+              map_options: Mapping[str, Any] | None = None) -> CallNode:
     site = user_site()
-    check_data_arguments(target.spec.name, (args, dict(kwargs)), site)
+    check_data_arguments(target.spec.name, (args, dict(kwargs), target.model_id), site)
     target.check_arguments(args if check_args is None else check_args, kwargs)
+    if op is Op.MAP:
+        return MapNode(op, target, tuple(args), dict(kwargs), site, **(map_options or {}))
     return CallNode(op, target, tuple(args), dict(kwargs), site)
 
 

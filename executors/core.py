@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from ..compiler import NodePlan
 from ..errors import InputError
-from .program import Program, Step
+from .program import COMPUTED, Program, Step
 
 logger = logging.getLogger("servegraph")
 
@@ -148,9 +148,17 @@ class _Request:
         self.deferred: list[asyncio.Task[Any]] = []
 
     def start_eager(self) -> None:
-        """Start every node that is not lazy, in schedule order, awaiting nothing."""
-        for step in self.program.steps:
-            if not step.node.lazy:
+        """Start every node that is not lazy, in schedule order, awaiting nothing: the ones
+        the core computes first (they read only the request), so that a map over the
+        request's own list is checked (`checked_items`) before any stage is called."""
+        steps = [step for step in self.program.steps if not step.node.lazy]
+        for step in steps:
+            if step.node.op in COMPUTED:
+                self.start(step)
+        for step in self.program.input_maps:
+            checked_items(step, step.items([self.values[ref] for ref in step.item_refs]))  # type: ignore[misc]
+        for step in steps:
+            if step.node.op not in COMPUTED:
                 self.start(step)
 
     def start(self, step: Step) -> None:
@@ -158,7 +166,7 @@ class _Request:
         and constants; a call goes to the runner at once, or, when it must wait for the core
         (a map's list, a deferred argument), into a task of its own; a branch is a task."""
         node, values = step.node, self.values
-        if node.op in _COMPUTED:
+        if node.op in COMPUTED:
             values[node.id] = _computed(self.program, step, self.payload, values)
             if self.observer is not None:
                 self.observer.computed(node, values[node.id])
@@ -277,7 +285,22 @@ class _Request:
         _discard_all(self.values.values(), self.runner)
 
 
-_COMPUTED = ("input", "select", "const")
+def checked_items(step: Step, items: Any) -> list[Any] | tuple[Any, ...]:
+    """A map's elements: a list (or tuple) no longer than the map's `max_width`, else the
+    caller's error naming the map (a 422: no stage is called for it)."""
+    node = step.node
+    if not isinstance(items, (list, tuple)):
+        raise InputError(
+            f"{node.label} ({node.site}) maps over a list, got {type(items).__name__}",
+            errors=[{"loc": [node.label], "msg": "not a list", "type": "list_type"}])
+    limit = node.fanout.max_width if node.fanout is not None else len(items)
+    if len(items) > limit:
+        raise InputError(
+            f"{node.label} ({node.site}) takes at most {limit} elements per request, got "
+            f"{len(items)} (its max_width; SERVEGRAPH_MAX_MAP_WIDTH sets every map's default)",
+            errors=[{"loc": [node.label], "msg": f"more than {limit} elements",
+                     "type": "too_long"}])
+    return items
 
 
 def _failed(error: Exception) -> asyncio.Future[Any]:
@@ -320,6 +343,7 @@ def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],
     items = step.items(item_leaves)  # type: ignore[misc]
     if runner.is_future(items):
         return None
+    items = checked_items(step, items)
     rest = leaves[1:]
     return [runner.call(step, [item, *rest]) for item in items]
 
@@ -331,6 +355,7 @@ async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
         items = step.items(item_leaves)
         if runner.is_future(items):
             items = await runner.resolve(items)
+        items = checked_items(step, items)
         rest = [await _settle(values[ref]) for ref in step.refs[1:]]
         return [runner.call(step, [item, *rest]) for item in items]
     leaves = [await _settle(values[ref]) for ref in step.refs]

@@ -5,7 +5,9 @@ dicts. Serve needs the leaves flat, because it resolves a `DeploymentResponse` o
 top-level argument. A map's per-element call reads the element as leaf 0 (`ITEM`). A `const`
 node (a call node an override replaced by a constant) is a value read from the plan. A branch
 node's key and each of its arms are compiled alike (`Arm`), so the core builds an arm's value
-only once the arm is taken. The scheduling loop that runs a program is `core`.
+only once the arm is taken. A multiplexed call's model id is a leaf too (`Step.model_id`
+reads it): the core passes it on like any other, and the runner resolves it. The scheduling
+loop that runs a program is `core`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..errors import InputError
 from .branches import Routing
 
 ITEM = "<item>"
+COMPUTED = ("input", "select", "const")  # nodes the core computes itself, calling no stage
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Step:
     constant: Any = None                  # const: its value
     key: Arm | None = None                # branch: its key, then its arms
     arms: tuple[Arm, ...] = ()
+    model_id: Build | None = None         # multiplexed call: its model id, from the leaves
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -75,6 +79,10 @@ class Program:
         self.order = {node.id: index for index, node in enumerate(plan.nodes)}
         self.routing = Routing(plan.nodes)  # split weights: the driver's user_config may change
         self.background: set[asyncio.Task[Any]] = set()  # shadows' candidates still running
+        # eager maps over the request's own lists: checked before any stage is called
+        self.input_maps = [step for step in self.steps if step.items is not None
+                           and not step.node.lazy and all(
+                               self.by_id[ref].node.op in COMPUTED for ref in step.item_refs)]
         model = plan.input_type()
         self._input_adapter = TypeAdapter(model) if model is not None else None
 
@@ -131,11 +139,21 @@ def _prepare(plan: CompiledPipeline, node: NodePlan) -> Step:
         item_refs = RefSlots()
         items = templates.builder(node.args[0], item_refs, constants)
         refs.slot(ITEM)
+        model_id = _model_id(node, refs, constants)
         build = templates.call_builder([templates.ref(ITEM), *node.args[1:]], node.kwargs,
                                        refs, constants)
-        return Step(node, tuple(refs), build, items, tuple(item_refs))
+        return Step(node, tuple(refs), build, items, tuple(item_refs), model_id=model_id)
+    model_id = _model_id(node, refs, constants)
     build = templates.call_builder(node.args, node.kwargs, refs, constants)
-    return Step(node, tuple(refs), build)
+    return Step(node, tuple(refs), build, model_id=model_id)
+
+
+def _model_id(node: NodePlan, refs: RefSlots, constants: Sequence[Any]) -> Build | None:
+    """A multiplexed call's model id, read from the leaves like an argument (compiled before
+    the arguments: their builder then never takes the leaves for the arguments as they are)."""
+    if node.model_id is None:
+        return None
+    return templates.builder(node.model_id, refs, constants)
 
 
 def _arm(template: Any, constants: Sequence[Any]) -> Arm:

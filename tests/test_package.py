@@ -17,7 +17,8 @@ def test_public_api_is_pinned() -> None:
         "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
         "StageTimeoutError", "TypeMismatchError", "batch", "compile", "connect",
-        "deployment", "detect_cluster", "fallback", "map", "render", "run_local", "serve",
+        "deployment", "detect_cluster", "fallback", "map", "multiplexed",
+        "multiplexed_model_id", "render", "run_local", "serve",
         "shadow", "split", "switch", "when",
     ])
     for name in sg.__all__:

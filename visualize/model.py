@@ -122,7 +122,7 @@ def _edges_into(node: NodePlan, types: dict[str, str]) -> list[tuple[str, str]]:
     """The source and label of each edge into a node: the value's type; into a branch, the
     parts the source plays (a node read by two arms: one edge, both labels)."""
     if node.branch is None:
-        sources = refs(*node.args, *node.kwargs.values())
+        sources = refs(*node.templates())
         return [(source, types[source]) for source in dict.fromkeys(sources)]
     roles: dict[str, list[str]] = {}
     for template, role in zip(node.args, [key_role(node.branch), *arm_texts(node.branch)]):

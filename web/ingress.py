@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InputError, PipelineError, StageError
 from .views import View, plan_views
 
-__all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "plan_views",
-           "request_id_for"]
+__all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "json_bytes", "plan_views",
+           "request_id_for", "serve_http"]
 
 Runner = Callable[[Any, str], Awaitable[Any]]
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
@@ -79,14 +79,30 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 def parse_body(body: bytes, needs_body: bool) -> tuple[Any, str | None]:
-    """The payload a JSON body holds, or the 400's message: the body is not JSON, or it is
-    empty where the pipeline reads its input (an empty body is `None` to one that does not)."""
+    """The payload a JSON body holds, or the 400's message: the body is not JSON (RFC 8259:
+    `NaN` and `Infinity`, which Python's `json` would take, are not), or it is empty where
+    the pipeline reads its input (an empty body is `None` to one that does not)."""
     if not body:
         return None, "the request body is empty: POST a JSON body" if needs_body else None
     try:
-        return json.loads(body), None
+        return json.loads(body, parse_constant=_refuse_constant), None
     except (ValueError, RecursionError) as exc:
         return None, f"the request body is not JSON: {exc}"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259); send null or a string")
+
+
+def json_bytes(value: Any) -> bytes:
+    """A value as strict JSON (no NaN or Infinity), or a ValueError saying why not."""
+    try:
+        return json.dumps(to_jsonable_python(value), allow_nan=False,
+                          separators=(",", ":"), ensure_ascii=False).encode()
+    except PydanticSerializationError as exc:
+        raise ValueError(str(exc)) from None
+    except ValueError as exc:
+        raise ValueError(f"{exc} (NaN and Infinity are not JSON)") from None
 
 
 def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
@@ -100,7 +116,29 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
                       views: Mapping[str, View] | None = None,
                       stream: Streamer | None = None,
                       max_body_bytes: int | None = None, needs_body: bool = False,
-                      new_id: Callable[[], str] = new_request_id) -> Response:
+                      new_id: Callable[[], str] = new_request_id,
+                      output_stage: str | None = None) -> Response:
+    """`serve_http`, with any failure of its own still answered in the JSON error form (a
+    500 with the request id, never a bare-text one)."""
+    try:
+        return await serve_http(request, run, echo_request_id=echo_request_id, views=views,
+                                stream=stream, max_body_bytes=max_body_bytes,
+                                needs_body=needs_body, new_id=new_id,
+                                output_stage=output_stage)
+    except Exception as exc:
+        request_id = request_id_for(request, new_id)
+        headers = {"x-request-id": request_id} if echo_request_id else {}
+        logger.exception("request %s: the ingress failed", request_id)
+        return _error(500, {"error": f"{type(exc).__name__}: {exc}", "stage": None,
+                            "request_id": request_id}, headers)
+
+
+async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = True,
+                     views: Mapping[str, View] | None = None,
+                     stream: Streamer | None = None,
+                     max_body_bytes: int | None = None, needs_body: bool = False,
+                     new_id: Callable[[], str] = new_request_id,
+                     output_stage: str | None = None) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
@@ -110,7 +148,8 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
     `InputNode`) makes an empty body a 400; else it is the payload `None`. With `stream` (a
     pipeline whose output is a stream) the response is chunked: text chunks as they are,
     other chunks as JSON lines.
-    `new_id` makes the request id when the client sent none."""
+    `new_id` makes the request id when the client sent none. `output_stage` names the stage
+    that made the output, for the 500 of an output that is not JSON."""
     request_id = request_id_for(request, new_id)
     headers = {"x-request-id": request_id} if echo_request_id else {}
     if request.method == "GET" and views:
@@ -142,11 +181,11 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
     except Exception as exc:  # a servegraph error; anything else is still answered as JSON
         return _error(*error_body(exc, request_id), headers)
     try:
-        output = to_jsonable_python(result)
-    except PydanticSerializationError as exc:
+        output = json_bytes(result)
+    except ValueError as exc:
         return _error(500, {"error": f"the pipeline's output is not JSON: {exc}",
-                            "stage": None, "request_id": request_id}, headers)
-    return JSONResponse(output, headers=headers)
+                            "stage": output_stage, "request_id": request_id}, headers)
+    return Response(output, media_type="application/json", headers=headers)
 
 
 async def _streaming(chunks: AsyncIterator[Any], request_id: str,
@@ -165,17 +204,19 @@ async def _streaming(chunks: AsyncIterator[Any], request_id: str,
     def encode(chunk: Any) -> bytes:
         if text and isinstance(chunk, str):
             return chunk.encode()
-        return json.dumps(to_jsonable_python(chunk)).encode() + b"\n"
+        return json_bytes(chunk) + b"\n"
 
     async def body() -> AsyncIterator[bytes]:
-        yield encode(first)
         try:
+            yield encode(first)
             async for chunk in chunks:
                 yield encode(chunk)
-        except PipelineError as exc:
+        except (PipelineError, ValueError) as exc:
             logger.warning("request %s: stream ended by %s", request_id, exc)
             if not text:
-                yield json.dumps(error_body(exc, request_id)[1]).encode() + b"\n"
+                error = exc if isinstance(exc, PipelineError) else PipelineError(
+                    f"a chunk is not JSON: {exc}")
+                yield json_bytes(error_body(error, request_id)[1]) + b"\n"
 
     media_type = "text/plain; charset=utf-8" if text else "application/x-ndjson"
     return StreamingResponse(body(), media_type=media_type, headers=headers)

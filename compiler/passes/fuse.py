@@ -9,7 +9,8 @@ A stage is light when it needs no GPU, has no scaling of its own (`num_replicas`
 no autoscaling), does not batch (`sg.batch`), neither makes nor reads a stream, sets no
 options only its own process can honour (`runtime_env`, custom resources, `user_config`,
 its own request limits), has no `check_health` (Serve checks a replica's health, not a
-fused stage's), and does not say `fuse=False`. `fuse=True` asks for fusion despite batching
+fused stage's), is not multiplexed (`sg.multiplexed`: Serve routes by model id), and does
+not say `fuse=False`. `fuse=True` asks for fusion despite batching
 or its own request limits (the driver then batches locally and its limits go); never
 across a GPU, an autoscaled stage, `num_replicas` > 1, a stream or `fuse=False`.
 `sg.compile(..., fuse=False)` turns the pass off. The decision for every stage, fused or not,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...dag import CallNode, batch_spec, health_check
+from ...dag import CallNode, batch_spec, health_check, multiplex_spec
 from ...dag.nodes import find_nodes
 from ..state import CompileState, FuseDecision, Group, spec_of_group
 from .validate import is_stream
@@ -55,6 +56,10 @@ def decide(state: CompileState, group: Group, calls: list[CallNode],
     facts = state.resources[name]
     if options.fuse is False:
         return FuseDecision(False, "fuse=False")
+    spec = spec_of_group(group)
+    if not spec.is_function and multiplex_spec(spec.target) is not None:
+        return FuseDecision(False, "multiplexed (@sg.multiplexed): Serve routes each model id "
+                                   "to a replica that holds the model")
     if facts.uses_gpu:
         share = "fraction unknown" if facts.gpus is None else f"{facts.gpus:g}"
         return FuseDecision(False, f"needs a GPU ({share}): never fused across a GPU "

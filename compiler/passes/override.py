@@ -319,7 +319,7 @@ def _reaching_outputs(plan: CompiledPipeline, nodes: dict[str, NodePlan]) -> lis
             continue
         needed.add(node_id)
         node = nodes[node_id]
-        stack.extend(refs(*node.args, *node.kwargs.values()))
+        stack.extend(refs(*node.templates()))
     return [node for node in nodes.values() if node.id in needed or node.op == "input"]
 
 

@@ -27,7 +27,7 @@ from ...errors import PackingError
 from ..cluster import ClusterSpec, format_bytes
 from ..plan import GpuLayout, GpuSlot, Headroom, PlacedReplica, StageResources
 from ..state import CompileState, spec_of_group
-from .resources import RESOLUTION, to_units
+from .resources import RESOLUTION, memory_text, to_units
 
 PASS = "pack"
 # Serve's own packing of replicas onto nodes, which this pass models; the Serve controller
@@ -46,6 +46,7 @@ class Demand:
     memory: int | None = None
     order: int = 0  # the stage's position, for a stable result
     cpus: float = 0.0
+    models: int = 1  # a multiplexed stage's models per replica (`memory` counts them all)
 
     @property
     def whole(self) -> int:
@@ -68,8 +69,8 @@ def replica_demands(stage: str, facts: StageResources, order: int,
     """The replicas `replicas` (their indices) of one stage, as items to place; `order` is the
     stage's position among the deployments."""
     units = to_units(facts.gpus or 0.0)  # an unknown fraction is never asked to be placed
-    return [Demand(stage, index, units, facts.gpu_memory, order, facts.cpus)
-            for index in replicas]
+    return [Demand(stage, index, units, facts.gpu_memory, order, facts.cpus,
+                   facts.models_per_replica) for index in replicas]
 
 
 def decreasing(demands: Iterable[Demand]) -> list[Demand]:
@@ -214,8 +215,9 @@ def _check_memory(bins: list[Bin], sites: Mapping[str, Any]) -> None:
                     default=next(dm for dm in used if dm[0] is not culprit))
         share = math.ceil((culprit.memory or 0) * 100 / gpu.memory) / 100
         raise PackingError(
-            f"num_gpus={culprit.units / RESOLUTION:g} with gpu_memory="
-            f"{format_bytes(culprit.memory)} does not fit beside stage '{other[0].stage}' "
+            f"num_gpus={culprit.units / RESOLUTION:g} with "
+            f"{memory_text(culprit.memory, culprit.models)} does not fit beside stage "
+            f"'{other[0].stage}' "
             f"(num_gpus={other[0].units / RESOLUTION:g}, {format_bytes(other[1])}): together "
             f"they need {format_bytes(total)} on {gpu.node} GPU {gpu.index} "
             f"({format_bytes(gpu.memory)})",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ...dag import DeploymentOptions
+from ...dag import DeploymentOptions, multiplex_spec
 from ...errors import CompileError
 from ..cluster import ClusterSpec, format_bytes
 from ..plan import Plan, ReplicaRange, StageResources
@@ -38,8 +38,11 @@ def resources(state: CompileState, cluster: ClusterSpec | None) -> CompileState:
     table = {}
     for group in state.groups:
         name = state.name_of(group)
-        table[name] = stage_resources(name, spec_of_group(group).site, state.options[name],
-                                      cluster)
+        spec = spec_of_group(group)
+        loader = None if spec.is_function else multiplex_spec(spec.target)
+        models = 1 if loader is None else loader.max_models_per_replica
+        table[name] = stage_resources(name, spec.site, state.options[name], cluster,
+                                      models=models)
     return dataclasses.replace(state, cluster=cluster, resources=table)
 
 
@@ -57,31 +60,41 @@ def replica_range(options: DeploymentOptions) -> ReplicaRange:
 
 
 def stage_resources(name: str, site: Any, options: DeploymentOptions,
-                    cluster: ClusterSpec | None) -> StageResources:
-    """One stage's facts; `name` and `site` are for the errors."""
+                    cluster: ClusterSpec | None, *, models: int = 1) -> StageResources:
+    """One stage's facts; `name` and `site` are for the errors. A multiplexed stage holds up
+    to `models` models a replica (`sg.multiplexed`), each taking its `gpu_memory`: a replica
+    reserves that times `models`, the one figure every later pass reads."""
     actor = options.ray_actor_options
     cpus = 1.0 if actor is None or actor.num_cpus is None else float(actor.num_cpus)
     declared = None if actor is None else actor.num_gpus
-    memory = options.gpu_memory
-    common = {"replicas": replica_range(options), "cpus": cpus, "gpu_memory": memory}
+    memory = None if options.gpu_memory is None else options.gpu_memory * models
+    common = {"replicas": replica_range(options), "cpus": cpus, "gpu_memory": memory,
+              "models_per_replica": models}
     if memory is None or (declared is not None and declared > 0):
         units = to_units(declared or 0.0)
         if memory is not None and cluster is not None:
-            _check_fits(name, site, max(units // RESOLUTION, 1), memory, cluster)
+            _check_fits(name, site, max(units // RESOLUTION, 1), memory, cluster, models)
         return StageResources(gpus=units / RESOLUTION, **common)
-    units = _derived_units(name, site, memory, declared, cluster)
+    units = _derived_units(name, site, memory, declared, cluster, models)
     return StageResources(gpus=None if units is None else units / RESOLUTION,
                           gpus_from_memory=True, **common)
 
 
+def memory_text(memory: int | None, models: int = 1) -> str:
+    """`gpu_memory=6GiB`, or for a multiplexed stage `gpu_memory=2GiB x 3 models`."""
+    if models == 1 or memory is None:
+        return f"gpu_memory={format_bytes(memory)}"
+    return f"gpu_memory={format_bytes(memory // models)} x {models} models"
+
+
 def _derived_units(name: str, site: Any, memory: int, declared: float | None,
-                   cluster: ClusterSpec | None) -> int | None:
+                   cluster: ClusterSpec | None, models: int = 1) -> int | None:
     """The GPU share of `memory` on the smallest GPU of the cluster, rounded up onto the
     grid; None without a cluster spec (unknown until one is given); an error when the
     cluster spec does not give the GPUs' size."""
     if declared == 0:
         raise CompileError(
-            f"gpu_memory={format_bytes(memory)} with num_gpus=0: the stage asks for GPU memory "
+            f"{memory_text(memory, models)} with num_gpus=0: the stage asks for GPU memory "
             "but no GPU", stage=name, pass_name=PASS, site=site,
             hint="drop num_gpus=0 to let the compiler derive the fraction, or drop gpu_memory",
         )
@@ -90,7 +103,7 @@ def _derived_units(name: str, site: Any, memory: int, declared: float | None,
     size = cluster.smallest_gpu_memory
     if size is None:
         raise CompileError(
-            f"gpu_memory={format_bytes(memory)} needs the GPUs' memory size to derive a GPU "
+            f"{memory_text(memory, models)} needs the GPUs' memory size to derive a GPU "
             "fraction, and the cluster spec does not give it",
             stage=name, pass_name=PASS, site=site,
             hint="give the GPUs' memory: sg.ClusterSpec(gpus=2, gpu_memory='80GiB') or "
@@ -100,7 +113,7 @@ def _derived_units(name: str, site: Any, memory: int, declared: float | None,
         )
     if memory > size:
         raise CompileError(
-            f"gpu_memory={format_bytes(memory)} is more than one GPU holds "
+            f"{memory_text(memory, models)} is more than one GPU holds "
             f"({format_bytes(size)}, the smallest in the cluster spec)",
             stage=name, pass_name=PASS, site=site,
             hint="give whole GPUs (ray_actor_options={'num_gpus': 2}) for a model split over "
@@ -109,12 +122,13 @@ def _derived_units(name: str, site: Any, memory: int, declared: float | None,
     return -(-memory * GRID // size) * (RESOLUTION // GRID)  # ceil onto the grid
 
 
-def _check_fits(name: str, site: Any, gpus: int, memory: int, cluster: ClusterSpec) -> None:
+def _check_fits(name: str, site: Any, gpus: int, memory: int, cluster: ClusterSpec,
+                models: int = 1) -> None:
     """Declared GPUs (a fraction counts as one GPU) hold the declared memory."""
     size = cluster.smallest_gpu_memory
     if size is not None and memory > gpus * size:
         raise CompileError(
-            f"gpu_memory={format_bytes(memory)} does not fit on num_gpus={gpus} GPU"
+            f"{memory_text(memory, models)} does not fit on num_gpus={gpus} GPU"
             f"{'s' if gpus != 1 else ''} of {format_bytes(size)}",
             stage=name, pass_name=PASS, site=site,
             hint=f"raise num_gpus to {-(-memory // size)} or lower gpu_memory",
@@ -129,7 +143,8 @@ def require_gpu_fractions(plan: Plan, needed_by: str) -> None:
         facts = stage.resources
         if facts.gpus is None:
             raise CompileError(
-                f"gpu_memory={format_bytes(facts.gpu_memory)} needs the GPUs' memory size to "
+                f"{memory_text(facts.gpu_memory, facts.models_per_replica)} needs the GPUs' "
+                "memory size to "
                 "derive a GPU fraction, and no cluster spec was given",
                 stage=stage.name, pass_name=needed_by, site=stage.site or None,
                 hint=NO_CLUSTER_HINT,

@@ -23,7 +23,8 @@ from ...dag import (
     SelectNode,
     batch_spec,
 )
-from ...dag.nodes import find_nodes
+from ...dag.deployment import multiplex_specs
+from ...dag.nodes import Node, find_nodes
 from ...dag.options import SERVEGRAPH_OPTIONS
 from ...errors import CompileError, OptionsError
 from ..state import CompileState, Group, spec_of_group
@@ -59,6 +60,7 @@ def validate(graph: Graph) -> CompileState:
     _check_streams(graph, calls)
     _check_branch_names(graph)
     _check_retries(calls, options, names)
+    _check_multiplexed(list(groups.values()), calls, names)
     for group in groups.values():
         _check_user_config(group, options[id(group)], names[id(group)])
         _check_version(group, options[id(group)], names[id(group)])
@@ -299,3 +301,46 @@ def _check_retries(calls: list[CallNode], options: Mapping[int, DeploymentOption
                 stage=stage, pass_name=PASS, site=node.site,
                 hint=f"drop max_retries from {stage}, or collect the stream into a list in "
                 "a stage before it")
+
+
+def _check_multiplexed(groups: list[Group], calls: list[CallNode],
+                       names: Mapping[int, str]) -> None:
+    """A class stage has one `@sg.multiplexed` loader at most; a call naming a model id
+    (`method.options(model_id=...)`) goes to a stage that has one, takes whole values (no
+    stream, no `sg.batch`: a batch would mix models), and reads its id from a whole value."""
+    for group in groups:
+        spec = spec_of_group(group)
+        loaders = [] if spec.is_function else multiplex_specs(spec.target)
+        if len(loaders) > 1:
+            raise CompileError(
+                f"{spec.name} has {len(loaders)} @sg.multiplexed loaders ("
+                f"{', '.join(loader.name for loader in loaders)}): a replica keeps one set of "
+                "models", stage=names[id(group)], pass_name=PASS, site=loaders[1].site,
+                hint="keep one loader; load several parts of a model in it and return them "
+                "together")
+    for node in calls:
+        if node.call.model_id is not None:
+            _check_model_id_call(node, names[id(node.call.group)])
+
+
+def _check_model_id_call(node: CallNode, stage: str) -> None:
+    spec = node.call.spec
+    if not multiplex_specs(spec.target):
+        raise CompileError(
+            f"{node.call.label} is called with a model_id, but {spec.name} declares no "
+            "@sg.multiplexed loader", stage=stage, pass_name=PASS, site=node.site,
+            hint=f"add `@sg.multiplexed(max_models_per_replica=3) async def load(self, "
+            f"model_id)` to {spec.name}, or drop .options(model_id=...)")
+    problem = None
+    if is_stream(node):
+        problem = "streams its output: a stream is not served per model"
+    elif batch_spec(node.call.function) is not None:
+        problem = "is batched with sg.batch: one batch would mix calls for several models"
+    source = node.call.model_id
+    if isinstance(source, Node) and is_stream(source):
+        problem = f"takes its model id from the stream of {source.label}"
+    if problem is not None:
+        raise CompileError(
+            f"{node.call.label} {problem}", stage=stage, pass_name=PASS, site=node.site,
+            hint="give model_id to a method that returns one value and is not batched, "
+            "from a node that gives one string")

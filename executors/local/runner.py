@@ -10,6 +10,7 @@ into it with this runner too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from typing import Any
 
 from ...compiler import CompiledPipeline, StagePlan
 from ...dag import batch_spec
+from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step
@@ -145,18 +147,34 @@ class _Call:
         self.is_stream = step.node.stream
         self.checker = EdgeChecker(step, fn) if strict else None
 
+    def model(self, leaves: list[Any]) -> contextlib.AbstractContextManager[Any]:
+        """Where the call runs: with its model id (`sg.multiplexed_model_id()`) when it is
+        multiplexed; the leaves are values by now."""
+        if self.step.model_id is None:
+            return contextlib.nullcontext()
+        try:
+            return serving_model(require_model_id(self.step.model_id(leaves)))
+        except ValueError as exc:
+            raise self._failed(exc) from None
+
     def run_sync(self, leaves: list[Any]) -> Any:
         args, kwargs = self.build(leaves)  # type: ignore[misc]
         if self.checker:
             args, kwargs = self.checker.arguments(args, kwargs)
+        serving = self.model(leaves)
         try:
-            result = self.fn(*args, **kwargs)
+            with serving:
+                result = self.fn(*args, **kwargs)
         except Exception as exc:
             raise self._failed(exc) from exc
         return self.checker.result(result) if self.checker else result
 
     async def run_async(self, leaves: list[Any]) -> Any:
         leaves = [await _ready(leaf) for leaf in leaves]
+        with self.model(leaves):
+            return await self._run_ready(leaves)
+
+    async def _run_ready(self, leaves: list[Any]) -> Any:
         if self.guarded:
             return await self.run_guarded(leaves)
         if not self.is_async:

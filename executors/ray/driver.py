@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...compiler import CompiledPipeline
+from ...dag.deployment import require_model_id
+from ...errors import StageError
 from ...web.ingress import handle_http, plan_views
 from ..batching import noting, settle
 from ..core import Runner, execute, stream
@@ -35,44 +37,91 @@ class ServeRunner:
     notes batch splits, see `batching`) asks the replica's `reported` method instead, and is
     an asyncio task that settles its `Outcome`: the trace awaits every value anyway. A call
     asks for its node's method by name (`methods`, see `replica.serve_method`), so Serve's
-    access log names the stage's method; each (stage, method) handle is made once."""
+    access log names the stage's method; each (stage, method) handle is made once.
+
+    A multiplexed call names its model with `handle.options(multiplexed_model_id=...)`, so
+    Serve routes it to a replica holding that model; one handle is made per model id. Serve
+    needs that id as a string: an id still in flight (a stage's output) is awaited first, in
+    a task of its own, as is any leaf that is such a task (Serve cannot take one)."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str,
                  methods: dict[str, str] | None = None) -> None:
         self.handles = handles
         self.methods = methods or {}
         self.by_method: dict[tuple[str, str, bool], DeploymentHandle] = {}
+        self.by_model: dict[tuple[str, str, str], DeploymentHandle] = {}
         self.driver_name = driver_name
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
+        model_id = None if step.model_id is None else step.model_id(leaves)
+        if self.is_future(model_id) or any(_holds(leaf, asyncio.Future) for leaf in leaves):
+            return asyncio.ensure_future(self._later(step, leaves))
+        return self._dispatch(step, leaves, model_id)
+
+    def _dispatch(self, step: Step, leaves: list[Any], model_id: Any) -> Any:
         flat, shape = flatten(leaves)
         node = step.node
+        stage = node.stage or ""
+        model = "" if model_id is None else self._model_id(step, model_id)
         if node.stream:
-            return StreamCall(node.stage, node.id, shape, tuple(flat))  # type: ignore[arg-type]
+            return StreamCall(stage, node.id, shape, tuple(flat))
         if noting():
-            return asyncio.ensure_future(self._reported(node.stage, node.id, shape, flat))
-        handle = self._handle(node.stage, self.methods.get(node.id, "__call__"))  # type: ignore[arg-type]
+            return asyncio.ensure_future(self._reported(stage, node.id, shape, flat, model))
+        handle = self._handle(stage, self.methods.get(node.id, "__call__"), model_id=model)
         return handle.remote(node.id, shape, *flat)
 
-    def _handle(self, stage: str, method: str, stream: bool = False) -> DeploymentHandle:
-        """The stage's handle for one method (and streaming or not), made once."""
-        key = (stage, method, stream)
-        handle = self.by_method.get(key)
+    async def _later(self, step: Step, leaves: list[Any]) -> Any:
+        """A call whose model id is still in flight, or that reads this runner's own tasks:
+        those awaited, then the handle called and its value awaited (it feeds such a task)."""
+        ready = [await _awaited(leaf, asyncio.Future) for leaf in leaves]
+        model_id = None if step.model_id is None else step.model_id(ready)
+        if self.is_future(model_id):
+            model_id = await model_id
+        result = self._dispatch(step, ready, model_id)
+        return result if step.node.stream else await result
+
+    def _model_id(self, step: Step, value: Any) -> str:
+        try:
+            return require_model_id(value)
+        except ValueError as exc:
+            raise StageError(step.node.stage or step.node.label, str(exc), site=step.node.site,
+                             error_type="ValueError") from None
+
+    def _handle(self, stage: str, method: str, stream: bool = False,
+                model_id: str = "") -> DeploymentHandle:
+        """The stage's handle for one method (and streaming or not), made once; for a model
+        id, that handle with `multiplexed_model_id`, made once per id."""
+        if model_id:
+            key = (stage, method, model_id)
+            handle = self.by_model.get(key)
+            if handle is None:
+                handle = self._handle(stage, method, stream).options(
+                    multiplexed_model_id=model_id)
+                self.by_model[key] = handle
+            return handle
+        handle = self.by_method.get((stage, method, stream))
         if handle is None:
             handle = self.handles[stage]
             if method != "__call__" or stream:
                 handle = handle.options(method_name=method, **({"stream": True} if stream else {}))
-            self.by_method[key] = handle
+            self.by_method[(stage, method, stream)] = handle
         return handle
 
-    async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any]) -> Any:
-        handle = self._handle(stage, "reported")
+    async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any],
+                        model_id: str = "") -> Any:
+        handle = self._handle(stage, "reported", model_id=model_id)
         return settle(await handle.remote(node_id, shape, *flat))
 
-    def open(self, stream: StreamCall) -> AsyncIterator[Any]:
+    def open(self, stream: StreamCall | asyncio.Future[StreamCall]) -> AsyncIterator[Any]:
+        if isinstance(stream, asyncio.Future):  # its call waited for this runner's tasks
+            return self._open_later(stream)
         handle = self._handle(stream.stage, self.methods.get(stream.node_id, "stream"),
                               stream=True)
         return handle.remote(stream.node_id, stream.shape, *stream.flat)
+
+    async def _open_later(self, started: asyncio.Future[StreamCall]) -> AsyncIterator[Any]:
+        async for chunk in self.open(await started):
+            yield chunk
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, (DeploymentResponse, asyncio.Future))
@@ -130,3 +179,17 @@ class PipelineDriver:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views,
                                  stream=self.stream if self.program.streams else None,
                                  needs_body=self.needs_body, new_id=serve_request_id)
+
+
+def _holds(leaf: Any, kind: type) -> bool:
+    return isinstance(leaf, kind) or (
+        isinstance(leaf, list) and any(isinstance(value, kind) for value in leaf))
+
+
+async def _awaited(leaf: Any, kind: type) -> Any:
+    """A leaf with the futures of `kind` in it (itself, or in its list) awaited."""
+    if isinstance(leaf, kind):
+        return await leaf
+    if _holds(leaf, kind):
+        return list(await asyncio.gather(*(_awaited(value, kind) for value in leaf)))
+    return leaf

@@ -11,6 +11,9 @@ and each caller gets its own item's value or error. A traced request calls `repo
 of `__call__`: the same call, answered as an `Outcome` that also says how often the call's
 batch was split.
 
+A multiplexed stage (`sg.multiplexed`) gets Serve's own loader (`serve_models`), and a call
+the driver routed by model id runs with that id as `sg.multiplexed_model_id()`.
+
 A call asks for the stage's own method by name (`serve_method`), which the replica answers
 with `__call__` (or `stream`): Serve's access log then names it (`CALL encode OK 3.1ms`).
 """
@@ -26,7 +29,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from ...compiler import CompiledPipeline, NodePlan
-from ...dag import batch_spec, health_check
+from ...dag import batch_spec, health_check, multiplex_spec
+from ...dag.deployment import MultiplexSpec, serving_model
 from ...errors import PipelineError, StageError
 from ..batching import Outcome, isolating, noted, one_by_one
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
@@ -117,6 +121,20 @@ def serve_methods(plan: CompiledPipeline) -> dict[str, str]:
     return {node.id: serve_method(node) for node in plan.nodes if node.stage is not None}
 
 
+def serve_models(target: Any, spec: MultiplexSpec) -> None:
+    """Make the stage's loader Serve's own on this instance: `serve.multiplexed` keeps the
+    replica's models (least recently used dropped) and reports their ids to Serve's router,
+    which sends a call for a model to a replica that holds it. The instance attribute hides
+    the class's `sg.multiplexed` loader, so the stage's `await self.load(id)` reaches it."""
+    loader = spec.loader
+
+    async def load(model_id: str) -> Any:
+        return await loader(target, model_id)
+
+    setattr(target, spec.name, serve.multiplexed(
+        max_num_models_per_replica=spec.max_models_per_replica)(load))
+
+
 class StageReplica:
     """A replica of one stage's deployment: the user's object, called by node id. A stage's
     `timeout_s` and `max_retries` are enforced here, around the user's call (see `guard`).
@@ -130,6 +148,9 @@ class StageReplica:
         self.stage = stage
         target = plan.build_stage(stage)
         self._target = target
+        loader = multiplex_spec(target) if stage.kind == "class" else None
+        if loader is not None:
+            serve_models(target, loader)
         health = health_check(target)
         if health is not None:  # Serve calls it every health_check_period_s
             self.check_health = health
@@ -159,6 +180,14 @@ class StageReplica:
                 setattr(self, node.method, self.stream if node.stream else self.__call__)
 
     async def __call__(self, node_id: str, shape: ArgShape, *flat: Any) -> Any:
+        step = self.calls[node_id][0]
+        if step.model_id is None:
+            return await self._call(node_id, shape, flat)
+        # the id the driver routed by (`multiplexed_model_id`), for `sg.multiplexed_model_id()`
+        with serving_model(serve.get_multiplexed_model_id()):
+            return await self._call(node_id, shape, flat)
+
+    async def _call(self, node_id: str, shape: ArgShape, flat: Sequence[Any]) -> Any:
         step, fn, is_async, policy = self.calls[node_id]
         args, kwargs = step.build(unflatten(flat, shape, self._open))  # type: ignore[misc]
         if policy.active:

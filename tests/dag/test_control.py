@@ -82,15 +82,16 @@ def test_split_weights_must_be_positive_numbers(weight: object) -> None:
         with pytest.raises(sg.BindError) as caught:
             sg.split({a: 50, b: weight}, name="ab")  # type: ignore[dict-item]
     message = str(caught.value)
-    assert message.startswith(f"[bind] stage 'split ab' ({HERE}:{_line('sg.split({a: 50, b: weight}')}")
+    line = _line("sg.split({a: 50, b: weight}")
+    assert message.startswith(f"[bind] stage 'split ab' ({HERE}:{line}")
     assert f"split weight {weight!r} of whisper is not a positive number" in message
 
 
 def test_a_split_needs_two_variants_and_a_fallback_a_node() -> None:
     with sg.InputNode() as inp:
-        with pytest.raises(sg.BindError, match="sg.split needs at least two variants"):
+        with pytest.raises(sg.BindError, match=r"sg\.split needs at least two variants"):
             sg.split({shout.bind(inp.text): 1})
-        with pytest.raises(sg.BindError, match="sg.fallback needs a node, got int 3"):
+        with pytest.raises(sg.BindError, match=r"sg\.fallback needs a node, got int 3"):
             sg.fallback(3, default=0)
 
 

@@ -23,7 +23,10 @@ def _answers(driver: Any) -> list[dict[str, Any]]:
     return [driver.remote({"user": user}).result() for user in USERS]
 
 
-def _summary(answers: list[dict[str, Any]]) -> tuple[collections.Counter[str], set[tuple[str, int]]]:
+Processes = set[tuple[str, int]]
+
+
+def _summary(answers: list[dict[str, Any]]) -> tuple[collections.Counter[str], Processes]:
     shares = collections.Counter(answer["answer"]["variant"] for answer in answers)
     processes = {(a["answer"]["variant"], a["answer"]["pid"]) for a in answers} | {
         ("driver", answer["driver"]) for answer in answers}
