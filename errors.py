@@ -158,6 +158,14 @@ class StageError(PipelineError):
         self.args = (self._render(),)
         return self
 
+    def at_element(self, index: int) -> StageError:
+        """This error, saying which element of a map's list its call was for (once)."""
+        prefix = f"element {index} of the map: "
+        if not self.message.startswith("element "):
+            self.message = prefix + self.message
+            self.args = (self._render(),)
+        return self
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), dict(self.__dict__)))
 

@@ -355,6 +355,14 @@ class Plan(BaseModel):
     def input_type(self) -> Any:
         return self.resolve(self.input_model) if self.input_model else None
 
+    def output_stages(self) -> str | None:
+        """The stages whose values the output holds (comma-separated), for an output that
+        cannot be sent: None where it holds none."""
+        ids = set(templates.refs(self.outputs))
+        stages = dict.fromkeys(node.stage for node in self.nodes
+                               if node.id in ids and node.stage is not None)
+        return ", ".join(stages) or None  # type: ignore[arg-type]
+
     def reads_input(self) -> bool:
         """Whether the graph reads its `InputNode` (lowering keeps an input node only then):
         a request for it must carry a body."""

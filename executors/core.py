@@ -60,6 +60,11 @@ class Runner(Protocol):
     def open(self, stream: Any) -> AsyncIterator[Any]:
         """Start reading a stream this runner's `call` gave for a streaming node."""
 
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
+        """Start a map's calls, one per element (`rest`: the leaves after the element): a
+        list of their values or futures, or one future of the whole list (elements sent in
+        chunks). A failure names the element's index."""
+
 
 class Observer(Protocol):
     """Watches one request as `execute` runs it: the hooks a trace needs, so the core calls
@@ -178,7 +183,8 @@ class _Request:
         try:
             mapped = None if step.items is None else _map_now(step, values, leaves, self.runner)
             if mapped is not None:
-                values[node.id] = mapped
+                values[node.id] = mapped if isinstance(mapped, list) else \
+                    self._defer(self.runner.resolve(mapped))  # chunks: one future
             elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
                 values[node.id] = self._defer(_run_later(step, values, self.runner))
             else:
@@ -335,7 +341,7 @@ def _discard_all(values: Any, runner: Runner) -> None:
 
 
 def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],
-             runner: Runner) -> list[Any] | None:
+             runner: Runner) -> Any:
     """A map over a list already known (e.g. from the request): its calls start now."""
     item_leaves = [values[ref] for ref in step.item_refs]
     if any(isinstance(v, _Deferred) for v in (*item_leaves, *leaves[1:])):
@@ -343,9 +349,7 @@ def _map_now(step: Step, values: dict[str, Any], leaves: list[Any],
     items = step.items(item_leaves)  # type: ignore[misc]
     if runner.is_future(items):
         return None
-    items = checked_items(step, items)
-    rest = leaves[1:]
-    return [runner.call(step, [item, *rest]) for item in items]
+    return runner.map(step, checked_items(step, items), leaves[1:])
 
 
 async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
@@ -355,9 +359,9 @@ async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
         items = step.items(item_leaves)
         if runner.is_future(items):
             items = await runner.resolve(items)
-        items = checked_items(step, items)
         rest = [await _settle(values[ref]) for ref in step.refs[1:]]
-        return [runner.call(step, [item, *rest]) for item in items]
+        mapped = runner.map(step, checked_items(step, items), rest)
+        return mapped if isinstance(mapped, list) else await runner.resolve(mapped)
     leaves = [await _settle(values[ref]) for ref in step.refs]
     return runner.call(step, leaves)
 

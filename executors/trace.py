@@ -169,6 +169,10 @@ class TracingRunner:
             span = element
         return asyncio.ensure_future(self._traced(step, leaves, span))
 
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> list[Any]:
+        """A call per element, each traced (the map's span counts them)."""
+        return [self.call(step, [item, *rest]) for item in items]
+
     async def _traced(self, step: Step, leaves: list[Any], span: Span) -> Any:
         try:
             resolved = [await self._value(leaf) for leaf in leaves]

@@ -115,16 +115,18 @@ class PipelineTester:
     def http(self, graph_or_plan: Graph | CompiledPipeline, payload: Any = None, *,
              overrides: Mapping[Any, Any] | None = None,
              faults: Mapping[Any, Any] | None = None,
-             headers: Mapping[str, str] | None = None, timeout_s: float = 60.0) -> Any:
+             headers: Mapping[str, str] | None = None, timeout_s: float = 60.0,
+             content: bytes | None = None) -> Any:
         """POST `payload` as JSON to the pipeline's HTTP endpoint (locally: the same handler
-        in process); the `httpx.Response`."""
+        in process), or `content` as the body as it is; the `httpx.Response`."""
         target = self._target(graph_or_plan, overrides, faults)
+        body: dict[str, Any] = {"json": payload} if content is None else {"content": content}
+        sent = {"content-type": "application/json", **(headers or {})}
         if self.on_ray:
             import httpx
 
-            return httpx.post(target.url, json=payload, headers=dict(headers or {}),
-                              timeout=timeout_s)
-        return self._client(target).post("/pipeline", json=payload, headers=dict(headers or {}))
+            return httpx.post(target.url, headers=sent, timeout=timeout_s, **body)
+        return self._client(target).post("/pipeline", headers=sent, **body)
 
     def close(self) -> None:
         """Delete every application this tester deployed; close its HTTP clients."""

@@ -25,10 +25,11 @@ def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
     views."""
     views = plan_views(plan, diagram_svg)
     needs_body = plan.reads_input()
+    output_stage = plan.output_stages()
 
     async def endpoint(request: Request) -> Response:
         return await handle_http(request, run, views=views, stream=stream,
-                                 needs_body=needs_body)
+                                 needs_body=needs_body, output_stage=output_stage)
 
     route = "/" + route_prefix.strip("/")
     routes = [Route(route, endpoint, methods=["GET", "POST"])]

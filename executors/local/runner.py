@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -93,9 +93,18 @@ class LocalRunner:
         call = self.calls[step.node.id]
         if call.is_stream:  # unstarted: it runs as its one reader reads it
             return call.run_stream(leaves)
+        return self._start(call, leaves, None)
+
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> list[Any]:
+        """One call per element, each started as `call` starts one; a failure names the
+        element's index."""
+        call = self.calls[step.node.id]
+        return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
+
+    def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
         if call.is_async or call.guarded or any(_pending(leaf) for leaf in leaves):
-            return asyncio.get_running_loop().create_task(call.run_async(leaves))
-        return call.run_sync(leaves)
+            return asyncio.get_running_loop().create_task(call.run_async(leaves, index))
+        return call.run_sync(leaves, index)
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, asyncio.Future)
@@ -157,22 +166,32 @@ class _Call:
         except ValueError as exc:
             raise self._failed(exc) from None
 
-    def run_sync(self, leaves: list[Any]) -> Any:
-        args, kwargs = self.build(leaves)  # type: ignore[misc]
-        if self.checker:
-            args, kwargs = self.checker.arguments(args, kwargs)
-        serving = self.model(leaves)
+    def run_sync(self, leaves: list[Any], index: int | None = None) -> Any:
         try:
-            with serving:
-                result = self.fn(*args, **kwargs)
-        except Exception as exc:
-            raise self._failed(exc) from exc
-        return self.checker.result(result) if self.checker else result
+            args, kwargs = self.build(leaves)  # type: ignore[misc]
+            if self.checker:
+                args, kwargs = self.checker.arguments(args, kwargs)
+            serving = self.model(leaves)
+            try:
+                with serving:
+                    result = self.fn(*args, **kwargs)
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            return self.checker.result(result) if self.checker else result
+        except StageError as exc:
+            if index is not None:
+                exc.at_element(index)
+            raise
 
-    async def run_async(self, leaves: list[Any]) -> Any:
-        leaves = [await _ready(leaf) for leaf in leaves]
-        with self.model(leaves):
-            return await self._run_ready(leaves)
+    async def run_async(self, leaves: list[Any], index: int | None = None) -> Any:
+        leaves = [await _ready(leaf) for leaf in leaves]  # an upstream failure: as it is
+        try:
+            with self.model(leaves):
+                return await self._run_ready(leaves)
+        except StageError as exc:
+            if index is not None:
+                exc.at_element(index)
+            raise
 
     async def _run_ready(self, leaves: list[Any]) -> Any:
         if self.guarded:

@@ -10,7 +10,7 @@ Deploying a plan and calling it from outside is `serving/`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...compiler import CompiledPipeline
+from ...compiler.plan import MapPlan
 from ...dag.deployment import require_model_id
 from ...errors import StageError
 from ...web.ingress import handle_http, plan_views
@@ -45,9 +46,11 @@ class ServeRunner:
     a task of its own, as is any leaf that is such a task (Serve cannot take one)."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], driver_name: str,
-                 methods: dict[str, str] | None = None) -> None:
+                 methods: dict[str, str] | None = None,
+                 replicas: dict[str, int] | None = None) -> None:
         self.handles = handles
         self.methods = methods or {}
+        self.replicas = replicas or {}  # deployment -> replicas at start, for chunk sizes
         self.by_method: dict[tuple[str, str, bool], DeploymentHandle] = {}
         self.by_model: dict[tuple[str, str, str], DeploymentHandle] = {}
         self.driver_name = driver_name
@@ -123,6 +126,27 @@ class ServeRunner:
         async for chunk in self.open(await started):
             yield chunk
 
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
+        """A map's elements in chunks (`chunk_size`), one handle call each to the replica's
+        `chunk`, as one future of the whole list in order; a map of one element, a
+        multiplexed one, a traced one, or one reading this runner's own tasks: a call per
+        element."""
+        node = step.node
+        size = chunk_size(node.fanout, len(items), self.replicas.get(node.stage or "", 1))
+        if size <= 1 or step.model_id is not None or noting() or node.stream or any(
+                _holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
+            return [self.call(step, [item, *rest]) for item in items]
+        return asyncio.ensure_future(self._chunks(step, items, rest, size))
+
+    async def _chunks(self, step: Step, items: Sequence[Any], rest: list[Any],
+                      size: int) -> list[Any]:
+        handle = self._handle(step.node.stage or "", "chunk")
+        calls = []
+        for offset in range(0, len(items), size):
+            flat, shape = flatten([list(items[offset:offset + size]), *rest])
+            calls.append(handle.remote(step.node.id, shape, offset, *flat))
+        return [value for part in await asyncio.gather(*calls) for value in part]
+
     def is_future(self, value: Any) -> bool:
         return isinstance(value, (DeploymentResponse, asyncio.Future))
 
@@ -139,18 +163,34 @@ class ServeRunner:
         return None
 
 
+CHUNKS_PER_REPLICA = 4  # enough calls to spread over the replicas and overlap their hops
+MAX_CHUNK_SIZE = 1000   # elements in one call: its arguments and results stay small messages
+
+
+def chunk_size(fanout: MapPlan | None, width: int, replicas: int) -> int:
+    """Elements per call for a map of `width` elements over a deployment of `replicas`: the
+    map's own `chunk_size`, else about `CHUNKS_PER_REPLICA` calls per replica, at most
+    `MAX_CHUNK_SIZE` elements each, never fewer than one."""
+    if fanout is not None and fanout.chunk_size is not None:
+        return fanout.chunk_size
+    return max(1, min(MAX_CHUNK_SIZE, -(-width // (max(1, replicas) * CHUNKS_PER_REPLICA))))
+
+
 class PipelineDriver:
     """The ingress deployment: walks the plan for each request, over a handle or HTTP."""
 
     def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle],
                  diagram_svg: bytes | None = None) -> None:
         self.program = Program(plan)
-        remote = ServeRunner(handles, plan.driver.name, serve_methods(plan))
+        remote = ServeRunner(handles, plan.driver.name, serve_methods(plan),
+                             {stage.name: stage.resources.replicas.start
+                              for stage in plan.served()})
         fused = plan.fused()  # stages the fuse pass put in this replica: built and called here
         self.runner: Runner = remote if not fused else FusedRunner(
             LocalRunner(self.program, build_instances(plan, fused), strict=False), remote)
         self.views = plan_views(plan, diagram_svg)
         self.needs_body = plan.reads_input()  # an empty HTTP body is a 400, not the payload
+        self.output_stage = plan.output_stages()  # named by the 500 of an output not JSON
 
     def reconfigure(self, config: Any) -> None:
         """The driver's user_config, from the plan or a new `serve deploy` config: the weights
@@ -178,7 +218,8 @@ class PipelineDriver:
     async def __call__(self, request: Request) -> Response:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views,
                                  stream=self.stream if self.program.streams else None,
-                                 needs_body=self.needs_body, new_id=serve_request_id)
+                                 needs_body=self.needs_body, new_id=serve_request_id,
+                                 output_stage=self.output_stage)
 
 
 def _holds(leaf: Any, kind: type) -> bool:

@@ -12,7 +12,7 @@ task of their own, so the core still dispatches independent branches at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ray.serve.handle import DeploymentResponse
@@ -47,6 +47,16 @@ class FusedRunner:
         ready = [await _awaited(leaf, (asyncio.Future,)) for leaf in leaves]
         result = self.remote.call(step, ready)
         return result if step.node.stream else await result
+
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
+        """A fused map calls in-process, another its deployment (in chunks); either one whose
+        elements or arguments hold the other side's futures: a call per element, as `call`
+        bridges them."""
+        fused = step.node.id in self.local.calls
+        other = DeploymentResponse if fused else asyncio.Future
+        if any(_has(leaf, other) for leaf in (list(items), *rest)):
+            return [self.call(step, [item, *rest]) for item in items]
+        return (self.local if fused else self.remote).map(step, items, rest)
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, (asyncio.Future, DeploymentResponse))

@@ -20,6 +20,7 @@ with `__call__` (or `stream`): Serve's access log then names it (`CALL encode OK
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def unflatten(flat: Sequence[Any], shape: ArgShape,
 
 # names a replica holds for itself, or that Serve calls on it (its health check and
 # reconfigure hooks): a stage method by one of these names is asked for as `__call__`
-REPLICA_NAMES = frozenset({"stage", "calls", "check_health", "reconfigure",
+REPLICA_NAMES = frozenset({"stage", "calls", "chunk", "check_health", "reconfigure",
                            "record_routing_stats", "record_replica_metadata"})
 
 
@@ -190,6 +191,36 @@ class StageReplica:
     async def _call(self, node_id: str, shape: ArgShape, flat: Sequence[Any]) -> Any:
         step, fn, is_async, policy = self.calls[node_id]
         args, kwargs = step.build(unflatten(flat, shape, self._open))  # type: ignore[misc]
+        return await self._invoke(step, fn, is_async, policy, args, kwargs)
+
+    async def chunk(self, node_id: str, shape: ArgShape, offset: int, *flat: Any) -> list[Any]:
+        """Part of a map's list (its elements from `offset` on, the first leaf), each called
+        as `__call__` calls one (its `timeout_s` and retries per element), async ones
+        concurrently (a batched method batches them), sync ones in turn; the results in
+        order. A failure names its element's index and stops the chunk's other calls."""
+        step, fn, is_async, policy = self.calls[node_id]
+        items, *rest = unflatten(flat, shape, self._open)
+
+        async def element(index: int, item: Any) -> Any:
+            args, kwargs = step.build([item, *rest])  # type: ignore[misc]
+            try:
+                return await self._invoke(step, fn, is_async, policy, args, kwargs)
+            except StageError as exc:
+                raise exc.at_element(offset + index) from None
+
+        if not is_async and not policy.active:
+            return [await element(index, item) for index, item in enumerate(items)]
+        calls = [asyncio.ensure_future(element(index, item))
+                 for index, item in enumerate(items)]
+        try:
+            return list(await asyncio.gather(*calls))
+        finally:
+            for call in calls:
+                if not call.done():
+                    call.cancel()
+
+    async def _invoke(self, step: Step, fn: Any, is_async: bool, policy: CallPolicy,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if policy.active:
             return await call_guarded(
                 attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
