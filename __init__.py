@@ -23,7 +23,7 @@ _EXPORTS = {
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors", "DeployError": "errors",
-    "StageTimeoutError": "errors",
+    "StageTimeoutError": "errors", "DeadlineError": "errors",
     "PackingError": "errors",
 }
 

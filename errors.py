@@ -188,6 +188,24 @@ class StageTimeoutError(StageError):
         return f"{self._where()} timed out: {self.message}{self._tries()}"
 
 
+class DeadlineError(StageTimeoutError):
+    """The request's own deadline passed (its graph's `timeout_s`, or the shorter one its
+    caller gave): its calls still running were cancelled (HTTP 504 naming them)."""
+
+    def __init__(self, pipeline: str, timeout_s: float, running: list[str], *,
+                 request_id: str | None = None, left: bool = False) -> None:
+        self.running = running
+        self.timeout_s = timeout_s
+        message = (f"the request's deadline passed ({timeout_s:.3g} s were left when the call "
+                   "began)" if left else f"the request's deadline of {timeout_s:g} s passed")
+        StageError.__init__(self, running[0] if running else pipeline, message,
+                            error_type="DeadlineError", request_id=request_id)
+
+    def _render(self) -> str:
+        still = ", ".join(self.running) if self.running else "nothing"
+        return f"{self.message} with {still} still running (cancelled)"
+
+
 class EdgeTypeError(StageError):
     """Strict mode: a value crossing an edge does not match the consumer's annotation."""
 

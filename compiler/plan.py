@@ -281,6 +281,7 @@ class Plan(BaseModel):
     cluster: ClusterSpec | None = None
     gpu_layout: GpuLayout | None = None
     fuse: bool = True  # compiled with fusion on (a Serve config's builder compiles the same)
+    timeout_s: float | None = None  # every request's deadline (`sg.Graph(timeout_s=...)`)
 
     _memory: PlanMemory = PrivateAttr(default_factory=PlanMemory)
 

@@ -26,14 +26,26 @@ class Graph:
     every node created inside the same `with sg.InputNode()` block, so the validate pass can
     name the ones that reach no output.
 
+    `timeout_s` is every request's deadline: past it, the calls still running are cancelled
+    and the request fails with a `DeadlineError` (HTTP 504) naming them; a caller may ask for
+    less (`deadline_s=`, the `x-request-timeout` header), never more.
+
     `driver` holds the ingress driver's own Serve options (`{"num_replicas": 2}`, or
     `{"num_replicas": "auto", "autoscaling_config": {...}}`), validated here as a stage's are;
     the lower pass lays them over servegraph's driver defaults. The local executor ignores them.
     """
 
     def __init__(self, outputs: Any, name: str = "pipeline",
-                 driver: Mapping[str, Any] | None = None) -> None:
+                 driver: Mapping[str, Any] | None = None,
+                 timeout_s: float | None = None) -> None:
         self.site = user_site()
+        if timeout_s is not None and (isinstance(timeout_s, bool)
+                                      or not isinstance(timeout_s, (int, float))
+                                      or not 0 < timeout_s < float("inf")):
+            raise BindError(f"timeout_s={timeout_s!r}: a request's deadline is a positive "
+                            "number of seconds", site=self.site,
+                            hint="sg.Graph(out, name=..., timeout_s=2.5), or leave it out")
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise BindError(f"graph name {name!r} must be letters, digits, '_' or '-'",
                             site=self.site, hint='sg.Graph(out, name="search")')

@@ -32,56 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from ..compiler import NodePlan
-from ..errors import InputError
-from .program import COMPUTED, Program, Step
+from ..errors import DeadlineError, InputError
+from .deadline import DEADLINE, request_budget
+from .program import COMPUTED, Observer, Program, Runner, Step, checked_items
 
 logger = logging.getLogger("servegraph")
-
-
-class Runner(Protocol):
-    def call(self, step: Step, leaves: list[Any]) -> Any:
-        """Start one call of `step`'s stage; return its value or a future of this runner."""
-
-    def is_future(self, value: Any) -> bool: ...
-
-    async def resolve(self, value: Any) -> Any:
-        """Await one future of this runner to its value."""
-
-    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
-        """Turn a runner's failure into a servegraph error (a StageError naming the stage)."""
-
-    def discard(self, value: Any) -> None:
-        """The request failed: cancel this future if it still runs, and retrieve its error."""
-
-    def open(self, stream: Any) -> AsyncIterator[Any]:
-        """Start reading a stream this runner's `call` gave for a streaming node."""
-
-    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
-        """Start a map's calls, one per element (`rest`: the leaves after the element): a
-        list of their values or futures, or one future of the whole list (elements sent in
-        chunks). A failure names the element's index."""
-
-
-class Observer(Protocol):
-    """Watches one request as `execute` runs it: the hooks a trace needs, so the core calls
-    whatever the caller attaches without importing it."""
-
-    def wrap(self, runner: Runner, nodes: Sequence[NodePlan]) -> Runner:
-        """The runner `execute` calls instead of `runner` (to see every call it makes)."""
-
-    def computed(self, node: NodePlan, value: Any) -> None:
-        """A node the core computed itself: the input, a selection, a constant."""
-
-    def branched(self, node: NodePlan, arm: str, reason: str | None) -> None:
-        """A branch node took `arm` (a fallback's `default`: `reason` says what failed)."""
-
-    def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
-        """The request ended: every node's value as far as it is known, and the output (None
-        for an opened stream) or the servegraph error."""
 
 
 class _Deferred:
@@ -109,33 +69,43 @@ async def stream(program: Program, payload: Any, runner: Runner,
 
 async def execute(program: Program, payload: Any, runner: Runner,
                   request_id: str | None = None, *, open_stream: bool = False,
-                  observer: Observer | None = None) -> Any:
+                  observer: Observer | None = None, deadline_s: float | None = None) -> Any:
     """Run one request through the plan with `runner`; return the outputs' values (streams
     read to the end), or with `open_stream` the output stream itself, opened. An `observer`
     (a trace) wraps the runner and is told every computed node, each arm taken and the
-    request's end."""
+    request's end. The request's budget is `deadline_s` capped by the graph's `timeout_s`:
+    every call it starts sees the deadline (`deadline`), and past it (and a moment's grace
+    for a stage's own deadline error to arrive, naming it) the calls still running are
+    cancelled and a `DeadlineError` names them."""
     if observer is not None:
         runner = observer.wrap(runner, program.plan.nodes)
     request = _Request(program, payload, runner, request_id, observer)
+    budget = request_budget(deadline_s, program.plan.timeout_s)
+    token = None if budget is None else DEADLINE.set(time.time() + budget)
     output: Any = None
     error: BaseException | None = None
     try:
-        request.start_eager()
-        values = request.values
-        if open_stream:
-            return runner.open(await _settle(values[program.output_refs[0]]))
-        results = [await _collect(values[ref], runner) if ref in program.stream_refs
-                   else await _value(values[ref], runner) for ref in program.output_refs]
-        output = program.build_outputs(results)
+        async with asyncio.timeout(None if budget is None else budget + DEADLINE_GRACE_S
+                                   ) as scope:
+            output = await request.outputs(open_stream)
         return output
     except BaseException as exc:
+        failure = exc
+        if budget is not None and scope.expired():
+            failure = DeadlineError(program.plan.name, budget, request.running(),
+                                    request_id=request_id)
         request.abandon()
-        error = runner.on_error(exc, request_id)
+        error = runner.on_error(failure, request_id)
         raise error from None
     finally:
+        if token is not None:
+            DEADLINE.reset(token)
         if observer is not None:
             observer.finish({key: _known(value) for key, value in request.values.items()},
-                            output, error)
+                            None if open_stream else output, error)
+
+
+DEADLINE_GRACE_S = 0.05  # past the deadline, for a stage's own deadline error to arrive first
 
 
 class _Request:
@@ -151,6 +121,28 @@ class _Request:
         self.observer = observer
         self.values: dict[str, Any] = {}
         self.deferred: list[asyncio.Task[Any]] = []
+
+    async def outputs(self, open_stream: bool) -> Any:
+        """Start the request and await its outputs (or open its output stream)."""
+        self.start_eager()
+        program, values, runner = self.program, self.values, self.runner
+        if open_stream:
+            return runner.open(await _settle(values[program.output_refs[0]]))
+        results = [await _collect(values[ref], runner) if ref in program.stream_refs
+                   else await _value(values[ref], runner) for ref in program.output_refs]
+        return program.build_outputs(results)
+
+    def running(self) -> list[str]:
+        """The stages of the calls started and not known to have ended (a Serve response
+        that was never awaited is counted as running: the driver cannot tell)."""
+        running = []
+        for node_id, value in self.values.items():
+            node = self.program.by_id[node_id].node
+            pending = [v for v in (value if isinstance(value, list) else [value])
+                       if self.runner.is_future(v) or isinstance(v, _Deferred)]
+            if node.stage and any(not _ended(v) for v in pending):
+                running.append(node.stage)
+        return list(dict.fromkeys(running))
 
     def start_eager(self) -> None:
         """Start every node that is not lazy, in schedule order, awaiting nothing: the ones
@@ -291,22 +283,12 @@ class _Request:
         _discard_all(self.values.values(), self.runner)
 
 
-def checked_items(step: Step, items: Any) -> list[Any] | tuple[Any, ...]:
-    """A map's elements: a list (or tuple) no longer than the map's `max_width`, else the
-    caller's error naming the map (a 422: no stage is called for it)."""
-    node = step.node
-    if not isinstance(items, (list, tuple)):
-        raise InputError(
-            f"{node.label} ({node.site}) maps over a list, got {type(items).__name__}",
-            errors=[{"loc": [node.label], "msg": "not a list", "type": "list_type"}])
-    limit = node.fanout.max_width if node.fanout is not None else len(items)
-    if len(items) > limit:
-        raise InputError(
-            f"{node.label} ({node.site}) takes at most {limit} elements per request, got "
-            f"{len(items)} (its max_width; SERVEGRAPH_MAX_MAP_WIDTH sets every map's default)",
-            errors=[{"loc": [node.label], "msg": f"more than {limit} elements",
-                     "type": "too_long"}])
-    return items
+def _ended(value: Any) -> bool:
+    """A call that ended by itself (one cancelled just now, by the deadline's own
+    cancellation of what the request awaited, was still running)."""
+    if isinstance(value, _Deferred):
+        value = value.task
+    return isinstance(value, asyncio.Future) and value.done() and not value.cancelled()
 
 
 def _failed(error: Exception) -> asyncio.Future[Any]:

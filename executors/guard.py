@@ -2,10 +2,12 @@
 wrap around the user's code (locally in `_Call`, on Serve inside `StageReplica`, where the call
 actually runs: the driver passes responses on unawaited, so it never sees a call start or end).
 
-- Each attempt is bounded by `timeout_s`; one that runs past it fails with
-  `StageTimeoutError` (HTTP 504). The attempt is cancelled. A synchronous stage cannot be
-  interrupted, so with a timeout it runs in a daemon thread of its own: the caller stops
-  waiting at the timeout and the thread finishes in the background (its result dropped).
+- Each attempt is bounded by `timeout_s`, cut to what is left of the request's deadline
+  (`deadline`); one that runs past it fails with `StageTimeoutError` (HTTP 504), or, past
+  the request's deadline, with `DeadlineError` naming the stage (never retried). The
+  attempt is cancelled. A synchronous stage cannot be interrupted, so with a timeout it
+  runs in a daemon thread of its own: the caller stops waiting at the timeout and the
+  thread finishes in the background (its result dropped).
 - A call that raises, or times out, is made again, up to `max_retries` times, with the same
   arguments (so only for idempotent stages); the last error surfaces, saying how many
   attempts were made. Errors that are not the stage's own (a servegraph error met on the
@@ -13,7 +15,8 @@ actually runs: the driver passes responses on unawaited, so it never sees a call
 - A streaming stage is never retried (the compiler refuses it); `timeout_s` bounds the wait
   for each chunk, the first one included.
 
-A stage with neither option never comes here: its calls stay on the runners' fast paths.
+A stage with neither option never comes here (on Serve: unless its request has a deadline):
+its calls stay on the runners' fast paths.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..compiler import CompiledPipeline, NodePlan
-from ..errors import StageError, StageTimeoutError
+from ..errors import DeadlineError, StageError, StageTimeoutError
+from .deadline import budget
 
 Failed = Callable[[Exception], BaseException]
 
@@ -56,9 +60,13 @@ async def call_guarded(invoke: Callable[[], Awaitable[Any]], policy: CallPolicy,
     of what the user's code raised into a servegraph error."""
     attempt = 1
     while True:
+        bound, by_deadline = budget(policy.timeout_s)  # never past the request's deadline
         try:
-            return await _bounded(invoke, policy.timeout_s)
+            return await _bounded(invoke, bound)
         except _TimedOut:
+            if by_deadline:
+                raise DeadlineError(policy.stage, bound or 0.0, [policy.stage],
+                                    left=True) from None
             error: BaseException = StageTimeoutError(
                 policy.stage, policy.timeout_s or 0.0, site=policy.site, attempts=attempt)
         except Exception as exc:

@@ -13,9 +13,9 @@ loop that runs a program is `core`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -160,3 +160,63 @@ def _arm(template: Any, constants: Sequence[Any]) -> Arm:
     refs = RefSlots()
     build = templates.builder(template, refs, constants)
     return Arm(tuple(refs), build, templates.ref_of(template))
+
+
+def checked_items(step: Step, items: Any) -> list[Any] | tuple[Any, ...]:
+    """A map's elements: a list (or tuple) no longer than the map's `max_width`, else the
+    caller's error naming the map (a 422: no stage is called for it)."""
+    node = step.node
+    if not isinstance(items, (list, tuple)):
+        raise InputError(
+            f"{node.label} ({node.site}) maps over a list, got {type(items).__name__}",
+            errors=[{"loc": [node.label], "msg": "not a list", "type": "list_type"}])
+    limit = node.fanout.max_width if node.fanout is not None else len(items)
+    if len(items) > limit:
+        raise InputError(
+            f"{node.label} ({node.site}) takes at most {limit} elements per request, got "
+            f"{len(items)} (its max_width; SERVEGRAPH_MAX_MAP_WIDTH sets every map's default)",
+            errors=[{"loc": [node.label], "msg": f"more than {limit} elements",
+                     "type": "too_long"}])
+    return items
+
+
+class Runner(Protocol):
+    def call(self, step: Step, leaves: list[Any]) -> Any:
+        """Start one call of `step`'s stage; return its value or a future of this runner."""
+
+    def is_future(self, value: Any) -> bool: ...
+
+    async def resolve(self, value: Any) -> Any:
+        """Await one future of this runner to its value."""
+
+    def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
+        """Turn a runner's failure into a servegraph error (a StageError naming the stage)."""
+
+    def discard(self, value: Any) -> None:
+        """The request failed: cancel this future if it still runs, and retrieve its error."""
+
+    def open(self, stream: Any) -> AsyncIterator[Any]:
+        """Start reading a stream this runner's `call` gave for a streaming node."""
+
+    def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
+        """Start a map's calls, one per element (`rest`: the leaves after the element): a
+        list of their values or futures, or one future of the whole list (elements sent in
+        chunks). A failure names the element's index."""
+
+
+class Observer(Protocol):
+    """Watches one request as `execute` runs it: the hooks a trace needs, so the core calls
+    whatever the caller attaches without importing it."""
+
+    def wrap(self, runner: Runner, nodes: Sequence[NodePlan]) -> Runner:
+        """The runner `execute` calls instead of `runner` (to see every call it makes)."""
+
+    def computed(self, node: NodePlan, value: Any) -> None:
+        """A node the core computed itself: the input, a selection, a constant."""
+
+    def branched(self, node: NodePlan, arm: str, reason: str | None) -> None:
+        """A branch node took `arm` (a fallback's `default`: `reason` says what failed)."""
+
+    def finish(self, values: dict[str, Any], output: Any, error: BaseException | None) -> None:
+        """The request ended: every node's value as far as it is known, and the output (None
+        for an opened stream) or the servegraph error."""

@@ -29,8 +29,8 @@ from typing import Any
 from ..compiler import NodePlan
 from ..errors import PipelineError
 from .batching import noted
-from .core import Runner, execute
-from .program import Program, Step
+from .core import execute
+from .program import Program, Runner, Step
 
 STREAM = "<stream>"
 _COMPUTED = ("input", "select", "const", "branch")  # no call of a stage: no inputs shown
@@ -313,11 +313,12 @@ class Tracer:
 
 
 async def record(trace: Trace, program: Program, payload: Any, runner: Runner,
-                 request_id: str | None = None) -> Trace:
+                 request_id: str | None = None, *, deadline_s: float | None = None) -> Trace:
     """Run one request with `runner`, recorded into `trace` and returned; a servegraph error
     is kept in `trace.error`, not raised (a trace is for looking at a failure)."""
     try:
-        await execute(program, payload, runner, request_id, observer=Tracer(trace))
+        await execute(program, payload, runner, request_id, observer=Tracer(trace),
+                      deadline_s=deadline_s)
     except PipelineError:
         pass
     return trace

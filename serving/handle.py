@@ -86,32 +86,37 @@ class PipelineHandle:
         return asyncio.run_coroutine_threadsafe(_awaited(fn, *args), self._loop).result()
 
     def call(self, payload: Any = None, request_id: str | None = None, *,
-             timeout_s: float | None = None) -> Any:
+             timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
         """The outputs' values, blocking."""
-        return self._blocking(self._run, payload, request_id, timeout_s)
+        return self._blocking(self._run, payload, request_id, timeout_s, deadline_s)
 
     async def acall(self, payload: Any = None, request_id: str | None = None, *,
-                    timeout_s: float | None = None) -> Any:
-        """The outputs' values (a streamed output read to the end: its list of chunks)."""
-        return await self._awaiting(self._run, payload, request_id, timeout_s)
+                    timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
+        """The outputs' values (a streamed output read to the end: its list of chunks).
+        `timeout_s`: how long this caller waits; `deadline_s`: the request's own budget
+        (capped by the graph's `timeout_s`), past which the driver cancels its calls still
+        running and raises a `DeadlineError` naming them."""
+        return await self._awaiting(self._run, payload, request_id, timeout_s, deadline_s)
 
     remote = acall  # its first name (`await handle.remote(payload)`), kept
 
     def trace(self, payload: Any = None, request_id: str | None = None, *,
-              timeout_s: float | None = None) -> Trace:
+              timeout_s: float | None = None, deadline_s: float | None = None) -> Trace:
         """`atrace`, blocking."""
         try:
-            return self._blocking(self._trace, payload, request_id, timeout_s)
+            return self._blocking(self._trace, payload, request_id, timeout_s, deadline_s)
         except StageTimeoutError as exc:
             return Trace(self.name, executor="ray", error=exc)
 
     async def atrace(self, payload: Any = None, request_id: str | None = None, *,
-                     timeout_s: float | None = None) -> Trace:
+                     timeout_s: float | None = None, deadline_s: float | None = None
+                     ) -> Trace:
         """Run one request with a trace of every node (its `output`, or its `error`, which is
         kept in the trace, not raised). The driver then awaits every intermediate value, so
         the request costs a transfer per node: for tests and debugging."""
         try:
-            return await self._awaiting(self._trace, payload, request_id, timeout_s)
+            return await self._awaiting(self._trace, payload, request_id, timeout_s,
+                                        deadline_s)
         except StageTimeoutError as exc:
             return Trace(self.name, executor="ray", error=exc)
 
@@ -151,27 +156,27 @@ class PipelineHandle:
             raise as_pipeline_error(exc, self.name, request_id) from None
 
     def _blocking(self, method: DeploymentHandle, payload: Any, request_id: str | None,
-                  timeout_s: float | None) -> Any:
+                  timeout_s: float | None, deadline_s: float | None = None) -> Any:
         """One blocking call of a driver method, on our own loop when we have one."""
         try:
             if self._loop is None:
-                response = method.remote(payload, request_id)
+                response = method.remote(payload, request_id, deadline_s)
                 return _cancelled_past(response, lambda: response.result(timeout_s=timeout_s))
             future = asyncio.run_coroutine_threadsafe(
-                _awaited(method.remote, payload, request_id), self._loop)
+                _awaited(method.remote, payload, request_id, deadline_s), self._loop)
             return _cancelled_past(future, lambda: future.result(timeout=timeout_s))
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
 
     async def _awaiting(self, method: DeploymentHandle, payload: Any, request_id: str | None,
-                        timeout_s: float | None) -> Any:
+                        timeout_s: float | None, deadline_s: float | None = None) -> Any:
         """One awaited call of a driver method, on our own loop when we have one."""
         try:
             async with asyncio.timeout(timeout_s):
                 if self._loop is None:
-                    return await method.remote(payload, request_id)
+                    return await method.remote(payload, request_id, deadline_s)
                 return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    _awaited(method.remote, payload, request_id), self._loop))
+                    _awaited(method.remote, payload, request_id, deadline_s), self._loop))
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
 

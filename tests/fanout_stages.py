@@ -69,3 +69,34 @@ def unencodable() -> sg.Graph:
 def calls(calls_file: str) -> list[str]:
     path = Path(calls_file)
     return path.read_text().split() if path.exists() else []
+
+
+@sg.deployment(fuse=False)
+class Sleeper:
+    """Sleeps `x` seconds; notes in `marks_file` when it is cancelled."""
+
+    def __init__(self, marks_file: str) -> None:
+        self.marks_file = marks_file
+
+    async def __call__(self, x: float) -> float:
+        try:
+            await asyncio.sleep(x)
+        except asyncio.CancelledError:
+            with open(self.marks_file, "a") as marks:
+                marks.write("cancelled\n")
+            raise
+        return x
+
+
+@sg.deployment(timeout_s=30)
+async def patient(x: float) -> float:
+    """A stage whose own timeout is far longer than the request's deadline."""
+    await asyncio.sleep(x)
+    return x
+
+
+def deadlined(marks_file: str, timeout_s: float = 1.0) -> sg.Graph:
+    with sg.InputNode() as inp:
+        slept = Sleeper.bind(marks_file).__call__.bind(inp.sleep)
+        waited = patient.bind(inp.wait)
+    return sg.Graph({"slept": slept, "waited": waited}, name="deadlined", timeout_s=timeout_s)

@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_public_api_is_pinned() -> None:
     assert sg.__all__ == sorted([
-        "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeployError",
+        "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeadlineError",
+        "DeployError",
         "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
         "StageTimeoutError", "TypeMismatchError", "batch", "compile", "connect",

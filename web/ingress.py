@@ -6,10 +6,13 @@ that is not JSON (an empty body too, when the pipeline reads its input; a pipeli
 not gets `None`), 405 for a method other than POST, 413 for a body over `max_body_bytes`
 (`SERVEGRAPH_MAX_BODY_BYTES`, 10 MiB by default; read chunk by chunk and dropped at the limit,
 never buffered whole), 422 for a body that does not fit the input, 500 naming the stage that
-failed, 504 naming a stage that ran past its `timeout_s`. A full queue is answered before the
-request gets here: Serve's proxy returns 503 for the driver's `max_queued_requests` (with
-`Retry-After` when the driver's `backpressure_config` sets `retry_after_s`). Every response
-carries `x-request-id` (the client's, or one made here), and every 5xx is logged with it.
+failed, 504 naming a stage that ran past its `timeout_s`, or the stages still running when
+the request's deadline passed (the graph's `timeout_s`, or less: the client's
+`x-request-timeout` header, in seconds; not a positive number: 400). A full queue is
+answered before the request gets here: Serve's proxy returns 503 for the driver's
+`max_queued_requests` (with `Retry-After` when the driver's `backpressure_config` sets
+`retry_after_s`). Every response carries `x-request-id` (the client's, or one made here), and
+every 5xx is logged with it.
 The body is only ever parsed as JSON: client data is never unpickled. A failed request never
 takes the service down: the next one is served as usual.
 """
@@ -33,7 +36,7 @@ from .views import View, plan_views
 __all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "json_bytes", "plan_views",
            "request_id_for", "serve_http"]
 
-Runner = Callable[[Any, str], Awaitable[Any]]
+Runner = Callable[..., Awaitable[Any]]  # run(payload, request_id, deadline_s=None)
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
 logger = logging.getLogger("servegraph")
 MAX_BODY_BYTES = int(os.environ.get("SERVEGRAPH_MAX_BODY_BYTES", 10 * 2**20))
@@ -105,6 +108,24 @@ def json_bytes(value: Any) -> bytes:
         raise ValueError(f"{exc} (NaN and Infinity are not JSON)") from None
 
 
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def request_timeout(request: Request) -> tuple[float | None, str | None]:
+    """The budget the client asks for in seconds (`x-request-timeout`; the graph's
+    `timeout_s` caps it), or the 400's message for one that is not a positive number."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None, None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        return None, f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a positive number of seconds"
+    return seconds, None
+
+
 def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
     if status >= 500:
         logger.warning("request %s: %d from stage %s: %s", content.get("request_id"), status,
@@ -171,13 +192,15 @@ async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = T
                              "stage": None, "request_id": request_id},
                             status_code=413, headers={**headers, "connection": "close"})
     payload, problem = parse_body(body, needs_body)
+    deadline_s, bad_timeout = request_timeout(request)
+    problem = problem or bad_timeout
     if problem is not None:
         return JSONResponse({"error": problem, "stage": None, "request_id": request_id},
                             status_code=400, headers=headers)
     if stream is not None:
         return await _streaming(stream(payload, request_id), request_id, headers)
     try:
-        result = await run(payload, request_id)
+        result = await run(payload, request_id, deadline_s=deadline_s)
     except Exception as exc:  # a servegraph error; anything else is still answered as JSON
         return _error(*error_body(exc, request_id), headers)
     try:

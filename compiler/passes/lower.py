@@ -98,7 +98,7 @@ def lower(state: CompileState, passes: list[str], fuse: bool = True) -> Compiled
         name=graph.name, input_model=input_model, nodes=nodes,
         outputs=encoder.encode(graph.outputs), deployments=stages, driver=driver,
         passes=passes, cluster=state.cluster, gpu_layout=state.layout,
-        fuse=fuse,
+        fuse=fuse, timeout_s=graph.timeout_s,
     )
     return plan.with_memory(PlanMemory(objects=objects, constants=tuple(constants), graph=graph,
                                        node_ids=ids))

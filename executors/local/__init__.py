@@ -44,16 +44,21 @@ class LocalExecutor:
         self._runner = LocalRunner(self.program, build_instances(plan), strict)
 
     def call(self, payload: Any = None, request_id: str | None = None, *,
-             timeout_s: float | None = None) -> Any:
+             timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
         """The outputs' values, blocking: for scripts and sync tests."""
         _refuse_in_loop("call()/sg.run_local() block", "await sg.LocalExecutor(graph).acall("
                         "payload)")
-        return asyncio.run(self._drained(self.acall(payload, request_id, timeout_s=timeout_s)))
+        return asyncio.run(self._drained(self.acall(payload, request_id, timeout_s=timeout_s,
+                                                    deadline_s=deadline_s)))
 
     async def acall(self, payload: Any = None, request_id: str | None = None, *,
-                    timeout_s: float | None = None) -> Any:
-        """The outputs' values (a streamed output read to the end: its list of chunks)."""
-        request = execute(self.program, payload, self._runner, request_id)
+                    timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
+        """The outputs' values (a streamed output read to the end: its list of chunks).
+        `timeout_s`: how long this caller waits; `deadline_s`: the request's own budget
+        (capped by the graph's `timeout_s`): past it, its calls still running are cancelled
+        and a `DeadlineError` names them."""
+        request = execute(self.program, payload, self._runner, request_id,
+                          deadline_s=deadline_s)
         if timeout_s is None:  # the common case, without a timer
             return await request
         return await self._within(request, timeout_s, request_id)
@@ -61,10 +66,11 @@ class LocalExecutor:
     run = acall  # its first name, kept for existing callers (see the class docstring)
 
     def trace(self, payload: Any = None, request_id: str | None = None, *,
-              timeout_s: float | None = None) -> Trace:
+              timeout_s: float | None = None, deadline_s: float | None = None) -> Trace:
         """`atrace`, blocking."""
         _refuse_in_loop("trace() blocks", "await sg.LocalExecutor(graph).atrace(payload)")
-        return asyncio.run(self._drained(self.atrace(payload, request_id, timeout_s=timeout_s)))
+        return asyncio.run(self._drained(self.atrace(payload, request_id, timeout_s=timeout_s,
+                                                     deadline_s=deadline_s)))
 
     async def _drained(self, request: Awaitable[T]) -> T:
         """A blocking call's request, then the shadow candidates it left running: its event
@@ -75,11 +81,13 @@ class LocalExecutor:
             await self.program.drain()
 
     async def atrace(self, payload: Any = None, request_id: str | None = None, *,
-                     timeout_s: float | None = None) -> Trace:
+                     timeout_s: float | None = None, deadline_s: float | None = None
+                     ) -> Trace:
         """Run one request recording every node's inputs, output, start and duration; the
         trace holds the `output`, or the servegraph `error` (kept, not raised)."""
         trace = Trace(self.plan.name, executor="local-strict" if self.strict else "local")
-        request = record(trace, self.program, payload, self._runner, request_id)
+        request = record(trace, self.program, payload, self._runner, request_id,
+                         deadline_s=deadline_s)
         try:
             return await request if timeout_s is None else await self._within(
                 request, timeout_s, request_id)

@@ -23,13 +23,14 @@ from ...dag.deployment import require_model_id
 from ...errors import StageError
 from ...web.ingress import handle_http, plan_views
 from ..batching import noting, settle
-from ..core import Runner, execute, stream
+from ..core import execute, stream
+from ..deadline import DEADLINE
 from ..local.runner import LocalRunner, build_instances
-from ..program import Program, Step
+from ..program import Program, Runner, Step
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
-from .ray_private import serve_request_id
+from .ray_private import router_in_separate_loop, serve_request_id
 from .replica import StreamCall, flatten, serve_methods
 
 
@@ -71,7 +72,7 @@ class ServeRunner:
         if noting():
             return asyncio.ensure_future(self._reported(stage, node.id, shape, flat, model))
         handle = self._handle(stage, self.methods.get(node.id, "__call__"), model_id=model)
-        return handle.remote(node.id, shape, *flat)
+        return handle.remote(node.id, shape, *flat, **_deadline())
 
     async def _later(self, step: Step, leaves: list[Any]) -> Any:
         """A call whose model id is still in flight, or that reads this runner's own tasks:
@@ -113,7 +114,7 @@ class ServeRunner:
     async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any],
                         model_id: str = "") -> Any:
         handle = self._handle(stage, "reported", model_id=model_id)
-        return settle(await handle.remote(node_id, shape, *flat))
+        return settle(await handle.remote(node_id, shape, *flat, **_deadline()))
 
     def open(self, stream: StreamCall | asyncio.Future[StreamCall]) -> AsyncIterator[Any]:
         if isinstance(stream, asyncio.Future):  # its call waited for this runner's tasks
@@ -128,12 +129,12 @@ class ServeRunner:
 
     def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
         """A map's elements in chunks (`chunk_size`), one handle call each to the replica's
-        `chunk`, as one future of the whole list in order; a map of one element, a
-        multiplexed one, a traced one, or one reading this runner's own tasks: a call per
-        element."""
+        `chunk`, as one future of the whole list in order (a failure names its element's
+        index); a multiplexed map, a traced one, or one reading this runner's own tasks: a
+        call per element."""
         node = step.node
         size = chunk_size(node.fanout, len(items), self.replicas.get(node.stage or "", 1))
-        if size <= 1 or step.model_id is not None or noting() or node.stream or any(
+        if step.model_id is not None or noting() or node.stream or any(
                 _holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
         return asyncio.ensure_future(self._chunks(step, items, rest, size))
@@ -144,7 +145,7 @@ class ServeRunner:
         calls = []
         for offset in range(0, len(items), size):
             flat, shape = flatten([list(items[offset:offset + size]), *rest])
-            calls.append(handle.remote(step.node.id, shape, offset, *flat))
+            calls.append(handle.remote(step.node.id, shape, offset, *flat, **_deadline()))
         return [value for part in await asyncio.gather(*calls) for value in part]
 
     def is_future(self, value: Any) -> bool:
@@ -156,11 +157,19 @@ class ServeRunner:
     def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
         return as_pipeline_error(error, self.driver_name, request_id)
 
-    def discard(self, value: DeploymentResponse) -> None:
-        """Leave it: Serve logs nothing for a response never awaited, and
-        `DeploymentResponse.cancel()` blocks the driver's loop until a replica is assigned,
-        then raises the upstream error. Sibling calls finish on their replicas, unread."""
-        return None
+    def discard(self, value: DeploymentResponse | asyncio.Future[Any]) -> None:
+        """Cancel it where that cannot block: a response whose router runs on this loop (the
+        throughput-optimised mode servegraph's driver runs in), so the call, and the calls it
+        made, stop on their replicas; Serve logs nothing for one never awaited. Where Serve
+        routes on a loop of its own, `DeploymentResponse.cancel()` would block the driver's
+        loop until a replica is assigned: the call is left to finish, unread."""
+        if isinstance(value, asyncio.Future):
+            if not value.done():
+                value.cancel()
+            elif not value.cancelled():
+                value.exception()
+        elif not router_in_separate_loop():
+            value.cancel()
 
 
 CHUNKS_PER_REPLICA = 4  # enough calls to spread over the replicas and overlap their hops
@@ -174,6 +183,13 @@ def chunk_size(fanout: MapPlan | None, width: int, replicas: int) -> int:
     if fanout is not None and fanout.chunk_size is not None:
         return fanout.chunk_size
     return max(1, min(MAX_CHUNK_SIZE, -(-width // (max(1, replicas) * CHUNKS_PER_REPLICA))))
+
+
+def _deadline() -> dict[str, float]:
+    """The request's deadline, for a replica to bound its call by (`deadline`): none, no
+    keyword (replicas of plans without deadlines are called as before)."""
+    deadline = DEADLINE.get()
+    return {} if deadline is None else {"deadline": deadline}
 
 
 class PipelineDriver:
@@ -197,14 +213,19 @@ class PipelineDriver:
         of the plan's splits (`branches.Routing`), changed without restarting a replica."""
         self.program.routing.reconfigure(config)
 
-    async def run(self, payload: Any, request_id: str | None = None) -> Any:
-        return await execute(self.program, payload, self.runner, request_id)
+    async def run(self, payload: Any, request_id: str | None = None,
+                  deadline_s: float | None = None) -> Any:
+        """One request; `deadline_s`: its caller's budget, capped by the graph's `timeout_s`."""
+        return await execute(self.program, payload, self.runner, request_id,
+                             deadline_s=deadline_s)
 
-    async def trace(self, payload: Any, request_id: str | None = None) -> Trace:
+    async def trace(self, payload: Any, request_id: str | None = None,
+                    deadline_s: float | None = None) -> Trace:
         """Run one request with a trace (see `trace`: this driver then awaits every
         intermediate value); a servegraph error is kept in the trace, not raised."""
         trace = Trace(self.program.plan.name, executor="ray")
-        return await record(trace, self.program, payload, self.runner, request_id)
+        return await record(trace, self.program, payload, self.runner, request_id,
+                            deadline_s=deadline_s)
 
     async def stream(self, payload: Any, request_id: str | None = None) -> AsyncIterator[Any]:
         """The chunks of a streaming pipeline (call with `handle.options(stream=True)`)."""

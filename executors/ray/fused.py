@@ -17,9 +17,8 @@ from typing import Any
 
 from ray.serve.handle import DeploymentResponse
 
-from ..core import Runner
 from ..local.runner import LocalRunner
-from ..program import Step
+from ..program import Runner, Step
 
 
 class FusedRunner:

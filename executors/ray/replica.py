@@ -34,6 +34,7 @@ from ...dag import batch_spec, health_check, multiplex_spec
 from ...dag.deployment import MultiplexSpec, serving_model
 from ...errors import PipelineError, StageError
 from ..batching import Outcome, isolating, noted, one_by_one
+from ..deadline import DEADLINE, until
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step
 from .errors import find_pipeline_error
@@ -180,20 +181,30 @@ class StageReplica:
             if node.method and self._methods[node.id] == node.method:
                 setattr(self, node.method, self.stream if node.stream else self.__call__)
 
-    async def __call__(self, node_id: str, shape: ArgShape, *flat: Any) -> Any:
+    async def __call__(self, node_id: str, shape: ArgShape, *flat: Any,
+                       deadline: float | None = None) -> Any:
+        """One call; `deadline`: its request's (see `deadline`), bounding it here."""
         step = self.calls[node_id][0]
-        if step.model_id is None:
-            return await self._call(node_id, shape, flat)
-        # the id the driver routed by (`multiplexed_model_id`), for `sg.multiplexed_model_id()`
-        with serving_model(serve.get_multiplexed_model_id()):
-            return await self._call(node_id, shape, flat)
+        with until(deadline):
+            if step.model_id is None:
+                return await self._call(node_id, shape, flat)
+            # the id the driver routed by (`multiplexed_model_id`), for
+            # `sg.multiplexed_model_id()`
+            with serving_model(serve.get_multiplexed_model_id()):
+                return await self._call(node_id, shape, flat)
 
     async def _call(self, node_id: str, shape: ArgShape, flat: Sequence[Any]) -> Any:
         step, fn, is_async, policy = self.calls[node_id]
         args, kwargs = step.build(unflatten(flat, shape, self._open))  # type: ignore[misc]
         return await self._invoke(step, fn, is_async, policy, args, kwargs)
 
-    async def chunk(self, node_id: str, shape: ArgShape, offset: int, *flat: Any) -> list[Any]:
+    async def chunk(self, node_id: str, shape: ArgShape, offset: int, *flat: Any,
+                    deadline: float | None = None) -> list[Any]:
+        with until(deadline):
+            return await self._chunk(node_id, shape, offset, flat)
+
+    async def _chunk(self, node_id: str, shape: ArgShape, offset: int,
+                     flat: Sequence[Any]) -> list[Any]:
         """Part of a map's list (its elements from `offset` on, the first leaf), each called
         as `__call__` calls one (its `timeout_s` and retries per element), async ones
         concurrently (a batched method batches them), sync ones in turn; the results in
@@ -221,7 +232,7 @@ class StageReplica:
 
     async def _invoke(self, step: Step, fn: Any, is_async: bool, policy: CallPolicy,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if policy.active:
+        if policy.active or DEADLINE.get() is not None:
             return await call_guarded(
                 attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
                 policy, lambda exc: self._failed(exc, step))
@@ -242,12 +253,13 @@ class StageReplica:
         if inspect.isawaitable(result):
             await result
 
-    async def reported(self, node_id: str, shape: ArgShape, *flat: Any) -> Outcome:
+    async def reported(self, node_id: str, shape: ArgShape, *flat: Any,
+                       deadline: float | None = None) -> Outcome:
         """`__call__` for a traced request: its value or its servegraph error, with the
         splits its batch made before settling it (the driver's trace shows them)."""
         with noted() as note:
             try:
-                value = await self(node_id, shape, *flat)
+                value = await self(node_id, shape, *flat, deadline=deadline)
             except PipelineError as exc:
                 return Outcome(error=exc, splits=note.splits)
         return Outcome(value=value, splits=note.splits)

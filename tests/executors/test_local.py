@@ -110,7 +110,8 @@ def test_stage_error_names_the_stage_and_line() -> None:
     assert error.message == "factor must be >= 0, got -2"
     assert error.site is not None and error.site.endswith(
         "scaled = scorer.scale.bind(query, factor=inp.factor)")
-    with pytest.raises(sg.StageError, match="raised ValueError: cannot score 'boom'"):
+    with pytest.raises(sg.StageError, match="raised ValueError: element 1 of the map: "
+                                            "cannot score 'boom'"):
         sg.run_local(scoring(), {**PAYLOAD, "words": ["ok", "boom"]})
 
 

@@ -81,7 +81,7 @@ def test_bad_input_and_failing_stage_keep_the_service_serving(
         handle.call({**PAYLOAD, "words": ["boom"]})
     assert caught.value.stage == "Scorer"
     assert caught.value.error_type == "ValueError"
-    assert caught.value.message == "cannot score 'boom'"
+    assert caught.value.message == "element 0 of the map: cannot score 'boom'"
     with pytest.raises(sg.InputError) as invalid:
         handle.call({"query": 1})
     assert [e["loc"] for e in invalid.value.errors] == [["query"], ["words"]]
