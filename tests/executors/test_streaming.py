@@ -5,6 +5,7 @@ executors — which Ray Serve itself cannot do (ray-project/ray#57098)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -214,5 +215,5 @@ def test_a_failing_stream_on_serve_names_its_stage(deploy: Callable[..., Any]) -
         assert response.headers["content-type"] == "application/x-ndjson"
         lines = [line for line in response.iter_lines() if line]
     assert lines[:3] == ["0", "1", "2"]
-    assert '"stage": "numbers"' in lines[3]
+    assert json.loads(lines[3])["stage"] == "numbers"
     assert httpx.post(handle.url, json={"n": 1}, timeout=60).text == "0\n"
