@@ -86,11 +86,15 @@ class Program:
         model = plan.input_type()
         self._input_adapter = TypeAdapter(model) if model is not None else None
 
-    async def drain(self) -> None:
+    async def drain(self, within_s: float = 60.0) -> None:
         """Wait for the shadow candidates still running (a blocking local call's loop ends
-        with the request: their results would be lost half-way)."""
-        while self.background:
-            await asyncio.gather(*list(self.background), return_exceptions=True)
+        with the request: their results would be lost half-way), at most `within_s`: one
+        still running then is cancelled (a hung candidate must not hang its caller)."""
+        if not self.background:
+            return
+        _, late = await asyncio.wait(list(self.background), timeout=within_s)
+        for task in late:
+            task.cancel()
 
     def validate_input(self, payload: Any) -> Any:
         if self._input_adapter is None:
