@@ -58,6 +58,9 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
         if batch.max_splits:
             parts.append(f"failures isolated by splitting the batch in halves (at most "
                          f"{batch.max_splits} deep)")
+    if stage.multiplexed is not None:
+        parts.append(f"multiplexed: up to {stage.multiplexed.max_models_per_replica} models "
+                     f"per replica ({stage.multiplexed.loader})")
     limit = stage.options.get("max_ongoing_requests")
     if limit is not None:
         why = f" ({stage.limit_reason})" if stage.limit_reason not in ("", "declared") else ""
