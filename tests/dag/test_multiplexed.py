@@ -55,8 +55,9 @@ def test_the_plan_records_the_loader_and_never_fuses_the_stage() -> None:
                             "replica that holds the model")
     assert plan.stage("pick_tenant").fused_into == "routed_driver"
     assert sg.CompiledPipeline.model_validate_json(plan.model_dump_json()) == plan
-    [line] = [line for line in plan.explain().splitlines() if line.startswith("  Heads ")]
-    assert line.endswith("multiplexed: up to 3 models per replica (load)")
+    deployment = plan.explain().splitlines()[2]
+    assert deployment.startswith("  Heads ")
+    assert deployment.endswith("multiplexed: up to 3 models per replica (load)")
 
 
 def test_gpu_memory_counts_each_model_a_replica_holds() -> None:
