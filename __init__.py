@@ -15,6 +15,7 @@ _EXPORTS = {
     "deployment": "dag", "batch": "dag", "map": "dag", "InputNode": "dag", "Graph": "dag",
     "multiplexed": "dag", "multiplexed_model_id": "dag",
     "switch": "dag", "when": "dag", "split": "dag", "fallback": "dag", "shadow": "dag",
+    "HttpRequest": "dag", "Upload": "dag",
     "compile": "compiler", "CompiledPipeline": "compiler", "ClusterSpec": "compiler",
     "NodeSpec": "compiler", "detect_cluster": "serving.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",

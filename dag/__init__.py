@@ -18,12 +18,14 @@ from .deployment import (
 from .graph import Graph
 from .nodes import CallNode, CallTarget, ClassNode, InputNode, MethodRef, Node, Op, SelectNode
 from .options import DeploymentOptions, parse_bytes
+from .request import HttpRequest, Upload, takes_raw_request
 
 __all__ = [
     "BatchSpec", "BranchNode", "Branching", "CallNode", "CallTarget", "ClassNode",
     "DeploymentOptions", "DeploymentSpec",
-    "Graph", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "batch", "batch_spec",
+    "Graph", "HttpRequest", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "Upload",
+    "batch", "batch_spec",
     "deployment", "fallback", "health_check", "map", "multiplex_spec", "multiplexed",
     "multiplexed_model_id", "parse_bytes", "shadow", "spec_of",
-    "split", "switch", "when",
+    "split", "switch", "takes_raw_request", "when",
 ]

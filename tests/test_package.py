@@ -14,10 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_public_api_is_pinned() -> None:
     assert sg.__all__ == sorted([
         "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeadlineError",
-        "DeployError",
-        "EdgeTypeError", "Graph", "InputError", "InputNode", "LocalExecutor", "NodeSpec",
+        "DeployError", "EdgeTypeError", "Graph", "HttpRequest", "InputError", "InputNode",
+        "LocalExecutor", "NodeSpec",
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
-        "StageTimeoutError", "TypeMismatchError", "batch", "compile", "connect",
+        "StageTimeoutError", "TypeMismatchError", "Upload", "batch", "compile", "connect",
         "deployment", "detect_cluster", "fallback", "map", "multiplexed",
         "multiplexed_model_id", "render", "run_local", "serve",
         "shadow", "split", "switch", "when",

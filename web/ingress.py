@@ -15,6 +15,11 @@ answered before the request gets here: Serve's proxy returns 503 for the driver'
 every 5xx is logged with it.
 The body is only ever parsed as JSON: client data is never unpickled. A failed request never
 takes the service down: the next one is served as usual.
+
+A pipeline whose input is `sg.HttpRequest` (`raw_input=True`) gets the request itself instead:
+the body as read (the same limit and 413), its content type, a `multipart/form-data` or
+`application/x-www-form-urlencoded` body's files and fields (a malformed one: 400), the headers
+and the query parameters. Its stages judge the body (`sg.InputError`: a 422 naming it).
 """
 
 from __future__ import annotations
@@ -23,18 +28,21 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
+from starlette.datastructures import Headers
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..dag.request import HttpRequest, Upload, media_type
 from ..errors import InputError, PipelineError, StageError
 from .views import View, plan_views
 
 __all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "json_bytes", "plan_views",
-           "request_id_for", "serve_http"]
+           "raw_request", "request_id_for", "serve_http"]
 
 Runner = Callable[..., Awaitable[Any]]  # run(payload, request_id, deadline_s=None)
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
@@ -93,6 +101,53 @@ def parse_body(body: bytes, needs_body: bool) -> tuple[Any, str | None]:
         return None, f"the request body is not JSON: {exc}"
 
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def raw_request(request: Request, body: bytes) -> tuple[HttpRequest | None, str | None]:
+    """The request as a raw-input pipeline's payload, or the 400's message for a form body
+    that cannot be parsed. `body`: the body already read (under the size limit)."""
+    content_type = request.headers.get("content-type", "")
+    form: dict[str, str] = {}
+    files: dict[str, Upload] = {}
+    kind = media_type(content_type)
+    if body and kind in FORM_TYPES:
+        try:
+            form, files = await form_parts(request.headers, body, kind)
+        except MultiPartException as exc:
+            return None, f"the {kind} body cannot be parsed: {exc.message}"
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():  # names come lower-case
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return HttpRequest(body=body, content_type=content_type, headers=headers,
+                       query=dict(request.query_params), form=form, files=files), None
+
+
+async def form_parts(headers: Headers, body: bytes, kind: str
+                     ) -> tuple[dict[str, str], dict[str, Upload]]:
+    """A form body's text fields and files (Starlette's parsers, over the bytes read)."""
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = (MultiPartParser(headers, chunks()) if kind == FORM_TYPES[0]
+              else FormParser(headers, chunks()))
+    parsed = await parser.parse()
+    form: dict[str, str] = {}
+    files: dict[str, Upload] = {}
+    try:
+        for name, value in parsed.multi_items():
+            if isinstance(value, str):
+                form[name] = value
+            else:
+                files[name] = Upload(filename=value.filename,
+                                     content_type=value.content_type or "",
+                                     data=await value.read())
+    finally:
+        await parsed.close()
+    return form, files
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259); send null or a string")
 
@@ -138,14 +193,14 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
                       stream: Streamer | None = None,
                       max_body_bytes: int | None = None, needs_body: bool = False,
                       new_id: Callable[[], str] = new_request_id,
-                      output_stage: str | None = None) -> Response:
+                      output_stage: str | None = None, raw_input: bool = False) -> Response:
     """`serve_http`, with any failure of its own still answered in the JSON error form (a
     500 with the request id, never a bare-text one)."""
     try:
         return await serve_http(request, run, echo_request_id=echo_request_id, views=views,
                                 stream=stream, max_body_bytes=max_body_bytes,
                                 needs_body=needs_body, new_id=new_id,
-                                output_stage=output_stage)
+                                output_stage=output_stage, raw_input=raw_input)
     except Exception as exc:
         request_id = request_id_for(request, new_id)
         headers = {"x-request-id": request_id} if echo_request_id else {}
@@ -159,7 +214,7 @@ async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = T
                      stream: Streamer | None = None,
                      max_body_bytes: int | None = None, needs_body: bool = False,
                      new_id: Callable[[], str] = new_request_id,
-                     output_stage: str | None = None) -> Response:
+                     output_stage: str | None = None, raw_input: bool = False) -> Response:
     """Serve one HTTP request with `run(payload, request_id)`, the pipeline's entry point.
 
     `views` maps a path suffix (`/-/plan`, `/-/graph.svg`) to a page served on GET.
@@ -170,7 +225,9 @@ async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = T
     pipeline whose output is a stream) the response is chunked: text chunks as they are,
     other chunks as JSON lines.
     `new_id` makes the request id when the client sent none. `output_stage` names the stage
-    that made the output, for the 500 of an output that is not JSON."""
+    that made the output, for the 500 of an output that is not JSON. `raw_input`
+    (`takes_raw_request(plan.input_model)`) passes the request as an `HttpRequest`, its body
+    unparsed (see the module's docstring)."""
     request_id = request_id_for(request, new_id)
     headers = {"x-request-id": request_id} if echo_request_id else {}
     if request.method == "GET" and views:
@@ -191,7 +248,8 @@ async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = T
                              "less (the limit is SERVEGRAPH_MAX_BODY_BYTES)",
                              "stage": None, "request_id": request_id},
                             status_code=413, headers={**headers, "connection": "close"})
-    payload, problem = parse_body(body, needs_body)
+    payload, problem = (await raw_request(request, body) if raw_input
+                        else parse_body(body, needs_body))
     deadline_s, bad_timeout = request_timeout(request)
     problem = problem or bad_timeout
     if problem is not None:

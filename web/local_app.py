@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..compiler import CompiledPipeline
+from ..dag.request import takes_raw_request
 from .ingress import Runner, Streamer, handle_http, plan_views
 
 
@@ -22,14 +23,16 @@ def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
               on_startup: Callable[[], None] | None = None) -> Starlette:
     """A Starlette app answering `POST <route_prefix>` with `run(payload, request_id)` (or
     `stream`'s chunks, for a streamed output) and `GET <route_prefix>/-/...` with the plan's
-    views."""
+    views. A plan whose input is `sg.HttpRequest` gets the request itself, unparsed."""
     views = plan_views(plan, diagram_svg)
     needs_body = plan.reads_input()
     output_stage = plan.output_stages()
+    raw_input = takes_raw_request(plan.input_model)
 
     async def endpoint(request: Request) -> Response:
         return await handle_http(request, run, views=views, stream=stream,
-                                 needs_body=needs_body, output_stage=output_stage)
+                                 needs_body=needs_body, output_stage=output_stage,
+                                 raw_input=raw_input)
 
     route = "/" + route_prefix.strip("/")
     routes = [Route(route, endpoint, methods=["GET", "POST"])]

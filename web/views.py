@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 
 from ..compiler import CompiledPipeline
 from ..compiler.templates import const
+from ..dag.request import takes_raw_request
 
 REDACTED = "<redacted>"
 SECRET_NAME = re.compile(
@@ -121,8 +122,15 @@ ERROR_STATUSES = {
     "422": "the body does not fit the pipeline's input (`errors` names the fields)",
     "500": "a stage failed (`stage` names it)",
     "503": "the service is at its queue limit or has no replica yet: retry after `Retry-After`",
-    "504": "a stage ran past its timeout_s (`stage` names it)",
+    "504": "a stage ran past its timeout_s, or the request past its deadline (`stage` names "
+           "it)",
 }
+# what a pipeline taking the request itself (`sg.HttpRequest`) accepts: any body, as it is
+RAW_BODY = {"multipart/form-data": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string",
+                                                    "contentMediaType": "application/"
+                                                    "octet-stream"}},
+            "*/*": {"schema": {}}}
 
 
 def openapi(plan: CompiledPipeline, route: str) -> dict[str, Any]:
@@ -130,7 +138,8 @@ def openapi(plan: CompiledPipeline, route: str) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": ERROR_SCHEMA}
     body: dict[str, Any] = {}
     model = plan.input_type()
-    if model is not None:
+    raw = takes_raw_request(plan.input_model)
+    if model is not None and not raw:
         schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         name = getattr(model, "__name__", "Input")
@@ -150,9 +159,12 @@ def openapi(plan: CompiledPipeline, route: str) -> dict[str, Any]:
             "operationId": "run",
             "summary": f"run pipeline {plan.name}",
             "parameters": [{"name": "x-request-id", "in": "header", "required": False,
-                            "schema": {"type": "string"}}],
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": body}}},
+                            "schema": {"type": "string"}},
+                           {"name": "x-request-timeout", "in": "header", "required": False,
+                            "schema": {"type": "number", "exclusiveMinimum": 0}}],
+            "requestBody": {"required": not raw,
+                            "content": RAW_BODY if raw else
+                            {"application/json": {"schema": body}}},
             "responses": responses,
         }}},
         "components": {"schemas": components},

@@ -240,9 +240,11 @@ class _Call:
         except Exception as exc:
             raise self._failed(exc) from exc
 
-    def _failed(self, exc: Exception) -> StageError:
+    def _failed(self, exc: Exception) -> PipelineError:
+        """What a call raised, as a servegraph error: one the stage raised itself (an
+        `sg.InputError`, the caller's fault: a 422) passes as it is, as on Serve."""
         node = self.step.node
-        if isinstance(exc, StageError):
+        if isinstance(exc, PipelineError):
             return exc
         return StageError(node.stage or node.label, str(exc), site=node.site,
                           error_type=type(exc).__name__)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from ...compiler import CompiledPipeline
 from ...compiler.plan import MapPlan
 from ...dag.deployment import require_model_id
+from ...dag.request import takes_raw_request
 from ...errors import StageError
 from ...web.ingress import handle_http, plan_views
 from ..batching import noting, settle
@@ -207,6 +208,7 @@ class PipelineDriver:
         self.views = plan_views(plan, diagram_svg)
         self.needs_body = plan.reads_input()  # an empty HTTP body is a 400, not the payload
         self.output_stage = plan.output_stages()  # named by the 500 of an output not JSON
+        self.raw_input = takes_raw_request(plan.input_model)  # the request itself, not JSON
 
     def reconfigure(self, config: Any) -> None:
         """The driver's user_config, from the plan or a new `serve deploy` config: the weights
@@ -240,7 +242,7 @@ class PipelineDriver:
         return await handle_http(request, self.run, echo_request_id=False, views=self.views,
                                  stream=self.stream if self.program.streams else None,
                                  needs_body=self.needs_body, new_id=serve_request_id,
-                                 output_stage=self.output_stage)
+                                 output_stage=self.output_stage, raw_input=self.raw_input)
 
 
 def _holds(leaf: Any, kind: type) -> bool:
