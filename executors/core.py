@@ -175,8 +175,7 @@ class _Request:
         try:
             mapped = None if step.items is None else _map_now(step, values, leaves, self.runner)
             if mapped is not None:
-                values[node.id] = mapped if isinstance(mapped, list) else \
-                    self._defer(self.runner.resolve(mapped))  # chunks: one future
+                values[node.id] = mapped  # a list of calls, or one future of them all
             elif step.items is not None or any(isinstance(v, _Deferred) for v in leaves):
                 values[node.id] = self._defer(_run_later(step, values, self.runner))
             else:
@@ -342,8 +341,7 @@ async def _run_later(step: Step, values: dict[str, Any], runner: Runner) -> Any:
         if runner.is_future(items):
             items = await runner.resolve(items)
         rest = [await _settle(values[ref]) for ref in step.refs[1:]]
-        mapped = runner.map(step, checked_items(step, items), rest)
-        return mapped if isinstance(mapped, list) else await runner.resolve(mapped)
+        return runner.map(step, checked_items(step, items), rest)
     leaves = [await _settle(values[ref]) for ref in step.refs]
     return runner.call(step, leaves)
 

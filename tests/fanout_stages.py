@@ -100,3 +100,15 @@ def deadlined(marks_file: str, timeout_s: float = 1.0) -> sg.Graph:
         slept = Sleeper.bind(marks_file).__call__.bind(inp.sleep)
         waited = patient.bind(inp.wait)
     return sg.Graph({"slept": slept, "waited": waited}, name="deadlined", timeout_s=timeout_s)
+
+
+@sg.deployment(fuse=False)
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+def summed() -> sg.Graph:
+    """A chunked map read by another deployment: its chunks pass on unawaited."""
+    with sg.InputNode() as inp:
+        out = total.bind(sg.map(square, inp.xs))
+    return sg.Graph(out, name="summed")

@@ -159,9 +159,7 @@ def openapi(plan: CompiledPipeline, route: str) -> dict[str, Any]:
             "operationId": "run",
             "summary": f"run pipeline {plan.name}",
             "parameters": [{"name": "x-request-id", "in": "header", "required": False,
-                            "schema": {"type": "string"}},
-                           {"name": "x-request-timeout", "in": "header", "required": False,
-                            "schema": {"type": "number", "exclusiveMinimum": 0}}],
+                            "schema": {"type": "string"}}],
             "requestBody": {"required": not raw,
                             "content": RAW_BODY if raw else
                             {"application/json": {"schema": body}}},

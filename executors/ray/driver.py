@@ -32,7 +32,7 @@ from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
 from .ray_private import router_in_separate_loop, serve_request_id
-from .replica import StreamCall, flatten, serve_methods
+from .replica import Chunks, StreamCall, flatten, serve_methods
 
 
 class ServeRunner:
@@ -130,27 +130,24 @@ class ServeRunner:
 
     def map(self, step: Step, items: Sequence[Any], rest: list[Any]) -> Any:
         """A map's elements in chunks (`chunk_size`), one handle call each to the replica's
-        `chunk`, as one future of the whole list in order (a failure names its element's
-        index); a multiplexed map, a traced one, or one reading this runner's own tasks: a
-        call per element."""
+        `chunk`, as one future of the whole list in order (`Chunks`: it passes unawaited into
+        the calls that read it, as a response does; a failure names its element's index);
+        a multiplexed map, a traced one, or one reading this runner's own tasks: a call per
+        element."""
         node = step.node
         size = chunk_size(node.fanout, len(items), self.replicas.get(node.stage or "", 1))
         if step.model_id is not None or noting() or node.stream or any(
                 _holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
-        return asyncio.ensure_future(self._chunks(step, items, rest, size))
-
-    async def _chunks(self, step: Step, items: Sequence[Any], rest: list[Any],
-                      size: int) -> list[Any]:
-        handle = self._handle(step.node.stage or "", "chunk")
+        handle = self._handle(node.stage or "", "chunk")
         calls = []
         for offset in range(0, len(items), size):
             flat, shape = flatten([list(items[offset:offset + size]), *rest])
-            calls.append(handle.remote(step.node.id, shape, offset, *flat, **_deadline()))
-        return [value for part in await asyncio.gather(*calls) for value in part]
+            calls.append(handle.remote(node.id, shape, offset, *flat, **_deadline()))
+        return Chunks(calls)
 
     def is_future(self, value: Any) -> bool:
-        return isinstance(value, (DeploymentResponse, asyncio.Future))
+        return isinstance(value, (DeploymentResponse, asyncio.Future, Chunks))
 
     async def resolve(self, value: Any) -> Any:
         return await value
@@ -158,7 +155,7 @@ class ServeRunner:
     def on_error(self, error: BaseException, request_id: str | None) -> BaseException:
         return as_pipeline_error(error, self.driver_name, request_id)
 
-    def discard(self, value: DeploymentResponse | asyncio.Future[Any]) -> None:
+    def discard(self, value: DeploymentResponse | Chunks | asyncio.Future[Any]) -> None:
         """Cancel it where that cannot block: a response whose router runs on this loop (the
         throughput-optimised mode servegraph's driver runs in), so the call, and the calls it
         made, stop on their replicas; Serve logs nothing for one never awaited. Where Serve
@@ -169,6 +166,9 @@ class ServeRunner:
                 value.cancel()
             elif not value.cancelled():
                 value.exception()
+        elif isinstance(value, Chunks):
+            for response in value.responses:
+                self.discard(response)
         elif not router_in_separate_loop():
             value.cancel()
 

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentResponse
 
 from ..local.runner import LocalRunner
 from ..program import Runner, Step
+from .replica import Chunks
 
 
 class FusedRunner:
@@ -28,7 +29,7 @@ class FusedRunner:
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         if step.node.id in self.local.calls:
-            if any(_has(leaf, DeploymentResponse) for leaf in leaves):
+            if any(_has(leaf, (DeploymentResponse, Chunks)) for leaf in leaves):
                 return asyncio.get_running_loop().create_task(self._fused_later(step, leaves))
             return self.local.call(step, leaves)
         if any(_has(leaf, asyncio.Future) for leaf in leaves):
@@ -37,7 +38,8 @@ class FusedRunner:
 
     async def _fused_later(self, step: Step, leaves: list[Any]) -> Any:
         """A fused call reading deployments' responses: awaited here, then called in-process."""
-        ready = [await _awaited(leaf, (DeploymentResponse, asyncio.Future)) for leaf in leaves]
+        ready = [await _awaited(leaf, (DeploymentResponse, Chunks, asyncio.Future))
+                 for leaf in leaves]
         return await self.local.calls[step.node.id].run_async(ready)
 
     async def _remote_later(self, step: Step, leaves: list[Any]) -> Any:
@@ -52,13 +54,13 @@ class FusedRunner:
         elements or arguments hold the other side's futures: a call per element, as `call`
         bridges them."""
         fused = step.node.id in self.local.calls
-        other = DeploymentResponse if fused else asyncio.Future
+        other = (DeploymentResponse, Chunks) if fused else asyncio.Future
         if any(_has(leaf, other) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
         return (self.local if fused else self.remote).map(step, items, rest)
 
     def is_future(self, value: Any) -> bool:
-        return isinstance(value, (asyncio.Future, DeploymentResponse))
+        return isinstance(value, (asyncio.Future, DeploymentResponse, Chunks))
 
     async def resolve(self, value: Any) -> Any:
         return await value

@@ -40,10 +40,28 @@ from ..program import Program, Step
 from .errors import find_pipeline_error
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:
-# ("list", index, length) for a list holding responses, and ("stream", index, stage, node id,
+# ("list", index, length) for a list holding responses, ("chunks", index, length) for a
+# chunked map's responses (joined back into one list), and ("stream", index, stage, node id,
 # its own shape, length) for a stream the called replica opens itself.
 ArgShape = tuple[tuple[Any, ...], ...]
 OpenStream = Callable[[str, str, ArgShape, Sequence[Any]], Any]
+
+
+class Chunks:
+    """A chunked map's value on Serve: the responses of its chunk calls, in order, each a list
+    of results. It passes unawaited into the calls that read it (spread into their
+    arguments, joined again in their replica, `flatten`); awaited, it is the whole list."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self, responses: list[DeploymentResponse]) -> None:
+        self.responses = responses
+
+    def __await__(self) -> Any:
+        return self._joined().__await__()
+
+    async def _joined(self) -> list[Any]:
+        return [value for part in await asyncio.gather(*self.responses) for value in part]
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,9 @@ def flatten(leaves: Sequence[Any]) -> tuple[list[Any], ArgShape]:
             shape.append(("stream", index, leaf.stage, leaf.node_id, leaf.shape,
                            len(leaf.flat)))
             flat.extend(leaf.flat)
+        elif isinstance(leaf, Chunks):
+            shape.append(("chunks", index, len(leaf.responses)))
+            flat.extend(leaf.responses)
         elif isinstance(leaf, list) and any(isinstance(v, DeploymentResponse) for v in leaf):
             shape.append(("list", index, len(leaf)))
             flat.extend(leaf)
@@ -94,6 +115,8 @@ def unflatten(flat: Sequence[Any], shape: ArgShape,
         position += length
         if entry[0] == "list":
             leaves.append(list(part))
+        elif entry[0] == "chunks":
+            leaves.append([value for chunk in part for value in chunk])
         else:
             assert open_stream is not None, "a stream reaches a replica that cannot open it"
             _, _, stage, node_id, inner, _ = entry

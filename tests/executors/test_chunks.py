@@ -25,13 +25,19 @@ class ReplicaHandle:
     def __init__(self, replica: StageReplica, calls: list[str], method: str = "__call__"
                  ) -> None:
         self.replica, self.calls, self.method = replica, calls, method
+        self.sent: list[tuple[Any, ...]] = []
 
     def options(self, *, method_name: str, **_: Any) -> ReplicaHandle:
         return ReplicaHandle(self.replica, self.calls, method_name)
 
     def remote(self, *args: Any) -> asyncio.Future[Any]:
         self.calls.append(self.method)
-        return asyncio.ensure_future(getattr(self.replica, self.method)(*args))
+        self.sent.append(args)
+
+        async def call() -> Any:  # Serve resolves the responses passed as arguments
+            resolved = [await arg if isinstance(arg, asyncio.Future) else arg for arg in args]
+            return await getattr(self.replica, self.method)(*resolved)
+        return asyncio.ensure_future(call())
 
 
 def served(graph: sg.Graph, xs: list[int], replicas: int = 1) -> tuple[Any, list[str]]:
@@ -74,3 +80,16 @@ def test_chunked_and_per_element_maps_agree(xs: list[int], size: int | None,
     graph = fs.squares(chunk_size=size)
     chunked, _ = served(graph, xs, replicas)
     assert chunked == sg.run_local(graph, {"xs": xs}) == [x * x for x in xs]
+
+
+def test_a_chunked_maps_value_passes_on_unawaited() -> None:
+    plan = sg.compile(fs.summed())
+    squares = ReplicaHandle(StageReplica(plan, "square"), [])
+    totals = ReplicaHandle(StageReplica(plan, "total"), [])
+    runner = ServeRunner({"square": squares, "total": totals}, plan.driver.name,
+                         serve_methods(plan), {"square": 1, "total": 1})
+    xs = list(range(12))
+    assert asyncio.run(execute(Program(plan), {"xs": xs}, runner)) == sum(x * x for x in xs)
+    [(_, shape, *flat)] = totals.sent  # the chunks' responses, spread, not their values
+    assert shape == (("chunks", 0, 4),)
+    assert len(flat) == 4 and all(isinstance(part, asyncio.Future) for part in flat)
