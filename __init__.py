@@ -20,7 +20,7 @@ _EXPORTS = {
     "NodeSpec": "compiler", "detect_cluster": "serving.cluster",
     "run_local": "executors.local", "LocalExecutor": "executors.local",
     "serve": "serving", "connect": "serving", "PipelineHandle": "serving.handle",
-    "render": "visualize",
+    "profile": "serving.profile", "render": "visualize",
     "PipelineError": "errors", "CompileError": "errors", "BindError": "errors",
     "OptionsError": "errors", "TypeMismatchError": "errors", "StageError": "errors",
     "InputError": "errors", "EdgeTypeError": "errors", "DeployError": "errors",

@@ -1,8 +1,8 @@
 """The `servegraph` command line: one small function per verb declares its flags, the argument
 types reject bad values as usage errors (exit 2) before anything is imported, and
 `check_cluster_flags` checks the cluster flags together. Each verb's parser names the function
-that runs it (`args.run`); the functions live in `compile_cmds`, `serve_cmds` and `bench_cmd`,
-which import the heavy parts only when they run.
+that runs it (`args.run`); the functions live in `compile_cmds`, `serve_cmds`, `bench_cmd` and
+`profile_cmd`, which import the heavy parts only when they run.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .bench_cmd import cmd_bench
 from .compile_cmds import cmd_check, cmd_compile, cmd_render
+from .profile_cmd import cmd_profile
 from .serve_cmds import cmd_deploy, cmd_run, cmd_shutdown, cmd_status
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     verbs = parser.add_subparsers(dest="verb", required=True)
     for add_verb in (add_check, add_compile, add_render, add_run, add_deploy, add_status,
-                     add_shutdown, add_bench):
+                     add_shutdown, add_bench, add_profile):
         add_verb(verbs)
     return parser
 
@@ -135,6 +136,22 @@ def add_bench(verbs: Verbs) -> None:
     bench.set_defaults(run=cmd_bench)
 
 
+def add_profile(verbs: Verbs) -> None:
+    profile = verbs.add_parser(
+        "profile", help="measure each stage's service time and memory on this machine",
+        description="Run the payloads through the pipeline in-process, then replay each "
+        "stage's recorded inputs on its own: service time against batch size (sg.batch "
+        "methods), and memory. Progress goes to stderr.")
+    profile.add_argument("--payloads", required=True, metavar="FILE.jsonl",
+                         help="request bodies, one JSON value a line")
+    profile.add_argument("-o", "--output", required=True, metavar="FILE.json",
+                         help="where to write the profile (JSON)")
+    profile.add_argument("--budget-s", type=positive_seconds, default=30.0,
+                         help="seconds of measuring in all, shared by the stages (default: 30)")
+    profile.set_defaults(run=cmd_profile)
+    add_target(profile)
+
+
 def add_target(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("target", metavar="MODULE:ATTR", help="an sg.Graph, e.g. "
                      "servegraph.pipelines.search:graph")
@@ -210,6 +227,16 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return int(value)
 
     return whole_number
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value!r}")
+    return number
 
 
 def cpu_count(value: str) -> float:

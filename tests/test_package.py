@@ -19,7 +19,7 @@ def test_public_api_is_pinned() -> None:
         "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
         "StageTimeoutError", "TypeMismatchError", "Upload", "batch", "compile", "connect",
         "deployment", "detect_cluster", "fallback", "map", "multiplexed",
-        "multiplexed_model_id", "render", "run_local", "serve",
+        "multiplexed_model_id", "profile", "render", "run_local", "serve",
         "shadow", "split", "switch", "when",
     ])
     for name in sg.__all__:

@@ -1,0 +1,47 @@
+"""`servegraph profile`: each stage's service time against batch size, and its memory, measured
+in-process on this machine (`serving.profile`), written as a JSON `Profile`. Progress goes to
+stderr; a summary line per stage and the file written go to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..dag.loader import load_graph
+from .common import UsageError, write_file
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ..serving.profile import profile
+
+    payloads = read_payloads(args.payloads)
+    result = profile(load_graph(args.target), payloads, budget_s=args.budget_s,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+    write_file(args.output, result.model_dump_json(indent=2))
+    for stage in result.stages:
+        print(stage.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def read_payloads(path: str) -> list[Any]:
+    """The request bodies of a JSON-lines file, one a line (blank lines skipped); a line that
+    is not JSON is the user's error, named by its number."""
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    payloads = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            payloads.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+    if not payloads:
+        raise UsageError(f"{path} holds no payloads: write one JSON request body a line")
+    return payloads
