@@ -31,6 +31,12 @@ def remaining() -> float | None:
     return None if deadline is None else deadline - time.time()
 
 
+def past_deadline() -> bool:
+    """Whether this request had a deadline, and it has passed."""
+    left = remaining()
+    return left is not None and left <= 0
+
+
 def budget(timeout_s: float | None) -> tuple[float | None, bool]:
     """A call's bound: its stage's `timeout_s` cut to what is left of the request's budget;
     and whether the request's deadline is the bound."""

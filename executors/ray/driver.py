@@ -25,7 +25,7 @@ from ...errors import StageError
 from ...web.ingress import handle_http, plan_views
 from ..batching import noting, settle
 from ..core import execute, stream
-from ..deadline import DEADLINE
+from ..deadline import DEADLINE, past_deadline
 from ..local.runner import LocalRunner, build_instances
 from ..program import Program, Runner, Step
 from ..trace import Trace, record
@@ -156,11 +156,12 @@ class ServeRunner:
         return as_pipeline_error(error, self.driver_name, request_id)
 
     def discard(self, value: DeploymentResponse | Chunks | asyncio.Future[Any]) -> None:
-        """Cancel it where that cannot block: a response whose router runs on this loop (the
-        throughput-optimised mode servegraph's driver runs in), so the call, and the calls it
-        made, stop on their replicas; Serve logs nothing for one never awaited. Where Serve
-        routes on a loop of its own, `DeploymentResponse.cancel()` would block the driver's
-        loop until a replica is assigned: the call is left to finish, unread."""
+        """A request that failed leaves its calls to finish on their replicas, unread (Serve
+        logs nothing for a response never awaited). One whose deadline passed cancels them
+        (`deadline`: the calls still running must stop), where that cannot block: a
+        response whose router runs on this loop (the throughput-optimised mode servegraph's
+        driver runs in); where Serve routes on a loop of its own, `DeploymentResponse.cancel()`
+        would block the driver's loop until a replica is assigned."""
         if isinstance(value, asyncio.Future):
             if not value.done():
                 value.cancel()
@@ -169,7 +170,7 @@ class ServeRunner:
         elif isinstance(value, Chunks):
             for response in value.responses:
                 self.discard(response)
-        elif not router_in_separate_loop():
+        elif past_deadline() and not router_in_separate_loop():
             value.cancel()
 
 
