@@ -148,15 +148,13 @@ class _Request:
         """Start every node that is not lazy, in schedule order, awaiting nothing: the ones
         the core computes first (they read only the request), so that a map over the
         request's own list is checked (`checked_items`) before any stage is called."""
-        steps = [step for step in self.program.steps if not step.node.lazy]
-        for step in steps:
-            if step.node.op in COMPUTED:
-                self.start(step)
-        for step in self.program.input_maps:
+        program = self.program
+        for step in program.eager_computed:
+            self.start(step)
+        for step in program.input_maps:
             checked_items(step, step.items([self.values[ref] for ref in step.item_refs]))  # type: ignore[misc]
-        for step in steps:
-            if step.node.op not in COMPUTED:
-                self.start(step)
+        for step in program.eager_calls:
+            self.start(step)
 
     def start(self, step: Step) -> None:
         """Start one node whose inputs have started: the core computes the input, selections

@@ -79,10 +79,14 @@ class Program:
         self.order = {node.id: index for index, node in enumerate(plan.nodes)}
         self.routing = Routing(plan.nodes)  # split weights: the driver's user_config may change
         self.background: set[asyncio.Task[Any]] = set()  # shadows' candidates still running
-        # eager maps over the request's own lists: checked before any stage is called
-        self.input_maps = [step for step in self.steps if step.items is not None
-                           and not step.node.lazy and all(
-                               self.by_id[ref].node.op in COMPUTED for ref in step.item_refs)]
+        eager = [step for step in self.steps if not step.node.lazy]
+        # what a request starts at once: first the nodes the core computes (they read only
+        # the request), then the calls; between them, the eager maps over the request's own
+        # lists are checked, so that one too wide is refused before any stage is called
+        self.eager_computed = [step for step in eager if step.node.op in COMPUTED]
+        self.eager_calls = [step for step in eager if step.node.op not in COMPUTED]
+        self.input_maps = [step for step in self.eager_calls if step.items is not None and all(
+            self.by_id[ref].node.op in COMPUTED for ref in step.item_refs)]
         model = plan.input_type()
         self._input_adapter = TypeAdapter(model) if model is not None else None
 
@@ -158,6 +162,22 @@ def _model_id(node: NodePlan, refs: RefSlots, constants: Sequence[Any]) -> Build
     if node.model_id is None:
         return None
     return templates.builder(node.model_id, refs, constants)
+
+
+def holds(leaf: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether a leaf is, or is a list holding, a future of `kinds` (a runner's futures are
+    leaves themselves, or a map's list of them)."""
+    return isinstance(leaf, kinds) or (
+        isinstance(leaf, list) and any(isinstance(value, kinds) for value in leaf))
+
+
+async def awaited(leaf: Any, kinds: type | tuple[type, ...]) -> Any:
+    """A leaf with its futures of `kinds` (itself, or those in its list) awaited."""
+    if isinstance(leaf, kinds):
+        return await leaf
+    if holds(leaf, kinds):
+        return list(await asyncio.gather(*(awaited(value, kinds) for value in leaf)))
+    return leaf
 
 
 def _arm(template: Any, constants: Sequence[Any]) -> Arm:

@@ -21,7 +21,7 @@ from ...dag import batch_spec
 from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
-from ..program import Program, Step
+from ..program import Program, Step, awaited, holds
 from .batcher import Batcher
 from .strict import EdgeChecker
 
@@ -102,7 +102,7 @@ class LocalRunner:
         return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
 
     def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
-        if call.is_async or call.guarded or any(_pending(leaf) for leaf in leaves):
+        if call.is_async or call.guarded or any(holds(leaf, asyncio.Future) for leaf in leaves):
             return asyncio.get_running_loop().create_task(call.run_async(leaves, index))
         return call.run_sync(leaves, index)
 
@@ -125,19 +125,6 @@ class LocalRunner:
             value.cancel()
         elif not value.cancelled():
             value.exception()
-
-
-def _pending(leaf: Any) -> bool:
-    return isinstance(leaf, asyncio.Future) or (
-        isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf))
-
-
-async def _ready(leaf: Any) -> Any:
-    if isinstance(leaf, asyncio.Future):
-        return await leaf
-    if isinstance(leaf, list) and any(isinstance(v, asyncio.Future) for v in leaf):
-        return list(await asyncio.gather(*(_ready(v) for v in leaf)))
-    return leaf
 
 
 class _Call:
@@ -184,7 +171,8 @@ class _Call:
             raise
 
     async def run_async(self, leaves: list[Any], index: int | None = None) -> Any:
-        leaves = [await _ready(leaf) for leaf in leaves]  # an upstream failure: as it is
+        # an upstream failure surfaces as it is (not as this element's)
+        leaves = [await awaited(leaf, asyncio.Future) for leaf in leaves]
         try:
             with self.model(leaves):
                 return await self._run_ready(leaves)
@@ -227,7 +215,7 @@ class _Call:
     async def run_stream(self, leaves: list[Any]) -> AsyncIterator[Any]:
         """The stage's async generator, chunk by chunk (an upstream stream's failure passes
         through naming its own stage); with `timeout_s`, each chunk's wait is bounded."""
-        leaves = [await _ready(leaf) for leaf in leaves]
+        leaves = [await awaited(leaf, asyncio.Future) for leaf in leaves]
         args, kwargs = self.build(leaves)  # type: ignore[misc]
         if self.checker:
             args, kwargs = self.checker.arguments(args, kwargs)

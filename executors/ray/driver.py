@@ -27,7 +27,7 @@ from ..batching import noting, settle
 from ..core import execute, stream
 from ..deadline import DEADLINE, past_deadline
 from ..local.runner import LocalRunner, build_instances
-from ..program import Program, Runner, Step
+from ..program import Program, Runner, Step, awaited, holds
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
@@ -59,7 +59,7 @@ class ServeRunner:
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         model_id = None if step.model_id is None else step.model_id(leaves)
-        if self.is_future(model_id) or any(_holds(leaf, asyncio.Future) for leaf in leaves):
+        if self.is_future(model_id) or any(holds(leaf, asyncio.Future) for leaf in leaves):
             return asyncio.ensure_future(self._later(step, leaves))
         return self._dispatch(step, leaves, model_id)
 
@@ -78,7 +78,7 @@ class ServeRunner:
     async def _later(self, step: Step, leaves: list[Any]) -> Any:
         """A call whose model id is still in flight, or that reads this runner's own tasks:
         those awaited, then the handle called and its value awaited (it feeds such a task)."""
-        ready = [await _awaited(leaf, asyncio.Future) for leaf in leaves]
+        ready = [await awaited(leaf, asyncio.Future) for leaf in leaves]
         model_id = None if step.model_id is None else step.model_id(ready)
         if self.is_future(model_id):
             model_id = await model_id
@@ -137,7 +137,7 @@ class ServeRunner:
         node = step.node
         size = chunk_size(node.fanout, len(items), self.replicas.get(node.stage or "", 1))
         if step.model_id is not None or noting() or node.stream or any(
-                _holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
+                holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
         handle = self._handle(node.stage or "", "chunk")
         calls = []
@@ -244,17 +244,3 @@ class PipelineDriver:
                                  stream=self.stream if self.program.streams else None,
                                  needs_body=self.needs_body, new_id=serve_request_id,
                                  output_stage=self.output_stage, raw_input=self.raw_input)
-
-
-def _holds(leaf: Any, kind: type) -> bool:
-    return isinstance(leaf, kind) or (
-        isinstance(leaf, list) and any(isinstance(value, kind) for value in leaf))
-
-
-async def _awaited(leaf: Any, kind: type) -> Any:
-    """A leaf with the futures of `kind` in it (itself, or in its list) awaited."""
-    if isinstance(leaf, kind):
-        return await leaf
-    if _holds(leaf, kind):
-        return list(await asyncio.gather(*(_awaited(value, kind) for value in leaf)))
-    return leaf

@@ -18,7 +18,7 @@ from typing import Any
 from ray.serve.handle import DeploymentResponse
 
 from ..local.runner import LocalRunner
-from ..program import Runner, Step
+from ..program import Runner, Step, awaited, holds
 from .replica import Chunks
 
 
@@ -29,23 +29,23 @@ class FusedRunner:
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         if step.node.id in self.local.calls:
-            if any(_has(leaf, (DeploymentResponse, Chunks)) for leaf in leaves):
+            if any(holds(leaf, (DeploymentResponse, Chunks)) for leaf in leaves):
                 return asyncio.get_running_loop().create_task(self._fused_later(step, leaves))
             return self.local.call(step, leaves)
-        if any(_has(leaf, asyncio.Future) for leaf in leaves):
+        if any(holds(leaf, asyncio.Future) for leaf in leaves):
             return asyncio.get_running_loop().create_task(self._remote_later(step, leaves))
         return self.remote.call(step, leaves)
 
     async def _fused_later(self, step: Step, leaves: list[Any]) -> Any:
         """A fused call reading deployments' responses: awaited here, then called in-process."""
-        ready = [await _awaited(leaf, (DeploymentResponse, Chunks, asyncio.Future))
+        ready = [await awaited(leaf, (DeploymentResponse, Chunks, asyncio.Future))
                  for leaf in leaves]
         return await self.local.calls[step.node.id].run_async(ready)
 
     async def _remote_later(self, step: Step, leaves: list[Any]) -> Any:
         """A deployment's call reading fused results: those awaited, then the handle called
         (responses among its leaves still pass on unawaited); a stream stays unstarted."""
-        ready = [await _awaited(leaf, (asyncio.Future,)) for leaf in leaves]
+        ready = [await awaited(leaf, (asyncio.Future,)) for leaf in leaves]
         result = self.remote.call(step, ready)
         return result if step.node.stream else await result
 
@@ -55,7 +55,7 @@ class FusedRunner:
         bridges them."""
         fused = step.node.id in self.local.calls
         other = (DeploymentResponse, Chunks) if fused else asyncio.Future
-        if any(_has(leaf, other) for leaf in (list(items), *rest)):
+        if any(holds(leaf, other) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
         return (self.local if fused else self.remote).map(step, items, rest)
 
@@ -82,16 +82,3 @@ class FusedRunner:
     async def _open_later(self, started: asyncio.Future[Any]) -> AsyncIterator[Any]:
         async for chunk in self.remote.open(await started):
             yield chunk
-
-
-def _has(leaf: Any, kind: type | tuple[type, ...]) -> bool:
-    return isinstance(leaf, kind) or (
-        isinstance(leaf, list) and any(isinstance(value, kind) for value in leaf))
-
-
-async def _awaited(leaf: Any, kinds: tuple[type, ...]) -> Any:
-    if isinstance(leaf, kinds):
-        return await leaf
-    if isinstance(leaf, list) and any(isinstance(value, kinds) for value in leaf):
-        return list(await asyncio.gather(*(_awaited(value, kinds) for value in leaf)))
-    return leaf
