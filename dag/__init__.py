@@ -1,7 +1,17 @@
 """The graph users build: stages, nodes, the input, and `sg.Graph`. Imports neither ray nor
 graphviz."""
 
-from .control import Branching, BranchNode, fallback, shadow, split, switch, when
+from .control import (
+    Branching,
+    BranchNode,
+    fallback,
+    is_weight,
+    matches_case,
+    shadow,
+    split,
+    switch,
+    when,
+)
 from .deployment import (
     BatchSpec,
     DeploymentSpec,
@@ -25,7 +35,8 @@ __all__ = [
     "DeploymentOptions", "DeploymentSpec",
     "Graph", "HttpRequest", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "Upload",
     "batch", "batch_spec",
-    "deployment", "fallback", "health_check", "map", "multiplex_spec", "multiplexed",
+    "deployment", "fallback", "health_check", "is_weight", "map", "matches_case",
+    "multiplex_spec", "multiplexed",
     "multiplexed_model_id", "parse_bytes", "shadow", "spec_of",
     "split", "switch", "takes_raw_request", "when",
 ]

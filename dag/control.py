@@ -117,8 +117,7 @@ def split(variants: Mapping[Any, float], key: Any = None, *, name: str | None = 
                         hint="sg.split({v1.bind(x): 90, v2.bind(x): 10}, key=inp.user_id)")
     weights = []
     for arm, weight in variants.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-                or not math.isfinite(weight) or weight <= 0:
+        if not is_weight(weight):
             raise BindError(f"split weight {weight!r} of {_arm_label(arm)} is not a positive "
                             "number", stage=stage, site=site,
                             hint="give each variant a weight > 0 (they need not sum to 100)")
@@ -148,6 +147,19 @@ def shadow(primary: Any, candidate: Any, *, name: str | None = None) -> BranchNo
     _need_node(candidate, "shadow", name, site, example)
     return _branch(Branching("shadow", _name(name, site), ("primary", "candidate")), None,
                    [primary, candidate], site)
+
+
+def is_weight(value: Any) -> bool:
+    """A split's weight: a positive, finite number (not a bool); here and in a running
+    driver's new weights (`executors.branches`)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value) and value > 0
+
+
+def matches_case(case: Any, value: Any) -> bool:
+    """Whether a switch's case takes a key of this value: equal, and `True` is not the case
+    `1` (nor `1` the case `True`); for the core's choice and a test's forced route alike."""
+    return case == value and isinstance(case, bool) == isinstance(value, bool)
 
 
 def _branch(branching: Branching, key: Any, arms: list[Any], site: SourceSite) -> BranchNode:

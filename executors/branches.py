@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..compiler import BranchPlan, NodePlan
+from ..dag import is_weight, matches_case
 from ..errors import InputError
 
 SPLITS = "splits"  # the driver's user_config key
@@ -56,8 +56,7 @@ class Routing:
                              f"{branch.arms}, got {weights!r}")
         values = [weights[arm] for arm in branch.arms]
         for arm, weight in zip(branch.arms, values):
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-                    or not math.isfinite(weight) or weight <= 0:
+            if not is_weight(weight):
                 raise ValueError(f"split {name!r}: weight {weight!r} of {arm!r} is not a "
                                  "positive number")
         return [float(weight) for weight in values]
@@ -81,7 +80,7 @@ def switch_arm(node: NodePlan, key: Any) -> int:
     caller's error, naming the switch, the value and the cases."""
     branch: BranchPlan = node.branch  # type: ignore[assignment]
     for index, case in enumerate(branch.cases):
-        if case == key and isinstance(case, bool) == isinstance(key, bool):  # True is not 1
+        if matches_case(case, key):
             return index
     if branch.default:
         return len(branch.arms) - 1

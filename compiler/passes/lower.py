@@ -78,7 +78,7 @@ def lower(state: CompileState, passes: list[str], fuse: bool = True) -> Compiled
               for group in state.groups]
     facts = TypeFacts()  # each stage function's annotations read once
     branches = branch_plans(order)
-    lazy = lazy_nodes(graph.outputs, branches)
+    lazy = lazy_nodes(graph.outputs, order, branches)
     nodes = [_node_plan(state, node, ids, encoder, facts, branches, lazy) for node in order]
     input_model = None
     if graph.input is not None and graph.input.model is not None:
@@ -137,10 +137,10 @@ def branch_plans(order: list[Node]) -> dict[int, BranchPlan]:
     return plans
 
 
-def lazy_nodes(outputs: Any, branches: dict[int, BranchPlan]) -> set[int]:
-    """The nodes that run only when a branch takes an arm needing them: every node not
-    reached from the outputs when walking past no branch's `lazy_arms` (class nodes are
-    constructors, not steps, and are left out)."""
+def lazy_nodes(outputs: Any, order: list[Node], branches: dict[int, BranchPlan]) -> set[int]:
+    """The nodes that run only when a branch takes an arm needing them: every node of the
+    schedule (`order`: the graph's nodes but its class nodes, constructors, not steps) not
+    reached from the outputs when walking past no branch's `lazy_arms`."""
     eager: set[int] = set()
     stack = list(find_nodes(outputs))
     while stack:
@@ -153,14 +153,7 @@ def lazy_nodes(outputs: Any, branches: dict[int, BranchPlan]) -> set[int]:
             skipped = {index + 1 for index in branches[node.id].lazy_arms}
             reads = [arg for index, arg in enumerate(node.args) if index not in skipped]
         stack.extend(find_nodes(reads))
-    every: set[int] = set()
-    stack = list(find_nodes(outputs))
-    while stack:
-        node = stack.pop()
-        if node.id not in every:
-            every.add(node.id)
-            stack.extend(node.upstream())
-    return every - eager
+    return {node.id for node in order} - eager
 
 
 def split_weights(branches: Any) -> dict[str, dict[str, float]]:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...dag import DeploymentSpec, Node, spec_of
+from ...dag import DeploymentSpec, Node, matches_case, spec_of
 from ...errors import CompileError
 from ..pipeline import CompiledPipeline
 from ..plan import GpuLayout, NodePlan, StagePlan
@@ -150,7 +150,7 @@ def _routed(node: NodePlan, route: Route) -> NodePlan:
     arm = route.arm
     if branch.kind == "switch":
         arm = next((label for case, label in zip(branch.cases, branch.arms)
-                    if case == arm and isinstance(case, bool) == isinstance(arm, bool)), arm)
+                    if matches_case(case, arm)), arm)
     elif branch.kind == "when" and isinstance(arm, bool):
         arm = "then" if arm else "otherwise"
     if branch.kind == "shadow" or arm not in branch.arms:
