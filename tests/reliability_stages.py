@@ -192,6 +192,16 @@ def running_replicas(app: str, deployment: str) -> int:
     return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
 
 
+def until(ask: Callable[[], Any], done: Callable[[Any], bool], what: str) -> Any:
+    """Ask again until the answer is `done` (Serve gives no event for a rollout, a
+    replacement or a replica's cancelled call), for at most 60 s; the last answer."""
+    deadline = time.monotonic() + 60
+    while not done(answer := ask()):
+        assert time.monotonic() < deadline, f"{what}: not within 60 s, last {answer!r}"
+        time.sleep(0.2)
+    return answer
+
+
 def wait_until(ready: Callable[[], bool], *, timeout_s: float, what: str) -> float:
     """Seconds until `ready()` holds, checked every 0.1 s (Serve's state has no event to
     wait on); fails after `timeout_s`."""

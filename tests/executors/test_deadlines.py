@@ -4,7 +4,6 @@ stage sees its cancellation); a stage's own longer `timeout_s` never outlives it
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,13 @@ import pytest
 import servegraph as sg
 from servegraph.testing import PipelineTester
 from tests import fanout_stages as fs
+from tests.reliability_stages import until
 
 
 def _marks(path: Path) -> list[str]:
-    deadline = time.monotonic() + 10  # a cancelled replica notes it a moment later
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return path.read_text().split() if path.exists() else []
+    """What the stage noted (a cancelled replica notes it a moment after the request ends)."""
+    until(path.exists, bool, f"a mark in {path}")
+    return path.read_text().split()
 
 
 def test_past_the_deadline_the_running_stage_is_named_and_cancelled(

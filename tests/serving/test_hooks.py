@@ -5,7 +5,6 @@ In-process checks: tests/executors/test_hooks.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,18 +15,9 @@ from ray.serve.schema import ServeDeploySchema
 import servegraph as sg
 from servegraph.executors.ray import ray_private
 from tests import hook_stages as hs
+from tests.reliability_stages import until
 
 pytestmark = pytest.mark.ray
-
-
-def until(ask: Callable[[], Any], done: Callable[[Any], bool], what: str) -> Any:
-    """Ask again until the answer is `done` (Serve gives no event for a rollout or a
-    replacement), for at most 60 s."""
-    deadline = time.monotonic() + 60
-    while not done(answer := ask()):
-        assert time.monotonic() < deadline, f"{what}: not within 60 s, last {answer!r}"
-        time.sleep(0.2)
-    return answer
 
 
 def test_a_new_user_config_in_a_serve_deploy_config_reaches_the_running_replica(

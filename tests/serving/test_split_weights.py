@@ -4,7 +4,6 @@ them on the running application, and no replica (the driver's or a variant's) re
 from __future__ import annotations
 
 import collections
-import time
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 import servegraph as sg
 from servegraph.executors.ray import ray_private
+from tests.reliability_stages import until
 
 pytestmark = pytest.mark.ray
 
@@ -52,10 +52,8 @@ def test_new_split_weights_reach_the_running_driver_without_a_restart(ray_serve:
                                                           "VariantTwo": 99}}}
         client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}),
                            _blocking=True)
-        deadline = time.monotonic() + 60
-        while (shares := _summary(answers := _answers(driver))[0])["two"] < 190:
-            assert time.monotonic() < deadline, f"the new weights: not within 60 s: {shares}"
-            time.sleep(0.2)
+        answers = until(lambda: _answers(driver),
+                        lambda answers: _summary(answers)[0]["two"] >= 190, "the new weights")
         after = _summary(answers)[1]
         assert after <= before  # the same driver and variant processes: nothing restarted
     finally:
