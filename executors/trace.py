@@ -30,10 +30,10 @@ from ..compiler import NodePlan
 from ..errors import PipelineError
 from .batching import noted
 from .core import execute
-from .program import Program, Runner, Step
+from .program import COMPUTED, Program, Runner, Step
 
 STREAM = "<stream>"
-_COMPUTED = ("input", "select", "const", "branch")  # no call of a stage: no inputs shown
+_UNCALLED = (*COMPUTED, "branch")  # nodes that call no stage: their spans show no inputs
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Trace:
                 op += f" -> {span.branch}"
             rows.append((str(index), span.node, op, span.label, span.stage or "-",
                          f"{span.start * 1000:.1f}", f"{span.duration * 1000:.1f}",
-                         "-" if span.op in _COMPUTED else _cut(span.inputs, width), output))
+                         "-" if span.op in _UNCALLED else _cut(span.inputs, width), output))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                  for row in rows]
