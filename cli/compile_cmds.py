@@ -7,18 +7,21 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..dag.loader import load_graph
+from ..dag.loader import load_target
 from .common import UsageError, cluster_of, write_file
 
 if TYPE_CHECKING:
-    from ..compiler import CompiledPipeline
+    from ..compiler import CompiledApp, CompiledPipeline
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..compiler import compile
 
-    plan = compile(load_graph(args.target), cluster=cluster_of(args))
-    print(f"ok: {plan.name!r} compiles ({', '.join(plan.passes)})")
+    plan = compile(load_target(args.target), cluster=cluster_of(args))
+    graphs = getattr(plan, "plans", None)
+    passes = next(iter(graphs.values())).passes if graphs else plan.passes
+    what = f"app {plan.name!r} ({len(graphs)} graphs)" if graphs else repr(plan.name)
+    print(f"ok: {what} compiles ({', '.join(passes)})")
     unknown = [stage.name for stage in plan.deployments if stage.resources.gpus is None]
     if unknown:
         print(f"note: {', '.join(unknown)} give{'s' if len(unknown) == 1 else ''} gpu_memory "
@@ -29,34 +32,77 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Explain the plan, or write it: `-o x.yaml` a Serve config, `-o x.json` (or `--json`)
-    the plan, `--rayservice x.yaml` a KubeRay RayService. Each file written is noted in one
+    the plan, `--rayservice x.yaml` a KubeRay RayService, `--proto x.proto` the gRPC
+    service's `.proto`. Each file written is noted in one
     line ("wrote ..."); the plan is explained only when no output is asked for. With `--json`
     the notes go to stderr so stdout stays JSON."""
     from ..compiler import compile
 
-    plan = compile(load_graph(args.target), cluster=cluster_of(args))
+    profile, target = planning_of(args)
+    plan = compile(load_target(args.target), cluster=cluster_of(args), profile=profile,
+                   target=target)
     if args.json:
         print(plan.model_dump_json(indent=2))
-    elif not (args.output or args.rayservice):
+    elif not (args.output or args.rayservice or args.proto):
         print(plan.explain())
     write_outputs(plan, args, notes=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def write_outputs(plan: CompiledPipeline, args: argparse.Namespace, *, notes: Any) -> None:
-    """The files `compile -o` and `--rayservice` name, each noted ("wrote ...") on `notes`."""
+def planning_of(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The `Profile` `--profile` names and the `Target` of `--target-rps`/`--target-p99-ms`
+    (None, None without them); a target without a profile, or an unreadable profile, is the
+    user's error."""
+    from pydantic import ValidationError
+
+    from ..compiler.profile import Profile, Target
+
+    if args.profile is None:
+        if args.target_rps is not None or args.target_p99_ms is not None:
+            raise UsageError("--target-rps and --target-p99-ms need --profile FILE.json "
+                             "(written by `servegraph profile`)")
+        return None, None
+    if args.target_rps is None and args.target_p99_ms is not None:
+        raise UsageError("--target-p99-ms needs --target-rps")
+    try:
+        with open(args.profile) as handle:
+            profile = Profile.model_validate_json(handle.read())
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.profile}: {exc.strerror}") from exc
+    except ValidationError as exc:
+        raise UsageError(f"{args.profile} is not a profile written by `servegraph profile`: "
+                         f"{exc.errors()[0]['msg']}") from exc
+    target = None if args.target_rps is None else Target(rps=args.target_rps,
+                                                         p99_ms=args.target_p99_ms)
+    return profile, target
+
+
+def write_outputs(plan: CompiledPipeline | CompiledApp, args: argparse.Namespace, *,
+                  notes: Any) -> None:
+    """The files `compile -o` and `--rayservice` name, each noted ("wrote ...") on `notes`
+    (an `sg.App`'s `--proto x.proto`: a file per graph, `x_<graph>.proto`)."""
     if args.output:
         if args.output.endswith(".json"):
             text = plan.model_dump_json(indent=2)
         else:
-            text = to_yaml(plan.to_serve_config(graph=args.target, host=args.host,
-                                                port=args.port))
+            text = to_yaml(plan.to_serve_config(args.target, host=args.host,
+                                                port=args.port, grpc_port=args.grpc_port))
         write_file(args.output, text)
         print(f"wrote {args.output}", file=notes)
     if args.rayservice:
         write_file(args.rayservice, to_yaml(plan.to_rayservice(
-            graph=args.target, image=args.image, ray_version=args.ray_version)))
+            args.target, image=args.image, ray_version=args.ray_version)))
         print(f"wrote {args.rayservice}", file=notes)
+    if args.proto:  # the gRPC service's messages, for a client's stubs
+        protos = plan.to_proto()
+        if isinstance(protos, str):
+            protos = {"": protos}
+        stem, dot, suffix = args.proto.rpartition(".")
+        for graph, text in protos.items():
+            path = f"{stem}_{graph}{dot}{suffix}" if graph and stem else \
+                (f"{args.proto}_{graph}" if graph else args.proto)
+            write_file(path, text)
+            print(f"wrote {path}", file=notes)
 
 
 def to_yaml(document: dict[str, Any]) -> str:
@@ -87,7 +133,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                                  "(MODULE:ATTR) with them")
         plan = read_plan(args.target)
     else:
-        plan = compile(load_graph(args.target), cluster=cluster_of(args))
+        plan = compile(load_target(args.target), cluster=cluster_of(args))
     render(plan, args.output, format=args.format)
     print(f"wrote {args.output}")
     return 0

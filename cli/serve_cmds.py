@@ -10,37 +10,53 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
-from ..dag.loader import load_graph
+from ..compiler.app import CompiledApp
+from ..dag.loader import load_target
 from .common import UsageError, cluster_of, connect, waiting
 
 if TYPE_CHECKING:
     from ..compiler import CompiledPipeline
-    from ..serving import PipelineHandle
+    from ..serving import AppHandle, PipelineHandle
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..compiler import compile
 
-    graph = load_graph(args.target)
+    graph = load_target(args.target)
     if args.local:
         return run_local(compile(graph, cluster=cluster_of(args)), args)
     stop_signals = StopSignals()  # before `--detect-cluster` connects
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     plan = compile(graph, cluster=cluster_of(args))
+    dashboard = None
     if os.environ.get("RAY_ADDRESS"):
         connect(None, quiet=False)  # a cluster that cannot be joined is one line, at once
-    elif args.access_log:
-        show_replica_logs()
+    else:
+        if args.access_log:
+            show_replica_logs()
+        dashboard = start_ray(plan, dashboard=args.dashboard)
     handle = deploy(plan, args)
     stop_signals.catch()  # again: a Ray driver takes SIGTERM for its crash report
     print(plan.explain())
-    print(f"serving {handle.name!r}: POST JSON to {handle.url} (Ctrl-C stops)", flush=True)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    print(f"serving {handle.name!r}: {doors(plan, handle.url)} (Ctrl-C stops)", flush=True)
     try:
         stop_signals.wait()
     finally:
         stop(handle)
     return 0
+
+
+def start_ray(plan: CompiledPipeline | CompiledApp, *, dashboard: bool) -> str | None:
+    """`run` on an embedded Ray: start it before deploying, with Ray's dashboard unless
+    `--no-dashboard`, since Ray gives the dashboard's URL only to the call that starts it.
+    Returns that URL (None without a dashboard, or when `--detect-cluster` joined a Ray)."""
+    from ..serving.launch import ensure_ray
+
+    with waiting("starting Ray" + (" and its dashboard" if dashboard else "")):
+        return ensure_ray(plan, dashboard=dashboard)
 
 
 class StopSignals:
@@ -91,7 +107,7 @@ def log_level(args: argparse.Namespace) -> str:
     return "INFO" if args.access_log and quieter else args.log_level
 
 
-def stop(handle: PipelineHandle) -> None:
+def stop(handle: PipelineHandle | AppHandle) -> None:
     """After Ctrl-C: delete the application from a cluster we joined (`--address`,
     `RAY_ADDRESS`), which keeps running. An embedded Ray goes down with this process instead
     (Ray's exit hook stops every process it started, Serve's included, in a second or two):
@@ -101,7 +117,18 @@ def stop(handle: PipelineHandle) -> None:
         handle.shutdown()
 
 
-def deploy(plan: CompiledPipeline, args: argparse.Namespace) -> PipelineHandle:
+def doors(plan: CompiledPipeline | CompiledApp, url: str) -> str:
+    """Where requests go: a pipeline's URL, or each route of an `sg.App`."""
+    routes = getattr(plan, "routes", None)
+    if routes is None:
+        return f"POST JSON to {url}"
+    base = url.rstrip("/")
+    return "; ".join([f"POST JSON to {base}{route}" for route in routes] or
+                     [f"the ingress app at {base}/"])
+
+
+def deploy(plan: CompiledPipeline | CompiledApp, args: argparse.Namespace
+           ) -> PipelineHandle | AppHandle:
     """`sg.serve` the plan with the verb's name, route and port, a spinner on stderr meanwhile."""
     from ..serving import serve
 
@@ -110,28 +137,39 @@ def deploy(plan: CompiledPipeline, args: argparse.Namespace) -> PipelineHandle:
                      logging_config=serve_logging(args))
 
 
-def run_local(plan: CompiledPipeline, args: argparse.Namespace) -> int:
+def run_local(plan: CompiledPipeline | CompiledApp, args: argparse.Namespace) -> int:
     """`run --local`: the plan on the in-process executor behind the same HTTP API (uvicorn
-    until Ctrl-C), announced once the server listens."""
+    until Ctrl-C), announced once the server listens; an `sg.App`, its ingress app with
+    every graph in-process (`local_front`)."""
     import uvicorn
 
-    from ..executors.local import LocalExecutor
     from ..serving import diagram_svg
-    from ..web.local_app import local_app
 
-    route = args.route_prefix or f"/{plan.name}"
     port = args.port or 8000
-    url = f"http://{args.host}:{port}{route}"
+    if isinstance(plan, CompiledApp):
+        from ..executors.local.front import local_front
+        from ..serving.app import graph_diagrams
 
-    def announce() -> None:
+        app = local_front(plan, graph_diagrams(plan))
         print(plan.explain())
-        print(f"serving {plan.name!r} in-process (no Ray): POST JSON to {url} (Ctrl-C stops)",
-              flush=True)
+        print(f"serving {plan.name!r} in-process (no Ray): "
+              f"{doors(plan, f'http://{args.host}:{port}')} (Ctrl-C stops)", flush=True)
+    else:
+        from ..executors.local import LocalExecutor
+        from ..web.local_app import local_app
 
-    executor = LocalExecutor(plan)
-    app = local_app(plan, route, executor.acall, diagram_svg=diagram_svg(plan),
-                    stream=executor.astream if executor.program.streams else None,
-                    on_startup=announce)
+        route = args.route_prefix or f"/{plan.name}"
+        url = f"http://{args.host}:{port}{route}"
+
+        def announce() -> None:
+            print(plan.explain())
+            print(f"serving {plan.name!r} in-process (no Ray): POST JSON to {url} (Ctrl-C "
+                  "stops)", flush=True)
+
+        executor = LocalExecutor(plan)
+        app = local_app(plan, route, executor.acall, diagram_svg=diagram_svg(plan),
+                        stream=executor.astream if executor.program.streams else None,
+                        on_startup=announce)
     uvicorn.run(app, host=args.host, port=port, log_level=log_level(args).lower(),
                 access_log=args.access_log)
     return 0
@@ -141,12 +179,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..compiler.passes.resources import require_gpu_fractions
 
-    plan = compile(load_graph(args.target), cluster=cluster_of(args))
-    require_gpu_fractions(plan, "serve")  # before connecting, as a packing error is
+    plan = compile(load_target(args.target), cluster=cluster_of(args))
+    for graph in getattr(plan, "plans", {"": plan}).values():
+        require_gpu_fractions(graph, "serve")  # before connecting, as a packing error is
     connect(args.address)
     handle = deploy(plan, args)
     print(plan.explain())
-    print(f"deployed {handle.name!r}: POST JSON to {handle.url}")
+    print(f"deployed {handle.name!r}: {doors(plan, handle.url)}")
     return 0
 
 

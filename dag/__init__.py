@@ -1,6 +1,7 @@
 """The graph users build: stages, nodes, the input, and `sg.Graph`. Imports neither ray nor
 graphviz."""
 
+from .app import App
 from .control import (
     Branching,
     BranchNode,
@@ -31,7 +32,7 @@ from .options import DeploymentOptions, parse_bytes
 from .request import HttpRequest, Upload, takes_raw_request
 
 __all__ = [
-    "BatchSpec", "BranchNode", "Branching", "CallNode", "CallTarget", "ClassNode",
+    "App", "BatchSpec", "BranchNode", "Branching", "CallNode", "CallTarget", "ClassNode",
     "DeploymentOptions", "DeploymentSpec",
     "Graph", "HttpRequest", "InputNode", "MethodRef", "Node", "Op", "SelectNode", "Upload",
     "batch", "batch_spec",

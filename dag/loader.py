@@ -18,8 +18,18 @@ class LoadError(PipelineError):
 
 def load_graph(target: str) -> Any:
     """`pkg.module:attr` -> the `sg.Graph` there (a function is called with no arguments)."""
-    from ..dag import Graph
+    from .graph import Graph
 
+    return load_target(target, Graph)
+
+
+def load_target(target: str, *kinds: type) -> Any:
+    """`pkg.module:attr` -> the object there, an instance of one of `kinds` (default: an
+    `sg.Graph` or an `sg.App`); a function there is called with no arguments."""
+    from .app import App
+    from .graph import Graph
+
+    kinds = kinds or (Graph, App)
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise LoadError(f"expected MODULE:ATTR (e.g. servegraph.pipelines.search:graph), "
@@ -34,8 +44,9 @@ def load_graph(target: str) -> Any:
         value = getattr(module, attribute)
     except AttributeError:
         raise LoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if callable(value) and not isinstance(value, Graph):
+    if callable(value) and not isinstance(value, kinds):
         value = value()
-    if not isinstance(value, Graph):
-        raise LoadError(f"{target} is a {type(value).__name__}, not an sg.Graph")
+    if not isinstance(value, kinds):
+        wanted = " or ".join(f"an sg.{kind.__name__}" for kind in kinds)
+        raise LoadError(f"{target} is a {type(value).__name__}, not {wanted}")
     return value

@@ -39,9 +39,11 @@ class PipelineHandle:
     (`attach`, `sg.connect`)."""
 
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str, *,
-                 plan: CompiledPipeline | None = None) -> None:
+                 plan: CompiledPipeline | None = None, graph: str | None = None) -> None:
         self._loop = None if router_in_separate_loop() else _own_loop()
         self._run, self._stream, self._trace = self._on_loop(_options_of, handle)
+        # one graph of an `sg.App`, whose ingress runs the graph it is named
+        self._which = {} if graph is None else {"graph": graph}
         self.name = name
         self.route_prefix = route_prefix
         self.url = url
@@ -53,6 +55,14 @@ class PipelineHandle:
         process is connected to (deployed by `sg.serve`, `servegraph deploy`, `serve deploy`
         or another process), with the plan its driver serves. Raises DeployError naming the
         running applications when there is no such one, or when it is not servegraph's."""
+        handle, text = cls.served(name, timeout_s=timeout_s)
+        handle.plan = CompiledPipeline.model_validate_json(text)
+        return handle
+
+    @classmethod
+    def served(cls, name: str, *, timeout_s: float = 60.0) -> tuple[PipelineHandle, str]:
+        """A handle to the running application `name` and the plan JSON its ingress serves
+        (a pipeline's, or an `sg.App`'s: `apphandle.attach` tells them apart)."""
         running = applications()
         if name not in running:
             raise DeployError(
@@ -68,8 +78,7 @@ class PipelineHandle:
             raise DeployError(
                 f"Serve application {name!r} is not a servegraph pipeline: its ingress "
                 f"serves no plan ({type(exc).__name__}: {exc})") from exc
-        handle.plan = CompiledPipeline.model_validate_json(text)
-        return handle
+        return handle, text
 
     def _served_plan(self, handle: DeploymentHandle, timeout_s: float) -> str:
         """The plan JSON the driver serves (`PipelineDriver.plan`), blocking."""
@@ -126,7 +135,7 @@ class PipelineHandle:
             if self._loop is None:
                 yield from self._stream.remote(payload, request_id)
                 return
-            chunks = self._on_loop(_started, self._stream, payload, request_id)
+            chunks = self._on_loop(_started, self._stream, payload, request_id, self._which)
             while True:
                 try:
                     yield self._on_loop(anext, chunks)
@@ -145,7 +154,7 @@ class PipelineHandle:
                 return
             loop = self._loop
             chunks = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                _started(self._stream, payload, request_id), loop))
+                _started(self._stream, payload, request_id, self._which), loop))
             while True:
                 try:
                     yield await asyncio.wrap_future(
@@ -160,10 +169,11 @@ class PipelineHandle:
         """One blocking call of a driver method, on our own loop when we have one."""
         try:
             if self._loop is None:
-                response = method.remote(payload, request_id, deadline_s)
+                response = method.remote(payload, request_id, deadline_s, **self._which)
                 return _cancelled_past(response, lambda: response.result(timeout_s=timeout_s))
             future = asyncio.run_coroutine_threadsafe(
-                _awaited(method.remote, payload, request_id, deadline_s), self._loop)
+                _awaited(method.remote, payload, request_id, deadline_s, **self._which),
+                self._loop)
             return _cancelled_past(future, lambda: future.result(timeout=timeout_s))
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
@@ -174,9 +184,10 @@ class PipelineHandle:
         try:
             async with asyncio.timeout(timeout_s):
                 if self._loop is None:
-                    return await method.remote(payload, request_id, deadline_s)
+                    return await method.remote(payload, request_id, deadline_s, **self._which)
                 return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    _awaited(method.remote, payload, request_id, deadline_s), self._loop))
+                    _awaited(method.remote, payload, request_id, deadline_s, **self._which),
+                self._loop))
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
 
@@ -220,15 +231,16 @@ def _cancelled_past(call: Any, result: Callable[[], Any]) -> Any:
         raise
 
 
-async def _awaited(fn: Callable[..., Any], *args: Any) -> Any:
-    result = fn(*args)
+async def _awaited(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    result = fn(*args, **kwargs)
     return await result if inspect.isawaitable(result) else result
 
 
-async def _started(method: DeploymentHandle, payload: Any, request_id: str | None) -> Any:
+async def _started(method: DeploymentHandle, payload: Any, request_id: str | None,
+                   which: dict[str, str]) -> Any:
     """A streaming call, started on the loop this runs on; its response generator is returned
     as it is (it looks awaitable, but awaiting it raises)."""
-    return method.remote(payload, request_id)
+    return method.remote(payload, request_id, **which)
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

@@ -17,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from ray import cloudpickle
 
@@ -24,11 +26,13 @@ from ..compiler import CompiledPipeline
 from ..errors import DeployError
 
 
-def ship_stage_code(plan: CompiledPipeline) -> list[str]:
-    """Register by value every module of the plan's stage objects that the replicas cannot
-    import by name; the modules registered. Raises DeployError naming the stage whose code
-    cannot be pickled at all, before Serve tries."""
-    modules = {getattr(target, "__module__", None) or "" for target in plan.memory.objects.values()}
+def ship_stage_code(plan: CompiledPipeline, extra: Iterable[Any] | None = None) -> list[str]:
+    """Register by value every module of the plan's stage objects (and of `extra` objects:
+    an `sg.App`'s route functions, `front_code`) that the replicas cannot import by name;
+    the modules registered. Raises DeployError naming the stage whose code cannot be
+    pickled at all, before Serve tries."""
+    objects = [*plan.memory.objects.values(), *(extra or ())]
+    modules = {getattr(target, "__module__", None) or "" for target in objects}
     modules = {name for name in modules if name in sys.modules and name != "__main__"}
     found = importable_by_workers(tuple(sorted({name.partition(".")[0] for name in modules})))
     shipped = sorted(name for name in modules if name.partition(".")[0] not in found)
@@ -43,6 +47,23 @@ def ship_stage_code(plan: CompiledPipeline) -> list[str]:
                 f"({type(exc).__name__}: {exc}); define it at the top level of a module, "
                 "holding no open files, locks or sockets (build those in __init__)") from exc
     return shipped
+
+
+def front_code(front: Any) -> list[Any]:
+    """The functions behind a user's ASGI app (FastAPI's): its routes' endpoints and their
+    dependencies, whose modules must reach the ingress replicas with the app."""
+    found: list[Any] = []
+    pending = [getattr(route, "dependant", None) for route in getattr(front, "routes", ())]
+    found += [route.endpoint for route in getattr(front, "routes", ())
+              if callable(getattr(route, "endpoint", None))]
+    while pending:
+        dependant = pending.pop()
+        if dependant is None:
+            continue
+        if callable(dependant.call):
+            found.append(dependant.call)
+        pending.extend(dependant.dependencies)
+    return found
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..compiler import CompiledPipeline, NodePlan, StagePlan
+from ..compiler import CompiledPipeline, GpuLayout, NodePlan, StagePlan
 from ..compiler.cluster import format_bytes
 from ..compiler.explain import arm_texts, constant_text, key_role
 from ..compiler.templates import refs
@@ -33,6 +33,7 @@ class Cluster:
     id: str
     label: str
     status: str | None = None  # live Serve status (HEALTHY, UPDATING, UNHEALTHY, ...)
+    deployment: str = ""       # the Serve deployment it draws
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
         if state is not None:
             label = f"{label} · {state.summary()}"
         diagram.clusters.append(Cluster(cluster_ids[stage.name], label,
-                                        state.status if state else None))
+                                        state.status if state else None, stage.name))
     for node in plan.nodes:
         cluster = cluster_ids.get(node.stage) if node.stage else None
         label = _node_label(node)
@@ -99,7 +100,7 @@ def diagram_of(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None
     diagram.boxes.append(Box("out", "output", "output"))
     for source in dict.fromkeys(refs(plan.outputs)):
         diagram.edges.append((source, "out", types[source]))
-    _add_gpu_layout(diagram, plan)
+    add_gpu_layout(diagram, plan.gpu_layout, plan.nodes)
     return diagram
 
 
@@ -133,17 +134,17 @@ def _edges_into(node: NodePlan, types: dict[str, str]) -> list[tuple[str, str]]:
     return [(source, ", ".join(played)) for source, played in roles.items()]
 
 
-def _add_gpu_layout(diagram: Diagram, plan: CompiledPipeline) -> None:
+def add_gpu_layout(diagram: Diagram, layout: GpuLayout | None, nodes: list[NodePlan]) -> None:
     """The GPU layout beside the graph: a box per GPU listing the replicas that share it,
-    with a dashed line from each stage's first call node to the GPUs its replicas use."""
-    layout = plan.gpu_layout
+    with a dashed line from each stage's first call node (of `nodes`) to the GPUs its
+    replicas use."""
     if layout is None:
         return
     where = "" if layout.bounded else " (no cluster spec)"
     diagram.gpu_title = (f"GPU layout{where}: {layout.used} GPU{'s' if layout.used != 1 else ''}"
                          f" used, lower bound {layout.lower_bound}")
     first_box = {}
-    for node in plan.nodes:
+    for node in nodes:
         if node.stage is not None:
             first_box.setdefault(node.stage, node.id)
     for index, gpu in enumerate(layout.gpus):

@@ -4,7 +4,9 @@ and newlines escaped; SVG output from `dot` escapes `<` and `&` itself."""
 from __future__ import annotations
 
 from ..compiler import CompiledPipeline
-from .model import STATUS_COLOURS, Box, LiveStatus, diagram_of
+from ..compiler.appplan import AppPlan
+from .app_model import diagram_for
+from .model import STATUS_COLOURS, Box, LiveStatus
 
 _SHAPES = {"input": "invhouse", "select": "note", "call": "box", "map": "parallelogram",
            "const": "cylinder", "branch": "diamond", "output": "house"}
@@ -21,8 +23,9 @@ def _box(box: Box) -> str:
     return f"{box.id} [label={quote(box.label)}, shape={_SHAPES[box.shape]}{dashed}];"
 
 
-def to_dot(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> str:
-    diagram = diagram_of(plan, live)
+def to_dot(plan: CompiledPipeline | AppPlan, live: dict[str, LiveStatus] | None = None
+            ) -> str:
+    diagram = diagram_for(plan, live)
     lines = [f"digraph {quote(diagram.title)} {{", "  rankdir=LR;",
              '  graph [fontname="Helvetica", fontsize=11];',
              '  node [fontname="Helvetica", fontsize=11];',

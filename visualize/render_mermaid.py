@@ -4,7 +4,9 @@ use Mermaid's entity codes for characters that would end a label or open HTML.""
 from __future__ import annotations
 
 from ..compiler import CompiledPipeline
-from .model import STATUS_COLOURS, LiveStatus, diagram_of
+from ..compiler.appplan import AppPlan
+from .app_model import diagram_for
+from .model import STATUS_COLOURS, LiveStatus
 
 _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
              "\n": "<br/>", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "|": "#124;"}
@@ -18,8 +20,9 @@ def label(text: str) -> str:
     return "".join(_ENTITIES.get(char, char) for char in text)
 
 
-def to_mermaid(plan: CompiledPipeline, live: dict[str, LiveStatus] | None = None) -> str:
-    diagram = diagram_of(plan, live)
+def to_mermaid(plan: CompiledPipeline | AppPlan,
+               live: dict[str, LiveStatus] | None = None) -> str:
+    diagram = diagram_for(plan, live)
     lines = ["flowchart LR"]
     for cluster in diagram.clusters:
         lines.append(f'  subgraph {cluster.id}["{label(cluster.label)}"]')

@@ -41,8 +41,9 @@ from ..dag.request import HttpRequest, Upload, media_type
 from ..errors import InputError, PipelineError, StageError
 from .views import View, plan_views
 
-__all__ = ["MAX_BODY_BYTES", "View", "error_body", "handle_http", "json_bytes", "plan_views",
-           "raw_request", "request_id_for", "serve_http"]
+__all__ = ["MAX_BODY_BYTES", "View", "error_body", "error_response", "handle_http",
+           "json_bytes", "new_request_id", "plan_views", "raw_request", "request_id_for",
+           "serve_http"]
 
 Runner = Callable[..., Awaitable[Any]]  # run(payload, request_id, deadline_s=None)
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
@@ -181,7 +182,8 @@ def request_timeout(request: Request) -> tuple[float | None, str | None]:
     return seconds, None
 
 
-def _error(status: int, content: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
+def error_response(status: int, content: dict[str, Any],
+                   headers: dict[str, str]) -> JSONResponse:
     if status >= 500:
         logger.warning("request %s: %d from stage %s: %s", content.get("request_id"), status,
                        content.get("stage"), content.get("error"))
@@ -205,7 +207,7 @@ async def handle_http(request: Request, run: Runner, *, echo_request_id: bool = 
         request_id = request_id_for(request, new_id)
         headers = {"x-request-id": request_id} if echo_request_id else {}
         logger.exception("request %s: the ingress failed", request_id)
-        return _error(500, {"error": f"{type(exc).__name__}: {exc}", "stage": None,
+        return error_response(500, {"error": f"{type(exc).__name__}: {exc}", "stage": None,
                             "request_id": request_id}, headers)
 
 
@@ -260,11 +262,11 @@ async def serve_http(request: Request, run: Runner, *, echo_request_id: bool = T
     try:
         result = await run(payload, request_id, deadline_s=deadline_s)
     except Exception as exc:  # a servegraph error; anything else is still answered as JSON
-        return _error(*error_body(exc, request_id), headers)
+        return error_response(*error_body(exc, request_id), headers)
     try:
         output = json_bytes(result)
     except ValueError as exc:
-        return _error(500, {"error": f"the pipeline's output is not JSON: {exc}",
+        return error_response(500, {"error": f"the pipeline's output is not JSON: {exc}",
                             "stage": output_stage, "request_id": request_id}, headers)
     return Response(output, media_type="application/json", headers=headers)
 
@@ -279,7 +281,7 @@ async def _streaming(chunks: AsyncIterator[Any], request_id: str,
     except StopAsyncIteration:
         return Response(b"", media_type="text/plain; charset=utf-8", headers=headers)
     except PipelineError as exc:
-        return _error(*error_body(exc, request_id), headers)
+        return error_response(*error_body(exc, request_id), headers)
     text = isinstance(first, str)
 
     def encode(chunk: Any) -> bytes:

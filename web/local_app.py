@@ -9,13 +9,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from ..compiler import CompiledPipeline
-from ..dag.request import takes_raw_request
-from .ingress import Runner, Streamer, handle_http, plan_views
+from .front import Endpoint, graph_routes
+from .ingress import Runner, Streamer
 
 
 def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
@@ -24,19 +21,8 @@ def local_app(plan: CompiledPipeline, route_prefix: str, run: Runner, *,
     """A Starlette app answering `POST <route_prefix>` with `run(payload, request_id)` (or
     `stream`'s chunks, for a streamed output) and `GET <route_prefix>/-/...` with the plan's
     views. A plan whose input is `sg.HttpRequest` gets the request itself, unparsed."""
-    views = plan_views(plan, diagram_svg)
-    needs_body = plan.reads_input()
-    output_stage = plan.output_stages()
-    raw_input = takes_raw_request(plan.input_model)
-
-    async def endpoint(request: Request) -> Response:
-        return await handle_http(request, run, views=views, stream=stream,
-                                 needs_body=needs_body, output_stage=output_stage,
-                                 raw_input=raw_input)
-
-    route = "/" + route_prefix.strip("/")
-    routes = [Route(route, endpoint, methods=["GET", "POST"])]
-    routes += [Route(route.rstrip("/") + suffix, endpoint, methods=["GET"]) for suffix in views]
+    endpoint = Endpoint(plan, run, stream=stream, diagram_svg=diagram_svg)
+    routes = graph_routes(route_prefix, endpoint)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ and why, is kept in the plan (`StagePlan.fused_into`, `StagePlan.fusion`) for `e
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 from ...dag import CallNode, batch_spec, health_check, multiplex_spec
 from ...dag.nodes import find_nodes
@@ -31,8 +32,12 @@ PASS = "fuse"
 _OWN_PROCESS = ("runtime_env", "resources", "memory", "accelerator_type")
 
 
-def fuse_pass(state: CompileState, enabled: bool = True) -> CompileState:
-    """Decide, for every actor group, whether it is fused into the driver."""
+def fuse_pass(state: CompileState, enabled: bool = True,
+              shared: Mapping[str, Sequence[str]] | None = None) -> CompileState:
+    """Decide, for every actor group, whether it is fused into the driver. `shared`: the
+    stages an application's graphs share (`compiler.app`), by the graphs that call each; one
+    deployment serves them all, so none is fused into one graph's driver."""
+    shared = shared or {}
     calls: dict[int, list[CallNode]] = {}
     for node in state.graph.nodes:
         if isinstance(node, CallNode):
@@ -40,11 +45,15 @@ def fuse_pass(state: CompileState, enabled: bool = True) -> CompileState:
     streaming = {node.id for group in calls.values() for node in group if is_stream(node)}
     decisions = {}
     for group in state.groups:
+        name = state.name_of(group)
         if not enabled:
             decision = FuseDecision(False, "fusion off: compiled with fuse=False")
+        elif name in shared:
+            decision = FuseDecision(False, f"shared by the graphs {', '.join(shared[name])}: "
+                                           "one deployment serves them all")
         else:
             decision = decide(state, group, calls.get(id(group), []), streaming)
-        decisions[state.name_of(group)] = decision
+        decisions[name] = decision
     return dataclasses.replace(state, fusion=decisions)
 
 

@@ -60,10 +60,13 @@ BATCHED_MAX_ONGOING_REQUESTS = 1000
 MAPPED_MAX_ONGOING_REQUESTS = 1000
 
 
-def lower(state: CompileState, passes: list[str], fuse: bool = True) -> CompiledPipeline:
+def lower(state: CompileState, passes: list[str], fuse: bool = True,
+          id_prefix: str = "") -> CompiledPipeline:
+    """`id_prefix` starts every node id: an application's graphs (`compiler.app`) share
+    stage replicas, which tell their calls apart by node id."""
     graph = state.graph
     order = [node for node in schedule(graph.nodes) if not isinstance(node, ClassNode)]
-    ids = {node.id: f"n{index}" for index, node in enumerate(order)}
+    ids = {node.id: f"{id_prefix}n{index}" for index, node in enumerate(order)}
     objects: dict[str, Any] = {}
     constants: list[Any] = []
     encoder = ValueEncoder(ids, constants)

@@ -50,7 +50,7 @@ def validate(graph: Graph) -> CompileState:
     for node in calls:
         groups.setdefault(id(node.call.group), node.call.group)
     options = {key: _options(group) for key, group in groups.items()}
-    names = _unique_names(list(groups.values()), options)
+    names = unique_names(list(groups.values()), options)
     _check_dangling(graph)
     for node in calls:
         _check_batching(node)
@@ -94,7 +94,7 @@ def _options(group: Group) -> DeploymentOptions:
         ) from None
 
 
-def _unique_names(groups: list[Group], options: dict[int, DeploymentOptions]) -> dict[int, str]:
+def unique_names(groups: list[Group], options: dict[int, DeploymentOptions]) -> dict[int, str]:
     """Each group's deployment name: its own, else the stage's, suffixed `_1`, `_2`, ... past
     the names taken. The names taken only grow, so each base resumes at its last suffix (a
     pipeline of 10,000 groups of one class stays linear)."""
