@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .emit.proto import proto_text
 from .emit.rayservice import rayservice
 from .emit.serve_config import serve_config
 from .explain import explain
@@ -20,7 +21,8 @@ class CompiledPipeline(Plan):
     def to_serve_config(self, graph: str | None = None, **options: Any) -> dict[str, Any]:
         """A `serve deploy` config (dict) for this pipeline. `graph` is the `module:attr` its
         application builder imports (found by itself when the graph is a module variable);
-        `host`, `port` and `runtime_env` go into the config."""
+        `host`, `port`, `grpc_port` (Serve's gRPC proxy, see `to_proto`) and `runtime_env` go
+        into the config."""
         return serve_config(self, graphs=[graph], **options)
 
     def to_rayservice(self, graph: str | None = None, *, name: str | None = None,
@@ -32,6 +34,11 @@ class CompiledPipeline(Plan):
         `compiler.emit.rayservice.rayservice`'s."""
         return rayservice(self, graph, name=name, image=image, ray_version=ray_version,
                           **options)
+
+    def to_proto(self) -> str:
+        """The `.proto` of this pipeline's gRPC service (`compiler.emit.proto`): what a client
+        compiles its stubs from; the served driver builds the same messages at run time."""
+        return proto_text(self)
 
     def explain(self) -> str:
         """What the compiler decided: deployments, resources, the GPU layout, headroom."""

@@ -9,6 +9,8 @@ Fixtures:
   stopped at the end even on failure), listening on a free port, which it yields. Its logical
   GPUs let GPU stages be scheduled on a machine without one. With `RAY_ADDRESS` set, it
   connects to that cluster instead and leaves it running.
+- `servegraph_grpc_port`: the port where that Serve's gRPC proxy serves every servegraph
+  graph (`plan.to_proto()` is the service).
 - `golden`: `golden.check(graph_or_plan, "name")` compares the plan and its Mermaid diagram
   with `golden/name.plan.json` and `golden/name.mmd` beside the test module;
   `--servegraph-update-golden` writes them instead.
@@ -117,6 +119,18 @@ def servegraph_ray() -> Iterator[int]:
 
     with serve_session(num_cpus=RAY_CPUS, num_gpus=RAY_GPUS) as port:
         yield port
+
+
+@pytest.fixture(scope="session")
+def servegraph_grpc_port(servegraph_ray: int) -> int:
+    """The port where the session's Serve serves every servegraph graph over gRPC (skips the
+    test on a `RAY_ADDRESS` cluster whose Serve was started without it)."""
+    from ..serving.launch import serve_grpc_port
+
+    port = serve_grpc_port()
+    if port is None:
+        pytest.skip("the running Serve has no servegraph gRPC servicer")
+    return port
 
 
 @pytest.fixture

@@ -20,6 +20,12 @@ def ray_serve(servegraph_ray: int) -> int:
     return servegraph_ray
 
 
+@pytest.fixture(scope="session")
+def grpc_port(ray_serve: int, servegraph_grpc_port: int) -> int:
+    """The session's Serve's gRPC port (every servegraph graph's service is there)."""
+    return servegraph_grpc_port
+
+
 @pytest.fixture
 def deploy(ray_serve: int) -> Iterator[Callable[..., Any]]:
     """`deploy(graph_or_plan, name=...)` -> a PipelineHandle, deleted after the test."""

@@ -8,12 +8,15 @@ override replicas or resources in YAML as they would for hand-written Serve.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from ...errors import CompileError
+from ..appplan import AppPlan
 from ..passes.resources import require_gpu_fractions
-from ..plan import Plan
+from ..plan import Plan, StagePlan
+from .proto import GRPC_SERVICER
 
 APP_BUILDER = "servegraph.serving.app:app_builder"
 
@@ -30,7 +33,10 @@ DEPLOYMENT_FIELDS = (
 
 
 def find_graph_path(graph: Any) -> str | None:
-    """`module:attr` of a module-level variable holding `graph`, if one does (not __main__)."""
+    """`module:attr` of a module-level variable holding `graph` (or an `sg.App`), if one does
+    (not __main__): the module the object was made in, when it is one of them (a test module
+    importing a graph holds it too)."""
+    found: list[tuple[str, str]] = []
     for name, module in list(sys.modules.items()):
         if name == "__main__" or module is None:
             continue
@@ -38,10 +44,14 @@ def find_graph_path(graph: Any) -> str | None:
             namespace = vars(module)
         except TypeError:
             continue
-        for attr, value in list(namespace.items()):
-            if value is graph and not attr.startswith("_"):
-                return f"{name}:{attr}"
-    return None
+        found += [(f"{name}:{attr}", getattr(module, "__file__", None) or "")
+                  for attr, value in list(namespace.items())
+                  if value is graph and not attr.startswith("_")]
+    site = getattr(graph, "site", None)
+    made_in = os.path.normpath(site.file) if site is not None else None
+    home = [path for path, file in found
+            if made_in and file and os.path.normpath(file).endswith(made_in)]
+    return (home or [path for path, _ in found] or [None])[0]
 
 
 def app_config(plan: Plan, graph: str | None = None, *,
@@ -70,26 +80,63 @@ def app_config(plan: Plan, graph: str | None = None, *,
     }
     if runtime_env:
         app["runtime_env"] = runtime_env
-    app["deployments"] = []
-    for stage in [*plan.served(), plan.driver]:
+    app["deployments"] = deployment_entries([*plan.served(), plan.driver])
+    return app
+
+
+def deployment_entries(stages: list[StagePlan]) -> list[dict[str, Any]]:
+    """The config's deployments: each stage's compiled options, in Serve's names."""
+    entries = []
+    for stage in stages:
         options = dict(stage.options)
         replicas = stage.resources.replicas
         if replicas.autoscaling:  # the range Serve will use, shown (its defaults filled in)
             options["autoscaling_config"] = (options.get("autoscaling_config") or {}) | {
                 "min_replicas": replicas.min, "max_replicas": replicas.max}
-        app["deployments"].append(
-            {"name": stage.name}
-            | {key: options[key] for key in DEPLOYMENT_FIELDS if key in options})
-    return app
+        entries.append({"name": stage.name}
+                       | {key: options[key] for key in DEPLOYMENT_FIELDS if key in options})
+    return entries
 
 
-def serve_config(plans: list[Plan] | Plan, *,
+def app_entry(plan: AppPlan, source: str | None = None, *, name: str | None = None,
+              route_prefix: str | None = None,
+              runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config's entry for an `sg.App`: its builder imports the app (`args.app`) and
+    compiles its graphs again, for the same cluster and fusion; one application, its
+    deployments the union of the graphs' (a shared stage once) and the ingress."""
+    for graph in plan.plans.values():
+        require_gpu_fractions(graph, "serve-config")
+    source = source or find_graph_path(plan.source)
+    if source is None:
+        raise CompileError(
+            f"cannot tell which module holds the app {plan.name!r}, so a Serve config "
+            "cannot import it", pass_name="serve-config",
+            hint="keep the sg.App in a module-level variable and pass app='package.module:attr'"
+            " (the CLI passes its MODULE:ATTR)")
+    args: dict[str, Any] = {"app": source}
+    if plan.cluster is not None:
+        args["cluster"] = plan.cluster.model_dump(mode="json")
+    if not plan.fuse:
+        args["fuse"] = False
+    entry: dict[str, Any] = {"name": name or plan.name, "route_prefix": route_prefix or "/",
+                             "import_path": APP_BUILDER, "args": args}
+    if runtime_env:
+        entry["runtime_env"] = runtime_env
+    entry["deployments"] = deployment_entries([*plan.served(), plan.driver])
+    return entry
+
+
+def serve_config(plans: list[Plan | AppPlan] | Plan | AppPlan, *,
                  graphs: list[str | None] | None = None, host: str = "0.0.0.0",
-                 port: int = 8000, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A Serve config (`ServeDeploySchema`) holding one application per plan."""
-    plans = [plans] if isinstance(plans, Plan) else list(plans)
+                 port: int = 8000, runtime_env: dict[str, Any] | None = None,
+                 grpc_port: int | None = None) -> dict[str, Any]:
+    """A Serve config (`ServeDeploySchema`) holding one application per plan (an `sg.App`'s
+    plan is one application); `graphs`: each one's `module:attr`. With `grpc_port`, Serve's
+    gRPC proxy listens there with servegraph's servicer (`grpc_options`, see `proto`)."""
+    plans = [plans] if isinstance(plans, (Plan, AppPlan)) else list(plans)
     graphs = graphs or [None] * len(plans)
-    apps = [app_config(plan, graph, runtime_env=runtime_env)
+    apps = [app_entry(plan, graph, runtime_env=runtime_env) if isinstance(plan, AppPlan)
+            else app_config(plan, graph, runtime_env=runtime_env)
             for plan, graph in zip(plans, graphs, strict=True)]
     for key in ("name", "route_prefix"):
         seen = [app[key] for app in apps]
@@ -97,8 +144,16 @@ def serve_config(plans: list[Plan] | Plan, *,
             raise CompileError(f"two applications share the {key} {seen}",
                                pass_name="serve-config",
                                hint="give each graph its own name: sg.Graph(out, name='...')")
-    return {
+    config: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
-        "applications": apps,
     }
+    if grpc_port is not None:
+        config["grpc_options"] = grpc_options(grpc_port)
+    return config | {"applications": apps}
+
+
+def grpc_options(port: int) -> dict[str, Any]:
+    """Serve's `grpc_options` serving every servegraph graph's gRPC service on `port` (the
+    servicer routes by method path, so it needs no graph named here)."""
+    return {"port": port, "grpc_servicer_functions": [GRPC_SERVICER]}
