@@ -94,6 +94,15 @@ class PackingError(CompileError):
         super().__init__(message, **kwargs)
 
 
+class CapacityError(CompileError):
+    """The cluster spec cannot serve the target load of a profile-planned compile (the message
+    names the bottleneck stage and what it would need: how many more CPUs or GPUs)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("pass_name", "capacity")
+        super().__init__(message, **kwargs)
+
+
 class DeployError(PipelineError):
     """The plan cannot be deployed where it was sent (e.g. the cluster is too small for it)."""
 

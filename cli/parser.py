@@ -1,8 +1,8 @@
 """The `servegraph` command line: one small function per verb declares its flags, the argument
 types reject bad values as usage errors (exit 2) before anything is imported, and
 `check_cluster_flags` checks the cluster flags together. Each verb's parser names the function
-that runs it (`args.run`); the functions live in `compile_cmds`, `serve_cmds`, `bench_cmd` and
-`profile_cmd`, which import the heavy parts only when they run.
+that runs it (`args.run`); the functions live in `compile_cmds`, `serve_cmds`, `bench_cmd`,
+`profile_cmd` and `doctor_cmd`, which import the heavy parts only when they run.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .bench_cmd import cmd_bench
 from .compile_cmds import cmd_check, cmd_compile, cmd_render
+from .doctor_cmd import cmd_doctor, cmd_top
 from .profile_cmd import cmd_profile
 from .serve_cmds import cmd_deploy, cmd_run, cmd_shutdown, cmd_status
 
@@ -28,7 +29,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     verbs = parser.add_subparsers(dest="verb", required=True)
     for add_verb in (add_check, add_compile, add_render, add_run, add_deploy, add_status,
-                     add_shutdown, add_bench, add_profile):
+                     add_shutdown, add_bench, add_profile, add_doctor, add_top):
         add_verb(verbs)
     return parser
 
@@ -49,10 +50,15 @@ def add_compile(verbs: Verbs) -> None:
     compile_.add_argument("--host", default="0.0.0.0", help="HTTP host in the Serve config")
     compile_.add_argument("--port", type=at_least(1), default=8000,
                           help="HTTP port in the Serve config (default: 8000)")
+    compile_.add_argument("--grpc-port", type=at_least(1), metavar="PORT",
+                          help="serve gRPC on PORT too (the Serve config's grpc_options)")
+    compile_.add_argument("--proto", metavar="FILE",
+                          help="write the gRPC service's .proto (for a client's stubs) to FILE")
     compile_.add_argument("--rayservice", metavar="FILE",
                           help="write a KubeRay RayService manifest (YAML) to FILE")
     compile_.add_argument("--image", help="the RayService's container image")
     compile_.add_argument("--ray-version", help="the RayService's rayVersion")
+    add_planning_flags(compile_)
     compile_.set_defaults(run=cmd_compile)
     add_detect_address(compile_)
     add_cluster_flags(compile_)
@@ -83,6 +89,9 @@ def add_run(verbs: Verbs) -> None:
     run.add_argument("--local", action="store_true",
                      help="serve with the in-process local executor behind the same HTTP API")
     run.add_argument("--host", default="127.0.0.1", help="with --local: the address to bind")
+    run.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                     help="do not start Ray's dashboard with the embedded Ray (by default it "
+                     "starts, and its URL is printed)")
     run.set_defaults(run=cmd_run)
     add_logging_flags(run)
     add_cluster_flags(run)
@@ -150,6 +159,56 @@ def add_profile(verbs: Verbs) -> None:
                          help="seconds of measuring in all, shared by the stages (default: 30)")
     profile.set_defaults(run=cmd_profile)
     add_target(profile)
+
+
+def add_doctor(verbs: Verbs) -> None:
+    doctor = verbs.add_parser(
+        "doctor", help="diagnose a live application: per-stage figures, bottleneck, fixes",
+        description="Read the application's metrics (Ray's Prometheus endpoint), Serve's "
+        "status and its plan; print each stage's p50/p99, utilisation, queue and batch fill, "
+        "the bottleneck stage, and findings with the option that fixes each.")
+    doctor.add_argument("name", help="the Serve application")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--profile", metavar="FILE.json",
+                        help="a `servegraph profile` output: predicted vs observed")
+    doctor.add_argument("--window", type=positive_seconds, default=None,
+                        help="latency over the last N seconds (two scrapes), not since start")
+    doctor.add_argument("--cold-start-s", type=positive_seconds, default=10.0,
+                        help="report a constructor slower than this (default: 10)")
+    doctor.set_defaults(run=cmd_doctor)
+    add_cluster_address(doctor)
+
+
+def add_top(verbs: Verbs) -> None:
+    top = verbs.add_parser("top", help="a live application's stages, refreshed")
+    top.add_argument("name", help="the Serve application")
+    top.add_argument("-n", "--interval", type=positive_seconds, default=2.0,
+                     help="seconds between refreshes (default: 2)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.set_defaults(run=cmd_top)
+    add_cluster_address(top)
+
+
+def add_planning_flags(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("capacity planning (from `servegraph profile`)")
+    group.add_argument("--profile", metavar="FILE.json",
+                       help="plan replicas, CPUs and request limits from this profile (with "
+                       "no --target-rps: the most throughput the cluster flags allow)")
+    group.add_argument("--target-rps", type=positive_number, metavar="N",
+                       help="with --profile: plan for N requests a second")
+    group.add_argument("--target-p99-ms", type=positive_number, metavar="M",
+                       help="with --target-rps: each request within M ms at the 99th "
+                       "percentile")
+
+
+def positive_number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return number
 
 
 def add_target(sub: argparse.ArgumentParser) -> None:

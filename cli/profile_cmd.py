@@ -1,6 +1,8 @@
-"""`servegraph profile`: each stage's service time against batch size, and its memory, measured
-in-process on this machine (`serving.profile`), written as a JSON `Profile`. Progress goes to
-stderr; a summary line per stage and the file written go to stdout."""
+"""`servegraph profile`: each stage's service time against batch size and threads (CPUs per
+replica), and its memory, measured in-process on this machine (`serving.profile`), written as
+a JSON `Profile` that `servegraph compile --profile` plans from. Progress goes to stderr; a
+summary line per stage and the file written go to stdout. Profiling on a Ray cluster
+(`--address`) is not done: the stages are measured here."""
 
 from __future__ import annotations
 

@@ -29,7 +29,28 @@ def explain(plan: Plan) -> str:
         for stage in plan.deployments:
             where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
             lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
-    return "\n".join([*lines, *_control_flow(plan), *_gpu_layout(plan)])
+    return "\n".join([*lines, *capacity_lines(plan), *_control_flow(plan),
+                      *_gpu_layout(plan)])
+
+
+def capacity_lines(plan: Plan) -> list[str]:
+    """The capacity pass's predictions (`plan.capacity`): per stage and the driver, replicas,
+    CPUs, expected batch, throughput and utilisation at the load planned for; then the
+    pipeline's throughput, its p99 at that load, and the bottleneck."""
+    capacity = plan.capacity
+    if capacity is None:
+        return []
+    goal = "the most throughput" if capacity.target is None else capacity.target.describe()
+    lines = [f"capacity (planned from a profile for {goal} on {capacity.cpus:g} CPUs):"]
+    for row in capacity.stages:
+        batch = f", batch {row.batch_size}" if row.batch_size > 1 else ""
+        lines.append(f"  {row.stage:<20} {row.replicas} x {row.cpus:g} CPU{batch}: "
+                     f"{row.throughput_rps:.3g} req/s, {row.utilisation:.0%} busy, "
+                     f"p99 {row.p99_ms:.3g} ms")
+    lines.append(f"  predicted: {capacity.capacity_rps:.3g} req/s at most (the CPUs allow "
+                 f"{capacity.cpu_bound_rps:.3g}); p99 {capacity.p99_ms:.3g} ms at "
+                 f"{capacity.at_rps:.3g} req/s; bottleneck: {capacity.bottleneck}")
+    return lines
 
 
 def replicas_text(replicas: ReplicaRange) -> str:

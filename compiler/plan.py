@@ -22,6 +22,7 @@ from ..dag import Graph
 from ..errors import CompileError
 from . import templates
 from .cluster import ClusterSpec
+from .profile import CapacityPlan
 
 # "const": a call node replaced by a constant (`args[0]` its template), see `override`;
 # "branch": switch, when, split, fallback or shadow (`args[0]` its key, then its arms)
@@ -282,6 +283,7 @@ class Plan(BaseModel):
     gpu_layout: GpuLayout | None = None
     fuse: bool = True  # compiled with fusion on (a Serve config's builder compiles the same)
     timeout_s: float | None = None  # every request's deadline (`sg.Graph(timeout_s=...)`)
+    capacity: CapacityPlan | None = None  # planned from a profile (`sg.compile(profile=...)`)
 
     _memory: PlanMemory = PrivateAttr(default_factory=PlanMemory)
 

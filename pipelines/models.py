@@ -120,6 +120,18 @@ def thread_count(requested: int | None = None, assigned_cpus: float | None = Non
     return max(1, machine_cpus or os.cpu_count() or 1)
 
 
+def replica_cpus() -> float | None:
+    """The CPUs this replica was planned: what `sg.profile` says while it builds and times a
+    stage in-process (`REPLICA_CPUS_ENV`), else what Ray reserved for this actor, else None
+    (a local run, a test: the process owns the machine)."""
+    from servegraph.compiler.profile import REPLICA_CPUS_ENV
+
+    planned = os.environ.get(REPLICA_CPUS_ENV)
+    if planned:
+        return float(planned)
+    return ray_assigned_cpus()
+
+
 def ray_assigned_cpus() -> float | None:
     """The CPUs Ray reserved for this actor, or None outside a Ray actor (the local executor,
     a test, Ray's driver). Looks Ray up only if this process has already imported it."""
@@ -162,7 +174,7 @@ class OnnxModel:
 
         self.path = Path(path)
         self.providers = onnx_providers(os.environ, ort.get_available_providers())
-        self.threads = thread_count(threads, ray_assigned_cpus())
+        self.threads = thread_count(threads, replica_cpus())
         self.session = ort.InferenceSession(str(self.path), session_options(self.threads),
                                             providers=self.providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
@@ -191,7 +203,7 @@ class TorchModel:
         import torch
 
         self.device = torch.device(device or torch_device(os.environ, torch.cuda.is_available()))
-        assigned = ray_assigned_cpus()
+        assigned = replica_cpus()
         if threads is not None or assigned is not None:
             torch.set_num_threads(thread_count(threads, assigned))
         self.module = module.to(self.device).eval()

@@ -51,7 +51,7 @@ from servegraph.pipelines.minilm import (
     load_tokenizer,
     onnx_model_path,
 )
-from servegraph.pipelines.models import OnnxModel
+from servegraph.pipelines.models import OnnxModel, replica_cpus, thread_count
 
 if TYPE_CHECKING:
     import httpx
@@ -116,6 +116,11 @@ class Encoder:
     def __init__(self, model_dir: str | None = None) -> None:
         self.model_dir = model_dir or default_model_dir()
         self.model = load_model(self.model_dir)
+        cpus = replica_cpus()
+        if cpus is not None:  # torch's pool is the process's: sized only for a replica
+            import torch
+
+            torch.set_num_threads(thread_count(None, cpus))
 
     @sg.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode(self, texts: list[str]) -> list[list[float]]:

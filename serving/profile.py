@@ -1,4 +1,4 @@
-"""`sg.profile`: each stage's service time against batch size, and its memory, on this machine.
+"""`sg.profile`: each stage's service time against batch size and threads, and its memory.
 
 The first half of capacity planning (issue 17): what one replica of each stage costs, measured
 in-process, so a later pass can size replicas for a target load. How it works:
@@ -18,28 +18,47 @@ in-process, so a later pass can size replicas for a target load. How it works:
    is `peak_memory_bytes`. It counts what Python's allocators see (numpy included), not a GPU's
    memory nor native libraries' own allocators. That call also warms the stage up.
 
-Time is bounded: `budget_s` is shared evenly by the stages that were called, and within a
-stage by its batch sizes; a timing loop stops when its share is spent or after `MAX_SAMPLES`
-calls, and always takes at least one sample (so a tiny budget still gives a median of one).
+4. Threads: the batch sizes above are timed on a stage built with one CPU; then the largest
+   batch is timed on that stage and on stages built afresh with 2, 3, ... CPUs, up to this
+   machine's, one call of each in turn, round after round (drift or a neighbour's load slows
+   them alike), so the capacity pass can choose between more replicas and more threads. A
+   stage learns its CPUs from `REPLICA_CPUS_ENV` while it is built and timed (`replica_cpus`),
+   as a Ray replica learns them from Ray; torch's process-wide pool is sized for each call
+   and given back as it was at the end.
+
+The data (`Profile`, `StageProfile`, ...) lives in `compiler.profile`, which the compiler
+reads; this module measures it. Time is bounded: `budget_s` is shared evenly by the stages
+that were called; within a stage, half goes to its batch sizes and half to its thread counts
+(all of it to batch sizes on one CPU), each shared evenly again; a timing loop stops when its
+share is spent or after `MAX_SAMPLES` calls, and always takes at least one sample (so a tiny
+budget still gives a median of one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from ..compiler import CompiledPipeline, as_plan
+from ..compiler.profile import (
+    REPLICA_CPUS_ENV,
+    BatchTiming,
+    Machine,
+    Profile,
+    StageProfile,
+    ThreadTiming,
+)
 from ..dag import BatchSpec, Graph, batch_spec
 from ..errors import PipelineError, StageError
 from ..executors.local import LocalExecutor, build_instances
@@ -50,83 +69,12 @@ Recorded = tuple[tuple[Any, ...], dict[str, Any]]  # one call's positional and k
 Progress = Callable[[str], None]
 
 
-class BatchTiming(BaseModel):
-    """Service time of one call at one batch size: the median over `samples` calls."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_size: int
-    median_ms: float
-    per_item_ms: float
-    samples: int
-
-
-class StageProfile(BaseModel):
-    """One method of one stage (`method` None: a function stage). `calls`: how many recorded
-    calls were replayed; `service_ms` is empty when no payload called it (an arm not taken)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    stage: str
-    method: str | None
-    calls: int
-    service_ms: list[BatchTiming]
-    peak_memory_bytes: int
-
-    @property
-    def label(self) -> str:
-        return self.stage if self.method is None else f"{self.stage}.{self.method}"
-
-    def summary(self) -> str:
-        """One line: `Scorer.score: 4 calls; batch 1 0.012 ms, 8 0.003 ms/item; peak 1.2 KiB`."""
-        if not self.service_ms:
-            return f"{self.label}: not called by any payload"
-        times = ", ".join(f"{t.batch_size} {t.per_item_ms:.3g} ms/item" if t.batch_size > 1
-                          else f"{t.batch_size} {t.median_ms:.3g} ms" for t in self.service_ms)
-        return (f"{self.label}: {self.calls} call{'s' if self.calls != 1 else ''}; batch "
-                f"{times}; peak {self.peak_memory_bytes / 1024:.1f} KiB")
-
-
-class Machine(BaseModel):
-    """Where the profile was measured. `memory_bytes` from /proc/meminfo (None elsewhere);
-    `gpus` the NVIDIA GPUs `nvidia-smi` lists (limited by CUDA_VISIBLE_DEVICES when set),
-    `gpu_memory_bytes` the first one's memory."""
-
-    model_config = ConfigDict(frozen=True)
-
-    cpus: int
-    platform: str
-    python: str
-    memory_bytes: int | None = None
-    gpus: int = 0
-    gpu_memory_bytes: int | None = None
-
-    @classmethod
-    def here(cls) -> Machine:
-        gpus = _gpu_count()
-        return cls(cpus=os.cpu_count() or 1, platform=platform.platform(),
+def describe_machine() -> Machine:
+    """This machine: its CPUs, platform, memory and NVIDIA GPUs."""
+    gpus = _gpu_count()
+    return Machine(cpus=os.cpu_count() or 1, platform=platform.platform(),
                    python=platform.python_version(), memory_bytes=_total_memory(),
                    gpus=gpus, gpu_memory_bytes=local_gpu_memory() if gpus else None)
-
-
-class Profile(BaseModel):
-    """What `sg.profile` measured: a `StageProfile` per called method, in schedule order."""
-
-    model_config = ConfigDict(frozen=True)
-
-    pipeline: str
-    machine: Machine
-    payloads: int
-    budget_s: float
-    stages: list[StageProfile]
-
-    def stage(self, label: str) -> StageProfile:
-        """The profile of `Stage.method` (or a function stage's name)."""
-        for stage in self.stages:
-            if stage.label == label:
-                return stage
-        raise KeyError(f"no stage {label!r}; profiled: "
-                       f"{', '.join(s.label for s in self.stages)}")
 
 
 def profile(graph_or_plan: Graph | CompiledPipeline, payloads: Iterable[Any], *,
@@ -151,29 +99,69 @@ def profile(graph_or_plan: Graph | CompiledPipeline, payloads: Iterable[Any], *,
 
 async def _profile(plan: CompiledPipeline, payloads: list[Any], budget_s: float,
                    progress: Progress | None) -> Profile:
-    recorded = await recorded_calls(plan, payloads)
+    widths: dict[tuple[str, str | None], list[int]] = {}
+    recorded = await recorded_calls(plan, payloads, widths)
     called = [key for key, calls in recorded.items() if calls]
     share = budget_s / max(1, len(called))
+    machine = describe_machine()
     stages = []
-    for (stage, method), calls in recorded.items():
-        if not calls:
-            stages.append(StageProfile(stage=stage, method=method, calls=0, service_ms=[],
-                                       peak_memory_bytes=0))
-            continue
-        if progress is not None:
-            label = stage if method is None else f"{stage}.{method}"
-            plural = "s" if len(calls) != 1 else ""
-            progress(f"profiling {label} ({called.index((stage, method)) + 1}/{len(called)}):"
-                     f" {len(calls)} recorded call{plural}, up to {share:.3g} s")
-        stages.append(await _profile_stage(plan, stage, method, calls, share))
-    return Profile(pipeline=plan.name, machine=Machine.here(), payloads=len(payloads),
+    with restored_torch_threads():
+        for (stage, method), calls in recorded.items():
+            if not calls:
+                stages.append(StageProfile(stage=stage, method=method, calls=0, service_ms=[],
+                                           peak_memory_bytes=0))
+                continue
+            if progress is not None:
+                label = stage if method is None else f"{stage}.{method}"
+                plural = "s" if len(calls) != 1 else ""
+                progress(f"profiling {label} ({called.index((stage, method)) + 1}/"
+                         f"{len(called)}): {len(calls)} recorded call{plural}, threads "
+                         f"1..{machine.cpus}, up to {share:.3g} s")
+            measured = await _profile_stage(plan, stage, method, calls, share, machine.cpus)
+            mapped = widths.get((stage, method), [])
+            stages.append(measured.model_copy(update={"maps": len(mapped),
+                                                      "map_calls": sum(mapped)}))
+    return Profile(pipeline=plan.name, machine=machine, payloads=len(payloads),
                    budget_s=budget_s, stages=stages)
 
 
-async def recorded_calls(plan: CompiledPipeline, payloads: Sequence[Any]
+@contextlib.contextmanager
+def replica_cpus(count: int) -> Iterator[None]:
+    """Within: the stage built and timed here has `count` CPUs (`REPLICA_CPUS_ENV`, which
+    the model helpers read as a Ray replica reads the CPUs Ray assigned it)."""
+    before = os.environ.get(REPLICA_CPUS_ENV)
+    os.environ[REPLICA_CPUS_ENV] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(REPLICA_CPUS_ENV, None)
+        else:
+            os.environ[REPLICA_CPUS_ENV] = before
+
+
+@contextlib.contextmanager
+def restored_torch_threads() -> Iterator[None]:
+    """Torch's thread pool belongs to the process: stages built for the threads sweep size it
+    (`torch.set_num_threads`); give it back as it was (torch's default, every CPU, when torch
+    was first imported during the profile)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else os.cpu_count() or 1
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+async def recorded_calls(plan: CompiledPipeline, payloads: Sequence[Any],
+                         widths: dict[tuple[str, str | None], list[int]] | None = None
                          ) -> dict[tuple[str, str | None], list[Recorded]]:
     """(stage, method) -> the arguments of each of its calls the payloads made, every call
-    node and map of the plan listed (in schedule order) even if no payload reached it."""
+    node and map of the plan listed (in schedule order) even if no payload reached it.
+    `widths`, when given, gets each map's number of elements, by the (stage, method) it
+    maps over: how a stage's calls split into call nodes' and maps' (`StageProfile.maps`)."""
     nodes = {node.id: node for node in plan.nodes}
     found: dict[tuple[str, str | None], list[Recorded]] = {
         (node.stage, node.method): [] for node in plan.nodes
@@ -196,6 +184,8 @@ async def recorded_calls(plan: CompiledPipeline, payloads: Sequence[Any]
             rest = tuple(plan.decode(template, values) for template in node.args[1:])
             kwargs = {name: plan.decode(t, values) for name, t in node.kwargs.items()}
             calls.extend(((item, *rest), kwargs) for item in span.args[0])
+            if widths is not None:
+                widths.setdefault((node.stage, node.method), []).append(len(span.args[0]))
     return found
 
 
@@ -208,8 +198,60 @@ def batch_sizes(max_batch_size: int) -> list[int]:
 
 
 async def _profile_stage(plan: CompiledPipeline, stage: str, method: str | None,
-                         calls: list[Recorded], share_s: float) -> StageProfile:
-    deadline = time.perf_counter() + share_s
+                         calls: list[Recorded], share_s: float, cpus: int) -> StageProfile:
+    """Batch sizes on one CPU (half the share when there are threads to sweep), then the
+    largest batch on 1, 2, ... `cpus` CPUs, a stage built afresh for each count."""
+    began = time.perf_counter()
+    deadline = began + share_s
+    batch_until = began + (share_s if cpus == 1 else share_s / 2)
+    with replica_cpus(1):
+        call, sizes = _caller(plan, stage, method)
+        peak = await _peak_memory(call, _batch(calls, 0, sizes[-1]))
+        timings = []
+        for position, size in enumerate(sizes):
+            left = batch_until - time.perf_counter()
+            timings.append(await _timed(call, calls, size,
+                                        time.perf_counter() + left / (len(sizes) - position)))
+    largest = timings[-1]
+    threads = [ThreadTiming(threads=1, batch_size=largest.batch_size,
+                            median_ms=largest.median_ms, samples=largest.samples)]
+    if cpus > 1:
+        callers = {1: call}
+        for count in range(2, cpus + 1):
+            with replica_cpus(count):
+                callers[count], _ = _caller(plan, stage, method)
+                await callers[count](_batch(calls, 0, largest.batch_size))  # warm up
+        threads = await _sweep_threads(callers, calls, largest.batch_size, deadline)
+    return StageProfile(stage=stage, method=method, calls=len(calls), service_ms=timings,
+                        peak_memory_bytes=peak, threads_ms=threads)
+
+
+async def _sweep_threads(callers: dict[int, Callable[[list[Recorded]], Awaitable[None]]],
+                         calls: list[Recorded], size: int, until: float) -> list[ThreadTiming]:
+    """Calls of `size` items on each CPU count's stage in turn, round after round, until
+    `until` (at least one round, at most MAX_SAMPLES): a machine that drifts, or is shared,
+    slows every count alike, where timing one count after another would favour one. Torch's
+    pool is the process's, so it is sized for each call's count."""
+    samples: dict[int, list[float]] = {count: [] for count in callers}
+    rounds = 0
+    while not rounds or (time.perf_counter() < until and rounds < MAX_SAMPLES):
+        for count, call in callers.items():
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch.set_num_threads(count)
+            with replica_cpus(count):
+                began = time.perf_counter()
+                await call(_batch(calls, rounds * size, size))
+                samples[count].append((time.perf_counter() - began) * 1000)
+        rounds += 1
+    return [ThreadTiming(threads=count, batch_size=size, median_ms=statistics.median(taken),
+                         samples=len(taken)) for count, taken in samples.items()]
+
+
+def _caller(plan: CompiledPipeline, stage: str, method: str | None
+            ) -> tuple[Callable[[list[Recorded]], Awaitable[None]], list[int]]:
+    """A fresh instance of the stage (built now, with the CPUs `replica_cpus` says), as a
+    call on a batch of recorded calls; and the batch sizes to time it at."""
     instance = build_instances(plan, [plan.stage(stage)])[stage]
     fn = instance if method is None else getattr(instance, method)
     spec = batch_spec(getattr(fn, "__func__", fn))
@@ -223,13 +265,7 @@ async def _profile_stage(plan: CompiledPipeline, stage: str, method: str | None,
                              site=plan.stage(stage).site, error_type=type(exc).__name__
                              ) from exc
 
-    peak = await _peak_memory(call, _batch(calls, 0, sizes[-1]))
-    timings = []
-    for position, size in enumerate(sizes):
-        until = time.perf_counter() + (deadline - time.perf_counter()) / (len(sizes) - position)
-        timings.append(await _timed(call, calls, size, until))
-    return StageProfile(stage=stage, method=method, calls=len(calls), service_ms=timings,
-                        peak_memory_bytes=peak)
+    return call, sizes
 
 
 def _batch(calls: list[Recorded], start: int, size: int) -> list[Recorded]:

@@ -13,14 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_public_api_is_pinned() -> None:
     assert sg.__all__ == sorted([
-        "BindError", "ClusterSpec", "CompileError", "CompiledPipeline", "DeadlineError",
-        "DeployError", "EdgeTypeError", "Graph", "HttpRequest", "InputError", "InputNode",
-        "LocalExecutor", "NodeSpec",
-        "OptionsError", "PackingError", "PipelineError", "PipelineHandle", "StageError",
-        "StageTimeoutError", "TypeMismatchError", "Upload", "batch", "compile", "connect",
-        "deployment", "detect_cluster", "fallback", "map", "multiplexed",
-        "multiplexed_model_id", "profile", "render", "run_local", "serve",
-        "shadow", "split", "switch", "when",
+        "App", "AppHandle", "BindError", "CapacityError", "ClusterSpec", "CompileError",
+        "CompiledApp", "CompiledPipeline", "DeadlineError", "DeployError", "EdgeTypeError",
+        "Graph", "Graphs", "HttpRequest", "InputError", "InputNode", "LocalExecutor",
+        "NodeSpec", "OptionsError", "PackingError", "PipelineError", "PipelineHandle",
+        "Profile", "StageError", "StageTimeoutError", "Target", "TypeMismatchError", "Upload",
+        "batch", "compile", "connect", "deployment", "detect_cluster", "fallback", "graphs",
+        "map", "multiplexed", "multiplexed_model_id", "profile", "render", "run_local",
+        "serve", "shadow", "split", "switch", "when",
     ])
     for name in sg.__all__:
         assert getattr(sg, name) is not None

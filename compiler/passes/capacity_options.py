@@ -1,0 +1,134 @@
+"""What the capacity pass decided (`CapacityDecision`), the facts about a sizing that the pass,
+its predictions and its options all read (the CPUs it reserves, the stages served on their
+own), and the options and `StageResources` it writes from a decision (`apply`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ...dag import CallNode, batch_spec
+from ..capacity import Sizing, StageLoad
+from ..profile import Target
+from ..state import CompileState, spec_of_group
+from .resources import stage_resources
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What the load is planned on: CPUs (the cluster spec's, else the profiled machine's),
+    whole GPUs (None: not bounded), and whether the user fixed the driver's replicas."""
+
+    cpus: float
+    gpus: int | None
+    driver_fixed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityDecision:
+    """What the pass decided, for `predict`: each profiled stage's load and sizing (a light
+    one's `Sizing.light`), the load and utilisation sized for, the driver's replicas."""
+
+    loads: Mapping[str, StageLoad]
+    sizing: Mapping[str, Sizing]
+    rps: float
+    utilisation: float
+    budget: Budget
+    target: Target | None
+    driver_replicas: int
+
+
+def batched(state: CompileState, name: str) -> bool:
+    """Some call of the stage goes to an `sg.batch` method."""
+    return any(isinstance(node, CallNode) and state.name_of(node.call.group) == name
+               and batch_spec(node.call.function) is not None for node in state.graph.nodes)
+
+
+def hops_and_fused_work(loads: Mapping[str, StageLoad], served: set[str]
+                        ) -> tuple[float, float]:
+    """Calls per request to deployments of their own (a map's: one per element), and the
+    work of the stages that run in the driver (one CPU each)."""
+    hops = sum(load.calls for name, load in loads.items() if name in served)
+    fused = sum(load.work(1) for name, load in loads.items() if name not in served)
+    return hops, fused
+
+
+def reserved_cpus(state: CompileState, name: str, sizing: Mapping[str, Sizing]) -> float:
+    """CPUs a stage's replicas reserve at deploy time, as the pack pass counts them: as
+    sized (a GPU stage: its declared CPUs a replica), else as declared (not profiled)."""
+    facts = state.resources[name]
+    if name not in sizing:
+        return facts.cpus * facts.replicas.start
+    if facts.uses_gpu:
+        return sizing[name].replicas * facts.cpus
+    return float(sizing[name].cpus)
+
+
+def served_stages(sizing: Mapping[str, Sizing]) -> set[str]:
+    """The stages planned as deployments of their own (the light ones may run in the driver:
+    the predictions count what the fuse pass decided)."""
+    return {name for name, sized in sizing.items() if not sized.light}
+
+
+def apply(state: CompileState, decision: CapacityDecision) -> CompileState:
+    """The decided options and their facts (`stage_resources`), and the driver's replicas."""
+    options = dict(state.options)
+    resources = dict(state.resources)
+    for group in state.groups:
+        name = state.name_of(group)
+        if name not in decision.sizing:
+            continue
+        chosen = planned_options(options[name].serve_options(), state, name, decision)
+        options[name] = type(options[name]).model_validate(
+            {**chosen, **_own_options(options[name])})
+        resources[name] = stage_resources(name, spec_of_group(group).site, options[name],
+                                          state.cluster,
+                                          models=state.resources[name].models_per_replica)
+    graph = state.graph
+    if not decision.budget.driver_fixed and decision.driver_replicas > 1:
+        graph = copy.copy(graph)
+        graph.driver_options = graph.driver_options.model_copy(
+            update={"num_replicas": decision.driver_replicas})
+    return dataclasses.replace(state, graph=graph, options=options, resources=resources)
+
+
+def _own_options(options: Any) -> dict[str, Any]:
+    """servegraph's own options (not Serve's), kept as the user set them."""
+    return options.model_dump(include={"gpu_memory", "fuse", "timeout_s", "max_retries"},
+                              exclude_none=True)
+
+
+def planned_options(serve: dict[str, Any], state: CompileState, name: str,
+                    decision: CapacityDecision) -> dict[str, Any]:
+    """A planned stage's Serve options: its own, with replicas (fixed, or autoscaling from
+    the target's count up to what the spare CPUs hold), CPUs and, for a stage neither
+    batched nor mapped, a request limit of twice what it holds at the load."""
+    sized, load = decision.sizing[name], decision.loads[name]
+    facts = state.resources[name]
+    if sized.light:
+        serve["ray_actor_options"] = {**(serve.get("ray_actor_options") or {}), "num_cpus": 0}
+        return serve
+    serve.pop("num_replicas", None)
+    serve.pop("autoscaling_config", None)
+    actor = dict(serve.get("ray_actor_options") or {})
+    if not facts.uses_gpu:
+        actor["num_cpus"] = sized.threads
+    serve["ray_actor_options"] = actor
+    ongoing = decision.rps * load.calls / sized.replicas * load.call_ms[
+        min(sized.threads, load.max_threads) - 1] / 1000
+    if "max_ongoing_requests" not in serve and not batched(state, name) and load.calls <= 1:
+        serve["max_ongoing_requests"] = max(5, 2 * math.ceil(ongoing))
+    spare = decision.budget.cpus - sum(reserved_cpus(state, each, decision.sizing)
+                                       for each in state.stage_names())
+    grow = int(spare // (facts.cpus if facts.uses_gpu else sized.threads))
+    if decision.target is None or grow < 1:
+        serve["num_replicas"] = sized.replicas
+        return serve
+    serve["autoscaling_config"] = {
+        "min_replicas": sized.replicas, "initial_replicas": sized.replicas,
+        "max_replicas": sized.replicas + grow,
+        "target_ongoing_requests": round(max(1.0, ongoing), 2)}
+    return serve

@@ -1,0 +1,46 @@
+"""`servegraph compile --profile p.json [--target-rps N [--target-p99-ms M]]`: a plan sized
+from a profile, explained with its predictions; a target out of reach is the capacity error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.cli.test_cli_profile import servegraph
+from tests.compiler.test_capacity import diamond_profile
+
+DIAMOND = "tests.stages:diamond"
+
+
+def _profile(tmp_path: Path) -> str:
+    path = tmp_path / "profile.json"
+    path.write_text(diamond_profile().model_dump_json())
+    return str(path)
+
+
+def test_compile_plans_for_the_most_throughput(tmp_path: Path) -> None:
+    done = servegraph("compile", DIAMOND, "--cpus", "4", "--profile", _profile(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "capacity (planned from a profile for the most throughput on 4 CPUs):" in done.stdout
+    assert "bottleneck: the cluster's CPUs" in done.stdout
+
+
+def test_compile_plans_for_a_target(tmp_path: Path) -> None:
+    done = servegraph("compile", DIAMOND, "--cpus", "16", "--profile", _profile(tmp_path),
+                      "--target-rps", "150", "--target-p99-ms", "500")
+    assert done.returncode == 0, done.stderr
+    assert "for 150 req/s, p99 <= 500 ms on 16 CPUs" in done.stdout
+    assert "  Inc                  2 x 1 CPU: 200 req/s, 75% busy" in done.stdout
+
+
+def test_compile_refuses_what_the_cluster_cannot_serve(tmp_path: Path) -> None:
+    done = servegraph("compile", DIAMOND, "--cpus", "2", "--profile", _profile(tmp_path),
+                      "--target-rps", "300")
+    assert done.returncode != 0
+    assert "[capacity] stage 'Inc': 300 req/s needs " in done.stderr  # the message's
+    assert "the bottleneck is 4 replicas x 1 CPU at 80% busy" in done.stderr  # exact text:
+    # tests/compiler/test_capacity.py, with Serve's costs pinned
+    done = servegraph("compile", DIAMOND, "--target-rps", "300")
+    assert done.returncode != 0
+    assert "--target-rps and --target-p99-ms need --profile FILE.json" in done.stderr
+    missing = servegraph("compile", DIAMOND, "--profile", str(tmp_path / "nope.json"))
+    assert missing.returncode != 0 and "cannot read" in missing.stderr
