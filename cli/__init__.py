@@ -1,16 +1,20 @@
 """The `servegraph` command (also `python -m servegraph`). Each verb takes `MODULE:ATTR`, an
-`sg.Graph` (or a function returning one) in an importable module.
+`sg.Graph` or an `sg.App` (or a function returning one) in an importable module.
 
   check    compile and print diagnostics; exit 1 when the graph does not compile
   compile  explain the plan (deployments, resources, GPU layout); `-o serve.yaml` writes a
            `serve deploy` config, `-o plan.json` (or `--json`) the plan, `--rayservice
-           rayservice.yaml` a KubeRay RayService
+           rayservice.yaml` a KubeRay RayService, `--proto x.proto` the gRPC service;
+           `--profile p.json --target-rps N` plans replicas and CPUs to a target
   render   draw the pipeline or a compiled plan .json (`-o search.svg|.png|.pdf|.dot|.mmd`)
   run      serve it on Ray Serve (embedded local Ray, or `--address`) until Ctrl-C;
            `--local` serves it in-process (no Ray) behind the same HTTP API
   deploy   deploy onto a running Ray cluster (`--address` or RAY_ADDRESS) and return
   status   list Serve applications, deployments and replica states
   shutdown delete one application (`shutdown NAME`) or stop Serve
+  doctor   diagnose a live application: per-stage p50/p99, busy, queue, batch fill, findings
+  top      the same per-stage figures, refreshed (--once: one frame)
+  profile  each stage's service time per batch size and threads (`--payloads p.jsonl`)
   bench    load a running route at a concurrency; print p50/p99/throughput and statuses
 
 check, compile, render, run and deploy pack GPU stages onto a cluster: `--gpus 4x80GiB` (or

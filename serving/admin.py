@@ -49,3 +49,8 @@ def delete(name: str) -> None:
 def shutdown_serve() -> None:
     """Stop Serve on the connected cluster (every application)."""
     serve.shutdown()
+
+
+def free_resources() -> dict[str, float]:
+    """The cluster's resources no actor or task holds now (CPU, GPU, custom ones)."""
+    return {name: float(amount) for name, amount in ray.available_resources().items()}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 from ..compiler import CompiledPipeline, as_plan
-from ..dag import Graph
+from ..compiler.appplan import AppPlan
+from ..dag import App, Graph
 from ..errors import PipelineError
 from .model import Diagram, LiveStatus, diagram_of
 from .render_dot import to_dot
@@ -26,11 +27,13 @@ _TEXT_FORMATS = {"mmd": to_mermaid, "mermaid": to_mermaid, "dot": to_dot, "gv": 
 _BINARY_FORMATS = {"svg", "png", "pdf"}
 
 
-def render(graph_or_plan: Graph | CompiledPipeline, path: str | os.PathLike[str] | None = None,
+def render(graph_or_plan: Graph | CompiledPipeline | App | AppPlan,
+           path: str | os.PathLike[str] | None = None,
            format: str | None = None, live: dict[str, LiveStatus] | None = None) -> bytes:
     """Draw the pipeline; write it to `path` when given. The format comes from `format` or
     the path's suffix (.svg .png .pdf .dot .mmd). `live` colours each deployment by the
-    status Serve reports for it. Returns the bytes written."""
+    status Serve reports for it. An `sg.App` is drawn whole, a stage its graphs share once.
+    Returns the bytes written."""
     plan = as_plan(graph_or_plan)
     fmt = (format or (os.path.splitext(os.fspath(path))[1].lstrip(".") if path else "")).lower()
     if fmt in _TEXT_FORMATS:
@@ -59,4 +62,8 @@ def _pipe_through_dot(source: str, fmt: str) -> bytes:
         raise PipelineError(
             f"rendering .{fmt} needs Graphviz's `dot` program: apt-get install -y graphviz "
             "(or brew install graphviz); .dot and .mmd work without it") from exc
+    except graphviz.CalledProcessError as exc:  # a broken install: say so, as above
+        raise PipelineError(
+            f"Graphviz's `dot` failed rendering .{fmt} (exit {exc.returncode}): "
+            f"{exc.stderr or b''!r}; reinstall Graphviz, or write .dot or .mmd") from exc
 

@@ -20,6 +20,7 @@ from ...errors import PipelineError, StageTimeoutError
 from ..core import execute, stream
 from ..program import Program
 from ..trace import Trace, record
+from ..tracing import request_span
 from .runner import LocalRunner, build_instances
 
 T = TypeVar("T")
@@ -36,12 +37,18 @@ class LocalExecutor:
     it had first, as `remote` is on `PipelineHandle`."""
 
     def __init__(self, graph_or_plan: Graph | CompiledPipeline, *,
-                 overrides: Mapping[Any, Any] | None = None, strict: bool = False) -> None:
+                 overrides: Mapping[Any, Any] | None = None, strict: bool = False,
+                 instances: Mapping[str, Any] | None = None) -> None:
+        """`instances`: stage objects built already, by stage name (an `sg.App`'s graphs
+        share the stages they share, `local_front`); the others are built here."""
         plan = override(as_plan(graph_or_plan), overrides or {})
         self.plan = plan
         self.program = Program(plan)
         self.strict = strict
-        self._runner = LocalRunner(self.program, build_instances(plan), strict)
+        given = dict(instances or {})
+        built = build_instances(plan, [stage for stage in plan.deployments
+                                       if stage.name not in given])
+        self._runner = LocalRunner(self.program, given | built, strict)
 
     def call(self, payload: Any = None, request_id: str | None = None, *,
              timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
@@ -57,11 +64,12 @@ class LocalExecutor:
         `timeout_s`: how long this caller waits; `deadline_s`: the request's own budget
         (capped by the graph's `timeout_s`): past it, its calls still running are cancelled
         and a `DeadlineError` names them."""
-        request = execute(self.program, payload, self._runner, request_id,
-                          deadline_s=deadline_s)
-        if timeout_s is None:  # the common case, without a timer
-            return await request
-        return await self._within(request, timeout_s, request_id)
+        with request_span(self.plan.name, request_id) as observer:  # traces, when on
+            request = execute(self.program, payload, self._runner, request_id,
+                              deadline_s=deadline_s, observer=observer)
+            if timeout_s is None:  # the common case, without a timer
+                return await request
+            return await self._within(request, timeout_s, request_id)
 
     run = acall  # its first name, kept for existing callers (see the class docstring)
 

@@ -20,6 +20,7 @@ from ...compiler import CompiledPipeline, StagePlan
 from ...dag import batch_spec
 from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
+from .. import tracing
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step, awaited, holds
 from .batcher import Batcher
@@ -102,9 +103,15 @@ class LocalRunner:
         return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
 
     def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
+        traced = tracing.enabled()  # each call its span (`tracing`), when traces are on
         if call.is_async or call.guarded or any(holds(leaf, asyncio.Future) for leaf in leaves):
-            return asyncio.get_running_loop().create_task(call.run_async(leaves, index))
-        return call.run_sync(leaves, index)
+            running = call.run_async(leaves, index)
+            return asyncio.get_running_loop().create_task(
+                _spanned(call, running) if traced else running)
+        if not traced:
+            return call.run_sync(leaves, index)
+        with tracing.call_span(call.step.node.stage or "", call.step.node):
+            return call.run_sync(leaves, index)
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, asyncio.Future)
@@ -125,6 +132,11 @@ class LocalRunner:
             value.cancel()
         elif not value.cancelled():
             value.exception()
+
+
+async def _spanned(call: _Call, running: Awaitable[Any]) -> Any:
+    with tracing.call_span(call.step.node.stage or "", call.step.node):
+        return await running
 
 
 class _Call:

@@ -10,6 +10,7 @@ Deploying a plan and calling it from outside is `serving/`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -20,9 +21,10 @@ from starlette.responses import Response
 from ...compiler import CompiledPipeline
 from ...compiler.plan import MapPlan
 from ...dag.deployment import require_model_id
-from ...dag.request import takes_raw_request
 from ...errors import StageError
-from ...web.ingress import handle_http, plan_views
+from ...web.front import Endpoint
+from ...web.grpc_ingress import GrpcIngress
+from .. import tracing
 from ..batching import noting, settle
 from ..core import execute, stream
 from ..deadline import DEADLINE, past_deadline
@@ -31,6 +33,7 @@ from ..program import Program, Runner, Step, awaited, holds
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
+from .metrics import PipelineMetrics, pipeline_metrics
 from .ray_private import router_in_separate_loop, serve_request_id
 from .replica import Chunks, StreamCall, flatten, serve_methods
 
@@ -56,6 +59,7 @@ class ServeRunner:
         self.by_method: dict[tuple[str, str, bool], DeploymentHandle] = {}
         self.by_model: dict[tuple[str, str, str], DeploymentHandle] = {}
         self.driver_name = driver_name
+        self.metrics: PipelineMetrics | None = None  # the driver's, recording map widths
 
     def call(self, step: Step, leaves: list[Any]) -> Any:
         model_id = None if step.model_id is None else step.model_id(leaves)
@@ -73,7 +77,7 @@ class ServeRunner:
         if noting():
             return asyncio.ensure_future(self._reported(stage, node.id, shape, flat, model))
         handle = self._handle(stage, self.methods.get(node.id, "__call__"), model_id=model)
-        return handle.remote(node.id, shape, *flat, **_deadline())
+        return handle.remote(node.id, shape, *flat, **_along())
 
     async def _later(self, step: Step, leaves: list[Any]) -> Any:
         """A call whose model id is still in flight, or that reads this runner's own tasks:
@@ -115,7 +119,7 @@ class ServeRunner:
     async def _reported(self, stage: str, node_id: str, shape: Any, flat: list[Any],
                         model_id: str = "") -> Any:
         handle = self._handle(stage, "reported", model_id=model_id)
-        return settle(await handle.remote(node_id, shape, *flat, **_deadline()))
+        return settle(await handle.remote(node_id, shape, *flat, **_along()))
 
     def open(self, stream: StreamCall | asyncio.Future[StreamCall]) -> AsyncIterator[Any]:
         if isinstance(stream, asyncio.Future):  # its call waited for this runner's tasks
@@ -136,6 +140,8 @@ class ServeRunner:
         element."""
         node = step.node
         size = chunk_size(node.fanout, len(items), self.replicas.get(node.stage or "", 1))
+        if self.metrics is not None:
+            self.metrics.map_width(node.stage or "", node.id, len(items))
         if step.model_id is not None or noting() or node.stream or any(
                 holds(leaf, asyncio.Future) for leaf in (list(items), *rest)):
             return [self.call(step, [item, *rest]) for item in items]
@@ -143,7 +149,7 @@ class ServeRunner:
         calls = []
         for offset in range(0, len(items), size):
             flat, shape = flatten([list(items[offset:offset + size]), *rest])
-            calls.append(handle.remote(node.id, shape, offset, *flat, **_deadline()))
+            calls.append(handle.remote(node.id, shape, offset, *flat, **_along()))
         return Chunks(calls)
 
     def is_future(self, value: Any) -> bool:
@@ -187,29 +193,36 @@ def chunk_size(fanout: MapPlan | None, width: int, replicas: int) -> int:
     return max(1, min(MAX_CHUNK_SIZE, -(-width // (max(1, replicas) * CHUNKS_PER_REPLICA))))
 
 
-def _deadline() -> dict[str, float]:
-    """The request's deadline, for a replica to bound its call by (`deadline`): none, no
-    keyword (replicas of plans without deadlines are called as before)."""
+def _along() -> dict[str, Any]:
+    """What a call carries beside its arguments: the request's deadline, for a replica to
+    bound its call by (`deadline`), and the trace context its span joins (`tracing.carrier`),
+    each only when there is one (replicas of plans without them are called as before)."""
     deadline = DEADLINE.get()
-    return {} if deadline is None else {"deadline": deadline}
+    along: dict[str, Any] = tracing.carrier()
+    if deadline is not None:
+        along["deadline"] = deadline
+    return along
 
 
 class PipelineDriver:
     """The ingress deployment: walks the plan for each request, over a handle or HTTP."""
 
     def __init__(self, plan: CompiledPipeline, handles: dict[str, DeploymentHandle],
-                 diagram_svg: bytes | None = None) -> None:
+                 diagram_svg: bytes | None = None, route: str = "") -> None:
         self.program = Program(plan)
         remote = ServeRunner(handles, plan.driver.name, serve_methods(plan),
                              {stage.name: stage.resources.replicas.start
                               for stage in plan.served()})
+        # end-to-end latency per pipeline (`route`: its `sg.App` route), map widths
+        self.metrics = remote.metrics = pipeline_metrics(plan.name, route)
         fused = plan.fused()  # stages the fuse pass put in this replica: built and called here
         self.runner: Runner = remote if not fused else FusedRunner(
             LocalRunner(self.program, build_instances(plan, fused), strict=False), remote)
-        self.views = plan_views(plan, diagram_svg)
-        self.needs_body = plan.reads_input()  # an empty HTTP body is a 400, not the payload
-        self.output_stage = plan.output_stages()  # named by the 500 of an output not JSON
-        self.raw_input = takes_raw_request(plan.input_model)  # the request itself, not JSON
+        # HTTP behind Serve's proxy, which makes the request ids and echoes them itself
+        self.endpoint = Endpoint(plan, self.run,
+                                 stream=self.stream if self.program.streams else None,
+                                 diagram_svg=diagram_svg, echo_request_id=False,
+                                 new_id=serve_request_id)
 
     def reconfigure(self, config: Any) -> None:
         """The driver's user_config, from the plan or a new `serve deploy` config: the weights
@@ -219,8 +232,13 @@ class PipelineDriver:
     async def run(self, payload: Any, request_id: str | None = None,
                   deadline_s: float | None = None) -> Any:
         """One request; `deadline_s`: its caller's budget, capped by the graph's `timeout_s`."""
-        return await execute(self.program, payload, self.runner, request_id,
-                             deadline_s=deadline_s)
+        with tracing.request_span(self.program.plan.name, request_id) as observer:
+            if self.metrics is None:
+                return await execute(self.program, payload, self.runner, request_id,
+                                     deadline_s=deadline_s, observer=observer)
+            with self.metrics.request():
+                return await execute(self.program, payload, self.runner, request_id,
+                                     deadline_s=deadline_s, observer=observer)
 
     async def trace(self, payload: Any, request_id: str | None = None,
                     deadline_s: float | None = None) -> Trace:
@@ -240,7 +258,22 @@ class PipelineDriver:
         return self.program.plan.model_dump_json()
 
     async def __call__(self, request: Request) -> Response:
-        return await handle_http(request, self.run, echo_request_id=False, views=self.views,
-                                 stream=self.stream if self.program.streams else None,
-                                 needs_body=self.needs_body, new_id=serve_request_id,
-                                 output_stage=self.output_stage, raw_input=self.raw_input)
+        return await self.endpoint.http(request)
+
+    # --- gRPC ingress (`web.grpc_ingress`): Serve's gRPC proxy calls these by the method's
+    # name, with the request's bytes as the client sent them (`grpc_service`) ---
+    @functools.cached_property
+    def grpc(self) -> GrpcIngress:
+        """The graph's message classes, built on the first gRPC call (HTTP never needs them)."""
+        plan = self.program.plan
+        return GrpcIngress(plan, new_id=serve_request_id, output_stage=plan.output_stages())
+
+    async def Call(self, request: bytes, grpc_context: Any = None) -> Any:
+        """gRPC `Call`: the output as the reply message."""
+        return await self.grpc.call(request, grpc_context, self.run)
+
+    async def Stream(self, request: bytes, grpc_context: Any = None) -> AsyncIterator[Any]:
+        """gRPC `Stream`: a message per chunk of a streaming graph's output."""
+        async for message in self.grpc.stream(request, grpc_context, self.stream):
+            yield message
+    # --- end of the gRPC ingress ---

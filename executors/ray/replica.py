@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +34,13 @@ from ...compiler import CompiledPipeline, NodePlan
 from ...dag import batch_spec, health_check, multiplex_spec
 from ...dag.deployment import MultiplexSpec, serving_model
 from ...errors import PipelineError, StageError
+from .. import tracing
 from ..batching import Outcome, isolating, noted, one_by_one
 from ..deadline import DEADLINE, until
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step
 from .errors import find_pipeline_error
+from .metrics import stage_metrics
 
 # How a call's leaves were spread into top-level arguments, one entry per spread leaf:
 # ("list", index, length) for a list holding responses, ("chunks", index, length) for a
@@ -168,10 +171,18 @@ class StageReplica:
     the stage: `reconfigure` (its `user_config`) and, where the stage has one taking no
     arguments, `check_health` (`dag.health_check`)."""
 
-    def __init__(self, plan: CompiledPipeline, stage_name: str) -> None:
-        stage = plan.stage(stage_name)
+    def __init__(self, plan: CompiledPipeline | Sequence[CompiledPipeline],
+                 stage_name: str) -> None:
+        # a stage an application's graphs share (`sg.App`) serves the calls of each graph's
+        # plan: their node ids differ (`compiler.app`), a batched method's queue is one
+        plans = [plan] if isinstance(plan, CompiledPipeline) else list(plan)
+        stage = plans[0].stage(stage_name)
         self.stage = stage
-        target = plan.build_stage(stage)
+        begun = time.perf_counter()
+        target = plans[0].build_stage(stage)
+        self._metrics = stage_metrics(stage_name)  # None with SERVEGRAPH_METRICS=0
+        if self._metrics is not None:
+            self._metrics.started(time.perf_counter() - begun)
         self._target = target
         loader = multiplex_spec(target) if stage.kind == "class" else None
         if loader is not None:
@@ -181,9 +192,11 @@ class StageReplica:
             self.check_health = health
         self.calls: dict[str, tuple[Step, Any, bool, CallPolicy]] = {}
         self._stream_handles: dict[str, DeploymentHandle] = {}
-        self._methods = serve_methods(plan)  # the streams this stage reads are others' nodes
+        # the streams this stage reads are others' nodes
+        self._methods = {node: method for one in plans
+                         for node, method in serve_methods(one).items()}
         batched: dict[str, Any] = {}
-        for step in Program(plan).steps:
+        for plan, step in ((one, step) for one in plans for step in Program(one).steps):
             node = step.node
             if node.stage != stage_name:
                 continue
@@ -197,7 +210,7 @@ class StageReplica:
                         batch_wait_timeout_s=spec.batch_wait_timeout_s,
                         max_concurrent_batches=spec.max_concurrent_batches,
                         batch_size_fn=spec.batch_size_fn,
-                    )(isolating(fn)))
+                    )(self._sized(key, isolating(fn))))
                 fn = batched[key]
             self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
                                    CallPolicy.of(plan, node))
@@ -205,10 +218,12 @@ class StageReplica:
                 setattr(self, node.method, self.stream if node.stream else self.__call__)
 
     async def __call__(self, node_id: str, shape: ArgShape, *flat: Any,
-                       deadline: float | None = None) -> Any:
-        """One call; `deadline`: its request's (see `deadline`), bounding it here."""
+                       deadline: float | None = None,
+                       otel: dict[str, str] | None = None) -> Any:
+        """One call; `deadline`: its request's (see `deadline`), bounding it here; `otel`:
+        the trace context its span joins (`tracing`)."""
         step = self.calls[node_id][0]
-        with until(deadline):
+        with until(deadline), tracing.remote_span(self.stage.name, step.node, otel):
             if step.model_id is None:
                 return await self._call(node_id, shape, flat)
             # the id the driver routed by (`multiplexed_model_id`), for
@@ -222,8 +237,10 @@ class StageReplica:
         return await self._invoke(step, fn, is_async, policy, args, kwargs)
 
     async def chunk(self, node_id: str, shape: ArgShape, offset: int, *flat: Any,
-                    deadline: float | None = None) -> list[Any]:
-        with until(deadline):
+                    deadline: float | None = None,
+                    otel: dict[str, str] | None = None) -> list[Any]:
+        with until(deadline), tracing.remote_span(self.stage.name, self.calls[node_id][0].node,
+                                                  otel):
             return await self._chunk(node_id, shape, offset, flat)
 
     async def _chunk(self, node_id: str, shape: ArgShape, offset: int,
@@ -253,8 +270,19 @@ class StageReplica:
                 if not call.done():
                     call.cancel()
 
+    def _sized(self, method: str, fn: Any) -> Any:
+        """A batch function recording its batches' sizes (`metrics`), when metrics are on."""
+        return fn if self._metrics is None else self._metrics.batched(method, fn)
+
     async def _invoke(self, step: Step, fn: Any, is_async: bool, policy: CallPolicy,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._metrics is None:
+            return await self._guarded(step, fn, is_async, policy, args, kwargs)
+        with self._metrics.call(step.node.id):
+            return await self._guarded(step, fn, is_async, policy, args, kwargs)
+
+    async def _guarded(self, step: Step, fn: Any, is_async: bool, policy: CallPolicy,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if policy.active or DEADLINE.get() is not None:
             return await call_guarded(
                 attempt(fn, args, kwargs, is_async=is_async, timeout_s=policy.timeout_s),
@@ -277,12 +305,13 @@ class StageReplica:
             await result
 
     async def reported(self, node_id: str, shape: ArgShape, *flat: Any,
-                       deadline: float | None = None) -> Outcome:
+                       deadline: float | None = None,
+                       otel: dict[str, str] | None = None) -> Outcome:
         """`__call__` for a traced request: its value or its servegraph error, with the
         splits its batch made before settling it (the driver's trace shows them)."""
         with noted() as note:
             try:
-                value = await self(node_id, shape, *flat, deadline=deadline)
+                value = await self(node_id, shape, *flat, deadline=deadline, otel=otel)
             except PipelineError as exc:
                 return Outcome(error=exc, splits=note.splits)
         return Outcome(value=value, splits=note.splits)

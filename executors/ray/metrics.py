@@ -1,0 +1,218 @@
+"""Per-stage metrics on Ray's metrics API (`ray.util.metrics`), so they reach Ray's Prometheus
+endpoint (each node's metrics agent, `MetricsExportPort` in `ray.nodes()`) and its dashboard
+with no server of servegraph's own. Serve's own metrics are per deployment; a pipeline spans
+several deployments and a stage holds several call nodes, so these carry `application`,
+`stage` and `node` labels (Ray adds `WorkerId` and the node's address: one series per process).
+
+Ray names them `ray_<name>` on the endpoint (counters with `_total`):
+
+- `servegraph_stage_calls` (application, stage, node): calls finished, ok or not; a map's
+  elements count one each. `servegraph_stage_started` (same labels): calls begun; in flight =
+  started - calls, summed over replicas (what `servegraph doctor` reads).
+- `servegraph_stage_errors` (+ error_type) and `servegraph_stage_timeouts`.
+- `servegraph_stage_latency_ms` (application, stage, node): a replica's time in the call.
+- `servegraph_stage_in_flight` (application, stage): a gauge per replica, set as it changes.
+  Ray exports a gauge only for a few seconds after it is set, so readers of a quiet stage use
+  the counters instead.
+- `servegraph_batch_size` (application, stage, method): the size of each `sg.batch` call.
+- `servegraph_map_width` (application, stage, node): the elements of each `sg.map`.
+- `servegraph_replica_starts`, `servegraph_replica_init_seconds` (application, stage): each
+  replica's constructor, counted and timed (counters: they outlive a killed replica, which
+  tells a replaced one apart, and give the mean cold start exactly).
+- `servegraph_pipeline_latency_ms`, `servegraph_pipeline_requests` (+ outcome) (application,
+  pipeline, route): a request end to end in the driver; `route` is the `sg.App` route.
+
+Instruments are made once per process, on first use (`instruments`), never per call; each
+recorder builds its label dicts once. `SERVEGRAPH_METRICS=0` (read where a replica or driver
+starts, so set it in the deployment's `runtime_env` or before Ray starts) turns them off: the
+recorders are then None and each hook is one `if`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve.exceptions import RayServeException
+from ray.util import metrics
+
+from ...errors import StageError, StageTimeoutError
+
+METRICS_ENV = "SERVEGRAPH_METRICS"
+OFF = frozenset({"0", "false", "no", "off"})
+LATENCY_MS_BUCKETS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000,
+                      30000, 60000]
+SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+STAGE_TAGS = ("application", "stage", "node")
+PIPELINE_TAGS = ("application", "pipeline", "route")
+
+
+def enabled() -> bool:
+    """Whether this process records metrics (on unless `SERVEGRAPH_METRICS` says off)."""
+    return os.environ.get(METRICS_ENV, "1").strip().lower() not in OFF
+
+
+@dataclass(frozen=True)
+class Instruments:
+    calls: metrics.Counter
+    started: metrics.Counter
+    errors: metrics.Counter
+    timeouts: metrics.Counter
+    latency: metrics.Histogram
+    in_flight: metrics.Gauge
+    batch_size: metrics.Histogram
+    map_width: metrics.Histogram
+    starts: metrics.Counter
+    init_seconds: metrics.Counter
+    pipeline_latency: metrics.Histogram
+    pipeline_requests: metrics.Counter
+
+
+@functools.cache
+def instruments() -> Instruments:
+    """This process's instruments, made on first use (Ray registers each name once)."""
+    stage_tags = ("application", "stage")
+    return Instruments(
+        calls=metrics.Counter("servegraph_stage_calls", "stage calls finished",
+                              tag_keys=STAGE_TAGS),
+        started=metrics.Counter("servegraph_stage_started", "stage calls begun",
+                                tag_keys=STAGE_TAGS),
+        errors=metrics.Counter("servegraph_stage_errors", "stage calls failed, by error type",
+                               tag_keys=(*STAGE_TAGS, "error_type")),
+        timeouts=metrics.Counter("servegraph_stage_timeouts", "stage calls past timeout_s",
+                                 tag_keys=STAGE_TAGS),
+        latency=metrics.Histogram("servegraph_stage_latency_ms", "a stage call, in a replica",
+                                  boundaries=LATENCY_MS_BUCKETS, tag_keys=STAGE_TAGS),
+        in_flight=metrics.Gauge("servegraph_stage_in_flight", "calls running in a replica",
+                                tag_keys=stage_tags),
+        batch_size=metrics.Histogram("servegraph_batch_size", "items in an sg.batch call",
+                                     boundaries=SIZE_BUCKETS,
+                                     tag_keys=("application", "stage", "method")),
+        map_width=metrics.Histogram("servegraph_map_width", "elements of an sg.map",
+                                    boundaries=SIZE_BUCKETS, tag_keys=STAGE_TAGS),
+        starts=metrics.Counter("servegraph_replica_starts", "stage replicas constructed",
+                               tag_keys=stage_tags),
+        init_seconds=metrics.Counter("servegraph_replica_init_seconds",
+                                     "seconds in stage constructors", tag_keys=stage_tags),
+        pipeline_latency=metrics.Histogram(
+            "servegraph_pipeline_latency_ms", "a request end to end, in the driver",
+            boundaries=LATENCY_MS_BUCKETS, tag_keys=PIPELINE_TAGS),
+        pipeline_requests=metrics.Counter(
+            "servegraph_pipeline_requests", "requests by outcome",
+            tag_keys=(*PIPELINE_TAGS, "outcome")),
+    )
+
+
+def application() -> str:
+    """The Serve application this replica serves ("" outside a replica)."""
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:  # not in a replica (a unit test's driver)
+        return ""
+
+
+class StageMetrics:
+    """A stage replica's recorder: calls, errors, latency and in-flight per node."""
+
+    def __init__(self, stage: str) -> None:
+        self.app = application()
+        self.stage = stage
+        self.own = {"application": self.app, "stage": stage}
+        self.tags: dict[str, dict[str, str]] = {}  # by node id, made on its first call
+        self.instruments = instruments()
+        self.running = 0
+
+    def started(self, init_seconds: float) -> None:
+        """One replica constructed, its constructor having taken `init_seconds`."""
+        self.instruments.starts.inc(1, tags=self.own)
+        self.instruments.init_seconds.inc(max(init_seconds, 1e-9), tags=self.own)
+
+    @contextmanager
+    def call(self, node_id: str) -> Iterator[None]:
+        """Time one call of `node_id`; a failure counted by its error type."""
+        tags, found = self.tags.get(node_id), self.instruments
+        if tags is None:
+            tags = self.tags[node_id] = {**self.own, "node": node_id}
+        found.started.inc(1, tags=tags)
+        self._running(+1)
+        begun = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            self.failed(tags, exc)
+            raise
+        finally:
+            found.latency.observe((time.perf_counter() - begun) * 1000, tags=tags)
+            found.calls.inc(1, tags=tags)
+            self._running(-1)
+
+    def failed(self, tags: dict[str, str], exc: BaseException) -> None:
+        kind = exc.error_type if isinstance(exc, StageError) and exc.error_type else \
+            type(exc).__name__
+        self.instruments.errors.inc(1, tags={**tags, "error_type": kind})
+        if isinstance(exc, (StageTimeoutError, TimeoutError)):
+            self.instruments.timeouts.inc(1, tags=tags)
+
+    def _running(self, change: int) -> None:
+        self.running += change
+        self.instruments.in_flight.set(self.running, tags=self.own)
+
+    def batched(self, method: str, fn: Callable[..., Awaitable[Any]]
+                ) -> Callable[..., Awaitable[Any]]:
+        """`fn` (an `isolating` batch function) recording each batch's size; it keeps
+        `fn`'s name and signature, which `serve.batch` checks calls against."""
+        tags = {**self.own, "method": method}
+        histogram = self.instruments.batch_size
+
+        @functools.wraps(fn)
+        async def run_batch(*columns: list[Any], **keyed: list[Any]) -> Any:
+            first = columns[0] if columns else next(iter(keyed.values()), [])
+            histogram.observe(len(first), tags=tags)
+            return await fn(*columns, **keyed)
+
+        return run_batch
+
+
+def stage_metrics(stage: str) -> StageMetrics | None:
+    """A replica's recorder, or None with metrics off."""
+    return StageMetrics(stage) if enabled() else None
+
+
+class PipelineMetrics:
+    """A driver's recorder: each request end to end, and each map's width."""
+
+    def __init__(self, pipeline: str, route: str = "") -> None:
+        self.app = application()
+        self.tags = {"application": self.app, "pipeline": pipeline, "route": route}
+        self.outcome = {outcome: {**self.tags, "outcome": outcome} for outcome in ("ok", "error")}
+        self.instruments = instruments()
+        self.map_tags: dict[str, dict[str, str]] = {}
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        begun, outcome = time.perf_counter(), "error"
+        try:
+            yield
+            outcome = "ok"
+        finally:
+            self.instruments.pipeline_latency.observe(
+                (time.perf_counter() - begun) * 1000, tags=self.tags)
+            self.instruments.pipeline_requests.inc(1, tags=self.outcome[outcome])
+
+    def map_width(self, stage: str, node_id: str, width: int) -> None:
+        tags = self.map_tags.get(node_id)
+        if tags is None:
+            tags = self.map_tags[node_id] = {"application": self.app, "stage": stage,
+                                             "node": node_id}
+        self.instruments.map_width.observe(width, tags=tags)
+
+
+def pipeline_metrics(pipeline: str, route: str = "") -> PipelineMetrics | None:
+    """A driver's recorder, or None with metrics off."""
+    return PipelineMetrics(pipeline, route) if enabled() else None

@@ -1,0 +1,113 @@
+"""`servegraph doctor` on a real Serve: each finding produced by the condition it names (a
+saturated stage, a pending replica, a slow constructor, a killed replica), and the `doctor`
+and `top` verbs' output. Metrics reach Ray's endpoint a second or so after they are recorded,
+so each test asks the doctor again until the finding shows (`until`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ray import serve
+
+import servegraph as sg
+from servegraph.cli import main
+from servegraph.serving.app import bind_app
+from servegraph.serving.doctor import Report, Thresholds, examine
+from tests import metrics_stages as ms
+from tests import reliability_stages as rs
+from tests.reliability_stages import until
+
+pytestmark = pytest.mark.ray
+
+
+def kinds(report: Report, stage: str) -> set[str]:
+    return {finding.kind for finding in report.findings if finding.stage == stage}
+
+
+def finding(app: str, stage: str, kind: str, **options: Any) -> Report:
+    """The doctor's report once it has `kind` for `stage`."""
+    return until(lambda: examine(app, **options), lambda r: kind in kinds(r, stage),
+                 f"doctor to find {kind} on {stage}")
+
+
+def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
+    handle = deploy(ms.crawling(), name="crawling")
+    callers = [threading.Thread(target=handle.call, args=({"x": i},)) for i in range(12)]
+    for caller in callers:
+        caller.start()
+    try:
+        report = finding("crawling", "crawl", "saturated")
+    finally:
+        for caller in callers:
+            caller.join()
+    assert report.bottleneck == "crawl"
+    (found,) = [f for f in report.findings if f.kind == "saturated"]
+    assert found.message.startswith("100% busy")
+    assert found.fix.startswith("raise num_replicas to 2 (")
+
+
+def test_a_pending_replica(ray_serve: int) -> None:
+    """A stage asking for a resource the session's Ray does not have never gets placed."""
+    app = bind_app(sg.compile(ms.unplaced()))
+    # `serve.run` returns once every replica runs: here, when the application is deleted
+    deploying = threading.Thread(target=_run_until_deleted, args=(app,), daemon=True)
+    deploying.start()
+    try:
+        until(lambda: "unplaced" in serve.status().applications, bool, "the application")
+        report = finding("unplaced", "unplaceable", "pending")
+    finally:
+        serve.delete("unplaced")
+        deploying.join(timeout=60)
+    (found,) = [f for f in report.findings if f.kind == "pending"]
+    assert "needs 1 CPU, 1 servegraph_absent per replica, cluster has 0 servegraph_absent" \
+        in found.message
+    assert found.fix == "add a node with servegraph_absent or lower ray_actor_options"
+    assert kinds(report, "square") == set()
+
+
+def _run_until_deleted(app: Any) -> None:
+    try:
+        serve.run(app, name="unplaced", route_prefix="/unplaced")
+    except Exception:  # deleted before it ever ran, as the test meant
+        pass
+
+
+def test_a_slow_constructor(deploy: Callable[..., Any]) -> None:
+    deploy(ms.slow_starting(), name="slow_starting")
+    report = finding("slow_starting", "SlowStart", "cold_start",
+                     thresholds=Thresholds(cold_start_s=1.0))
+    (found,) = report.findings
+    assert found.message.startswith("cold start 1.")
+    assert found.message.endswith("s: model load in __init__")
+
+
+def test_a_killed_replica(deploy: Callable[..., Any]) -> None:
+    deploy(ms.lingering(), name="killed")
+    killed = rs.kill_replica("killed", "linger")
+    rs.wait_until(rs.recovered("killed", "linger", killed, 1), timeout_s=60,
+                  what="a replacement replica")
+    report = finding("killed", "linger", "restarted")
+    (found,) = report.findings
+    assert found.message.startswith("1 replica(s) replaced (2 started, 1 running)")
+
+
+def test_doctor_and_top_verbs(deploy: Callable[..., Any],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    handle = deploy(ms.lingering(), name="verbs")
+    handle.call({"seconds": 0})
+    until(lambda: examine("verbs").stages[0].calls, lambda calls: calls == 1, "one call")
+    assert main(["doctor", "verbs", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["application"] == "verbs" and report["findings"] == []
+    assert [(row["stage"], row["calls"], row["replicas"]) for row in report["stages"]] == [
+        ("linger", 1, "1/1")]
+    assert main(["doctor", "verbs"]) == 0
+    text = capsys.readouterr().out
+    assert "linger" in text and "no findings" in text and "bottleneck: none" in text
+    assert main(["top", "verbs", "--once"]) == 0
+    frame = capsys.readouterr().out
+    assert "verbs: stages" in frame and "linger" in frame

@@ -1,0 +1,138 @@
+"""Per-stage metrics on a real Serve: requests through the `metered` graph, then Ray's
+Prometheus endpoint scraped and parsed with `prometheus_client`'s parser (`serving.observe`),
+one test per metric family, exact where the counts are deterministic. Ray exports what a
+process records every second in the test session (`serving.session.METRICS_ENV`), so each test
+asks again until the figures arrive (`until`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import servegraph as sg
+from servegraph.serving.observe import Sample, parse, scrape
+from tests import metrics_stages as ms
+from tests.reliability_stages import until
+
+pytestmark = pytest.mark.ray
+
+APP = "metered"
+OK = {"x": 3, "nap": 0, "items": [1, 2, 3, 4]}
+PAYLOADS = [OK, OK, OK, {**OK, "x": -1}, {**OK, "nap": 2}]  # 3 ok, a ValueError, a timeout
+
+
+@pytest.fixture(scope="module")
+def metered(ray_serve: int) -> Iterator[dict[str, str]]:
+    """The graph served and its five requests made; its node ids by stage."""
+    plan = sg.compile(ms.metered())
+    handle = sg.serve(plan, name=APP)
+    try:
+        for payload in PAYLOADS:
+            try:
+                handle.call(payload)
+            except sg.PipelineError:
+                pass
+        yield {node.stage: node.id for node in plan.nodes if node.stage}
+    finally:
+        handle.shutdown()
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples if s.name == f"ray_servegraph_{name}" and
+               all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def settled(name: str, expected: float, **labels: str) -> list[Sample]:
+    """The samples once the sum of `name` over `labels` reaches `expected` (exactly)."""
+    labels = {"application": APP, **labels}
+    found = until(lambda: parse(scrape()), lambda s: total(s, name, **labels) >= expected,
+                  f"{name} {labels} to reach {expected}")
+    assert total(found, name, **labels) == expected
+    return found
+
+
+def test_calls_per_stage_and_node(metered: dict[str, str]) -> None:
+    settled("stage_calls_total", 5, stage="square", node=metered["square"])
+    settled("stage_calls_total", 5, stage="nap", node=metered["nap"])
+    found = settled("stage_calls_total", 20, stage="Scorer", node=metered["Scorer"])
+    assert total(found, "stage_started_total", application=APP, stage="Scorer") == 20
+
+
+def test_errors_by_type(metered: dict[str, str]) -> None:
+    found = settled("stage_errors_total", 1, stage="square", error_type="ValueError")
+    assert total(found, "stage_errors_total", application=APP, stage="Scorer") == 0
+    settled("stage_errors_total", 1, stage="nap", error_type="StageTimeoutError")
+
+
+def test_timeouts(metered: dict[str, str]) -> None:
+    found = settled("stage_timeouts_total", 1, stage="nap", node=metered["nap"])
+    assert total(found, "stage_timeouts_total", application=APP, stage="square") == 0
+
+
+def test_latency_histogram_per_stage_and_node(metered: dict[str, str]) -> None:
+    found = settled("stage_latency_ms_count", 5, stage="nap", node=metered["nap"])
+    buckets = {float(s.labels["le"]): s.value for s in found
+               if s.name == "ray_servegraph_stage_latency_ms_bucket" and
+               s.labels.get("stage") == "nap" and s.labels.get("application") == APP}
+    assert buckets[float("inf")] == 5
+    assert buckets[200.0] == 4  # four naps of 0 s; the timed-out one ran 0.5 s
+    assert buckets[1000.0] == 5
+
+
+def test_batch_sizes(metered: dict[str, str]) -> None:
+    """One four-element chunk per request: its four calls make one batch of four."""
+    found = settled("batch_size_count", 5, stage="Scorer", method="score")
+    assert total(found, "batch_size_bucket", application=APP, stage="Scorer", le="2.0") == 0
+    assert total(found, "batch_size_bucket", application=APP, stage="Scorer", le="4.0") == 5
+
+
+def test_map_width(metered: dict[str, str]) -> None:
+    found = settled("map_width_count", 5, stage="Scorer", node=metered["Scorer"])
+    assert total(found, "map_width_bucket", application=APP, node=metered["Scorer"],
+                 le="2.0") == 0
+    assert total(found, "map_width_bucket", application=APP, node=metered["Scorer"],
+                 le="4.0") == 5
+
+
+def test_end_to_end_latency_and_requests(metered: dict[str, str]) -> None:
+    found = settled("pipeline_requests_total", 3, pipeline="metered", outcome="ok")
+    found = settled("pipeline_requests_total", 2, pipeline="metered", outcome="error")
+    assert total(found, "pipeline_latency_ms_count", application=APP, pipeline="metered",
+                 route="") == 5
+
+
+def test_replica_starts(metered: dict[str, str]) -> None:
+    found = settled("replica_starts_total", 1, stage="Scorer")
+    assert total(found, "replica_init_seconds_total", application=APP, stage="Scorer") > 0
+
+
+def test_in_flight(deploy: Callable[..., Any]) -> None:
+    """A call running shows in the gauge and as started - finished; gone once it ends."""
+    handle = deploy(ms.lingering(), name="lingering")
+    call = threading.Thread(target=handle.call, args=({"seconds": 4},))
+    call.start()
+    try:
+        labels = {"application": "lingering", "stage": "linger"}
+        found = until(lambda: parse(scrape()),
+                      lambda s: total(s, "stage_in_flight", **labels) == 1,
+                      "the gauge to show one call in flight")
+        assert total(found, "stage_started_total", **labels) - \
+            total(found, "stage_calls_total", **labels) == 1
+    finally:
+        call.join()
+    until(lambda: parse(scrape()), lambda s: total(s, "stage_calls_total", **labels) == 1,
+          "the call to finish")
+
+
+def test_end_to_end_latency_per_route(deploy: Callable[..., Any]) -> None:
+    """An `sg.App`'s driver labels each graph's requests with its route."""
+    handle = deploy(sg.App({"/crawl": ms.crawling()}), name="routed")
+    handle["crawling"].call({"x": 1})
+    settled_app = until(lambda: parse(scrape()), lambda s: total(
+        s, "pipeline_requests_total", application="routed", route="/crawl") >= 1,
+        "the routed request")
+    assert total(settled_app, "pipeline_latency_ms_count", application="routed",
+                 pipeline="crawling", route="/crawl") == 1
