@@ -29,6 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     plan = compile(graph, cluster=cluster_of(args))
+    require_fractions(plan)  # before Ray starts, as a packing error is
     dashboard = None
     if os.environ.get("RAY_ADDRESS"):
         connect(None, quiet=False)  # a cluster that cannot be joined is one line, at once
@@ -175,13 +176,20 @@ def run_local(plan: CompiledPipeline | CompiledApp, args: argparse.Namespace) ->
     return 0
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from ..compiler import compile
+def require_fractions(plan: CompiledPipeline | CompiledApp) -> None:
+    """Every graph's GPU fractions known (a stage giving only `gpu_memory` needs the cluster
+    flags to be served), or the one-line error, before anything starts."""
     from ..compiler.passes.resources import require_gpu_fractions
 
-    plan = compile(load_target(args.target), cluster=cluster_of(args))
     for graph in getattr(plan, "plans", {"": plan}).values():
-        require_gpu_fractions(graph, "serve")  # before connecting, as a packing error is
+        require_gpu_fractions(graph, "serve")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from ..compiler import compile
+
+    plan = compile(load_target(args.target), cluster=cluster_of(args))
+    require_fractions(plan)  # before connecting, as a packing error is
     connect(args.address)
     handle = deploy(plan, args)
     print(plan.explain())

@@ -268,7 +268,10 @@ def examine(application: str, *, window_s: float = 0.0, profile: Profile | None 
             if recent.calls and stage in figures:
                 figures[stage].buckets = recent.buckets
     states = deployment_states(admin.applications().get(application))
-    stages = [stage for stage in plan.served() if stage.role == "stage"]
+    stages = [stage for stage in plan.deployments if stage.role == "stage"]
+    for stage in stages:  # a stage fused into the driver runs in the driver's replicas
+        if stage.fused_into is not None and plan.driver.name in states:
+            states[stage.name] = states[plan.driver.name]
     report = diagnose(application, figures, states, stages, admin.free_resources(),
                       profile, thresholds)
     report.pipelines = {name: {"p50_ms": bucket_quantile(buckets, 0.5),

@@ -88,3 +88,15 @@ def lingering() -> sg.Graph:
     with sg.InputNode() as inp:
         out = linger.bind(inp.seconds)
     return sg.Graph(out, name="lingering")
+
+
+@sg.deployment
+def halve(x: int) -> float:
+    """A light stage: fused into the driver, which records its metrics."""
+    return x / 2
+
+
+def fused() -> sg.Graph:
+    with sg.InputNode() as inp:
+        out = halve.bind(square.bind(inp.x))
+    return sg.Graph(out, name="fused_metered")

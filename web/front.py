@@ -22,12 +22,12 @@ This layer is handed each graph's entry points (`Endpoint`): it never imports an
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ..compiler import CompiledPipeline
@@ -65,12 +65,36 @@ class Endpoint:
         self.output_stage = plan.output_stages()
         self.raw_input = takes_raw_request(plan.input_model)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (with the user's app it is mounted on, sent to a replica), an endpoint is
+        a detached one: its executor stays in this process, and the app is mounted afresh
+        where it arrives (`front_app` drops the routes mounted before)."""
+        return (_detached, (self.plan.name,))
+
     async def http(self, request: Request) -> Response:
         """`POST <route>` (and its views on GET), as a single pipeline's ingress answers."""
         return await handle_http(request, self.run, echo_request_id=self.echo_request_id,
                                  views=self.views, stream=self.stream,
                                  needs_body=self.needs_body, new_id=self.new_id,
                                  output_stage=self.output_stage, raw_input=self.raw_input)
+
+
+class DetachedEndpoint:
+    """An endpoint that reached another process with the app it was mounted on: it answers
+    503 until the app is mounted there (which replaces its routes)."""
+
+    def __init__(self, graph: str) -> None:
+        self.graph = graph
+        self.views: dict[str, Any] = {}
+
+    async def http(self, request: Request) -> Response:
+        return JSONResponse({"error": f"graph {self.graph!r} is not mounted in this process",
+                             "stage": None, "request_id": request_id_for(request)},
+                            status_code=503)
+
+
+def _detached(graph: str) -> DetachedEndpoint:
+    return DetachedEndpoint(graph)
 
 
 @dataclass(frozen=True)
@@ -117,14 +141,22 @@ class Graphs(Mapping[str, GraphCall]):
 
 @dataclass
 class FrontState:
-    """What the front door keeps on its app's `state`: the graphs, the request ids, and what
-    it added to the app (so mounting again, in a second local run or test, replaces it)."""
+    """What the front door keeps on its app's `state`: the graphs and the request ids. It
+    belongs to this process: pickled, it is an empty one (see `Endpoint.__reduce__`)."""
 
     endpoints: Mapping[str, Endpoint]
     new_id: Callable[[], str]
     echo_request_id: bool  # False behind Serve's proxy, which sets `x-request-id` itself
-    added: list[Any] = field(default_factory=list)  # routes
-    openapi: Any = None     # the app's own OpenAPI generator, before servegraph's merge
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrontState, ({}, new_request_id, True))
+
+
+# the attribute a route servegraph mounted carries (the graph's name): mounting again (a
+# second local run, a test, the copy a replica received) drops those routes first
+MOUNTED = "servegraph_graph"
+# the attribute keeping the app's own OpenAPI generator, which servegraph's merge wraps
+OWN_OPENAPI = "servegraph_own_openapi"
 
 
 def graphs(request: Request) -> Graphs:
@@ -152,19 +184,18 @@ def front_app(ingress: Any, routes: Mapping[str, str], endpoints: Mapping[str, E
         outer = Starlette(routes=[*_routes(routes, endpoints), Mount("/", app=ingress)])
         outer.state.servegraph = front
         return outer
-    previous: FrontState | None = getattr(ingress.state, "servegraph", None)
-    if previous is not None:  # mounted before in this process: its routes make way
-        ingress.router.routes[:] = [route for route in ingress.router.routes
-                                    if route not in previous.added]
-        front.openapi = previous.openapi
+    ingress.router.routes[:] = [route for route in ingress.router.routes
+                                if getattr(route, MOUNTED, None) is None]
     before = list(ingress.router.routes)
     ingress.state.servegraph = front
     _answer_pipeline_errors(ingress, front)
     if hasattr(ingress, "add_api_route"):  # FastAPI: dependencies and OpenAPI apply
-        _mount_api(ingress, routes, endpoints, list(dependencies), front)
+        _mount_api(ingress, routes, endpoints, list(dependencies))
     else:
         ingress.router.routes.extend(_routes(routes, endpoints))
-    front.added = [route for route in ingress.router.routes if route not in before]
+    for route in ingress.router.routes:
+        if route not in before:
+            setattr(route, MOUNTED, True)
     ingress.middleware_stack = None  # built again on the next request, with the handler
     return ingress
 
@@ -183,7 +214,7 @@ def graph_routes(path: str, endpoint: Endpoint) -> list[Route]:
 
 
 def _mount_api(api: Any, routes: Mapping[str, str], endpoints: Mapping[str, Endpoint],
-               dependencies: list[Any], front: FrontState) -> None:
+               dependencies: list[Any]) -> None:
     """Each graph's routes on a FastAPI app, documented in its OpenAPI (see the docstring)."""
     components: dict[str, Any] = {}
     for path, name in routes.items():
@@ -201,9 +232,9 @@ def _mount_api(api: Any, routes: Mapping[str, str], endpoints: Mapping[str, Endp
             api.add_api_route(path.rstrip("/") + suffix, endpoint.http, methods=["GET"],
                               include_in_schema=False, name=f"graph {name} {suffix}",
                               dependencies=dependencies)
-    if front.openapi is None:
-        front.openapi = api.openapi
-    generate = front.openapi
+    if getattr(api, OWN_OPENAPI, None) is None:
+        setattr(api, OWN_OPENAPI, api.openapi)
+    generate = getattr(api, OWN_OPENAPI)
     api.openapi_schema = None
 
     def merged() -> dict[str, Any]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ...compiler import CompiledPipeline, StagePlan
+from ...compiler import CompiledPipeline, NodePlan, StagePlan
 from ...dag import batch_spec
 from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
@@ -25,6 +25,9 @@ from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step, awaited, holds
 from .batcher import Batcher
 from .strict import EdgeChecker
+
+# a context each call of a node runs in (`LocalRunner(watch=...)`)
+Watch = Callable[[NodePlan], contextlib.AbstractContextManager[Any]]
 
 
 def build_instances(plan: CompiledPipeline, stages: list[StagePlan] | None = None
@@ -73,7 +76,11 @@ class LocalRunner:
     """Calls the stages in `instances` in this process (all of them locally; on Serve, the
     driver's fused ones)."""
 
-    def __init__(self, program: Program, instances: dict[str, Any], strict: bool) -> None:
+    def __init__(self, program: Program, instances: dict[str, Any], strict: bool,
+                 watch: Watch | None = None) -> None:
+        """`watch(node)`: a context each call of `node` runs in (the Serve driver's metrics
+        of the stages fused into it); traces add a span around each call when on."""
+        self.watch = watch
         self.calls: dict[str, _Call] = {}
         batchers: dict[tuple[str, str], Batcher] = {}  # one per method, as on Serve
         for step in program.steps:
@@ -103,15 +110,38 @@ class LocalRunner:
         return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
 
     def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
-        traced = tracing.enabled()  # each call its span (`tracing`), when traces are on
+        watched = self.watch is not None or tracing.enabled()
         if call.is_async or call.guarded or any(holds(leaf, asyncio.Future) for leaf in leaves):
             running = call.run_async(leaves, index)
             return asyncio.get_running_loop().create_task(
-                _spanned(call, running) if traced else running)
-        if not traced:
+                self._watched(call, running) if watched else running)
+        if not watched:
             return call.run_sync(leaves, index)
-        with tracing.call_span(call.step.node.stage or "", call.step.node):
+        with self._watching(call.step.node):
             return call.run_sync(leaves, index)
+
+    async def run_ready(self, step: Step, leaves: list[Any]) -> Any:
+        """One call of `step` on values awaited already (the Serve driver's fused stages
+        reading deployments' responses), watched as `call` watches one."""
+        call = self.calls[step.node.id]
+        running = call.run_async(leaves)
+        if self.watch is None and not tracing.enabled():
+            return await running
+        return await self._watched(call, running)
+
+    async def _watched(self, call: _Call, running: Awaitable[Any]) -> Any:
+        with self._watching(call.step.node):
+            return await running
+
+    @contextlib.contextmanager
+    def _watching(self, node: NodePlan) -> Iterator[None]:
+        """A call's span (`tracing`, when on) and its `watch`."""
+        with contextlib.ExitStack() as stack:
+            if tracing.enabled():
+                stack.enter_context(tracing.call_span(node.stage or "", node))
+            if self.watch is not None:
+                stack.enter_context(self.watch(node))
+            yield
 
     def is_future(self, value: Any) -> bool:
         return isinstance(value, asyncio.Future)
@@ -132,11 +162,6 @@ class LocalRunner:
             value.cancel()
         elif not value.cancelled():
             value.exception()
-
-
-async def _spanned(call: _Call, running: Awaitable[Any]) -> Any:
-    with tracing.call_span(call.step.node.stage or "", call.step.node):
-        return await running
 
 
 class _Call:

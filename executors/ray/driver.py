@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...compiler import CompiledPipeline
+from ...compiler import CompiledPipeline, StagePlan
 from ...compiler.plan import MapPlan
 from ...dag.deployment import require_model_id
 from ...errors import StageError
@@ -28,12 +28,12 @@ from .. import tracing
 from ..batching import noting, settle
 from ..core import execute, stream
 from ..deadline import DEADLINE, past_deadline
-from ..local.runner import LocalRunner, build_instances
+from ..local.runner import LocalRunner, Watch, build_instances
 from ..program import Program, Runner, Step, awaited, holds
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
-from .metrics import PipelineMetrics, pipeline_metrics
+from .metrics import PipelineMetrics, pipeline_metrics, stage_metrics
 from .ray_private import router_in_separate_loop, serve_request_id
 from .replica import Chunks, StreamCall, flatten, serve_methods
 
@@ -204,6 +204,15 @@ def _along() -> dict[str, Any]:
     return along
 
 
+def fused_metrics(fused: list[StagePlan]) -> Watch | None:
+    """Each fused stage's metrics, recorded around its calls in this driver as a replica of
+    its own records them (`metrics`): None with metrics off."""
+    recorders = {stage.name: stage_metrics(stage.name) for stage in fused}
+    if any(recorder is None for recorder in recorders.values()):
+        return None
+    return lambda node: recorders[node.stage or ""].call(node.id)  # type: ignore[union-attr]
+
+
 class PipelineDriver:
     """The ingress deployment: walks the plan for each request, over a handle or HTTP."""
 
@@ -217,7 +226,8 @@ class PipelineDriver:
         self.metrics = remote.metrics = pipeline_metrics(plan.name, route)
         fused = plan.fused()  # stages the fuse pass put in this replica: built and called here
         self.runner: Runner = remote if not fused else FusedRunner(
-            LocalRunner(self.program, build_instances(plan, fused), strict=False), remote)
+            LocalRunner(self.program, build_instances(plan, fused), strict=False,
+                        watch=fused_metrics(fused)), remote)
         # HTTP behind Serve's proxy, which makes the request ids and echoes them itself
         self.endpoint = Endpoint(plan, self.run,
                                  stream=self.stream if self.program.streams else None,

@@ -40,7 +40,7 @@ class FusedRunner:
         """A fused call reading deployments' responses: awaited here, then called in-process."""
         ready = [await awaited(leaf, (DeploymentResponse, Chunks, asyncio.Future))
                  for leaf in leaves]
-        return await self.local.calls[step.node.id].run_async(ready)
+        return await self.local.run_ready(step, ready)
 
     async def _remote_later(self, step: Step, leaves: list[Any]) -> Any:
         """A deployment's call reading fused results: those awaited, then the handle called

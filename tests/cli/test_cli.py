@@ -59,7 +59,8 @@ def test_bad_targets() -> None:
     assert servegraph("check", "tests.cli_graphs:nothing").stderr == (
         "servegraph check: error: module 'tests.cli_graphs' has no attribute 'nothing'\n")
     assert servegraph("check", "tests.cli_graphs:not_a_graph").stderr == (
-        "servegraph check: error: tests.cli_graphs:not_a_graph is a int, not an sg.Graph\n")
+        "servegraph check: error: tests.cli_graphs:not_a_graph is a int, not an sg.Graph or "
+        "an sg.App\n")
     debug = servegraph("--debug", "check", "tests.cli_graphs:broken")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
@@ -230,12 +231,13 @@ def test_render_text_formats(tmp_path: Path) -> None:
 
 def test_help_lists_every_verb() -> None:
     text = servegraph("--help").stdout
-    for verb in ("check", "compile", "render", "run", "deploy", "status", "shutdown", "bench"):
+    for verb in ("check", "compile", "render", "run", "deploy", "status", "shutdown", "bench",
+                 "profile", "doctor", "top"):
         assert verb in text
     # the description is the docstring's whole user-facing part, not its first line
     assert ("The `servegraph` command (also `python -m servegraph`). Each verb takes "
-            "`MODULE:ATTR`, an\n`sg.Graph` (or a function returning one) in an importable "
-            "module.\n") in text
+            "`MODULE:ATTR`, an\n`sg.Graph` or an `sg.App` (or a function returning one) in an "
+            "importable module.\n") in text
     assert "  bench    load a running route" in text
     assert "(exit 2), a graph that does not compile or fit exits 1.\n" in text
     assert "The package:" not in text  # the note for whoever edits cli/ stays in the source

@@ -66,15 +66,16 @@ def test_connect_finds_a_running_app(deploy: Callable[..., Any]) -> None:
     assert found["words"].call({"text": "one two three"}) == {"words": 3}
 
 
-def test_a_serve_deploy_config_of_the_app_answers(ray_serve: int, grpc_port: int,
-                                                  tmp_path: Path) -> None:
+def test_a_serve_deploy_config_of_the_app_answers(
+        ray_serve: int, grpc_port: int,
+        stubs: dict[str, tuple[ModuleType, ModuleType]]) -> None:
     client = ray_private.read("ray.serve.context", "_get_global_client")()
     plan = sg.compile(front_door.app)
     config = plan.to_serve_config("servegraph.pipelines.front_door:app", grpc_port=9000)
     ServeDeploySchema.model_validate(config)  # gRPC options and all
     assert config["grpc_options"]["port"] == 9000
     entry = config["applications"][0] | {"name": "front-config", "route_prefix": "/cfg"}
-    digits, digits_grpc = _stubs(plan.to_proto()["digits"], "cfg_digits", tmp_path)
+    digits, digits_grpc = stubs["digits"]
     try:
         # the session's Serve runs with its own gRPC port: the application is deployed there
         client.deploy_apps(ServeDeploySchema.model_validate({"applications": [entry]}),
@@ -95,6 +96,15 @@ def test_a_serve_deploy_config_of_the_app_answers(ray_serve: int, grpc_port: int
         serve.delete("front-config")
 
 
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ModuleType, ModuleType]]:
+    """Each graph's `_pb2` and `_pb2_grpc`, made once: protobuf's default pool takes a
+    package's messages once per process."""
+    where = tmp_path_factory.mktemp("front_stubs")
+    protos = sg.compile(front_door.app).to_proto()
+    return {graph: _stubs(protos[graph], f"front_{graph}", where) for graph in protos}
+
+
 def _stubs(text: str, name: str, where: Path) -> tuple[ModuleType, ModuleType]:
     """The `_pb2` and `_pb2_grpc` modules `protoc` makes of one graph's `.proto`."""
     protoc = pytest.importorskip("grpc_tools.protoc")
@@ -108,13 +118,14 @@ def _stubs(text: str, name: str, where: Path) -> tuple[ModuleType, ModuleType]:
         sys.path.remove(str(where))
 
 
-def test_each_graph_of_the_app_answers_over_grpc(deploy: Callable[..., Any], grpc_port: int,
-                                                 tmp_path: Path) -> None:
+def test_each_graph_of_the_app_answers_over_grpc(
+        deploy: Callable[..., Any], grpc_port: int,
+        stubs: dict[str, tuple[ModuleType, ModuleType]]) -> None:
     protos = sg.compile(front_door.app).to_proto()
     assert "rpc WordsCall(Text) returns (WordsReply);" in protos["words"]
     assert "rpc DigitsCall(Text) returns (DigitsReply);" in protos["digits"]
-    words, words_grpc = _stubs(protos["words"], "front_words", tmp_path)
-    digits, digits_grpc = _stubs(protos["digits"], "front_digits", tmp_path)
+    words, words_grpc = stubs["words"]
+    digits, digits_grpc = stubs["digits"]
     deploy(front_door.app, name="front-grpc", route_prefix="/front-grpc")
     metadata = (("application", "front-grpc"),)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:

@@ -40,6 +40,13 @@ def metered(ray_serve: int) -> Iterator[dict[str, str]]:
         handle.shutdown()
 
 
+class Samples(list[Sample]):
+    """A scrape's samples, reported by their count when a wait for them fails."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} samples>"
+
+
 def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == f"ray_servegraph_{name}" and
                all(s.labels.get(k) == v for k, v in labels.items()))
@@ -48,7 +55,7 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
 def settled(name: str, expected: float, **labels: str) -> list[Sample]:
     """The samples once the sum of `name` over `labels` reaches `expected` (exactly)."""
     labels = {"application": APP, **labels}
-    found = until(lambda: parse(scrape()), lambda s: total(s, name, **labels) >= expected,
+    found = until(lambda: Samples(parse(scrape())), lambda s: total(s, name, **labels) >= expected,
                   f"{name} {labels} to reach {expected}")
     assert total(found, name, **labels) == expected
     return found
@@ -112,27 +119,48 @@ def test_replica_starts(metered: dict[str, str]) -> None:
 def test_in_flight(deploy: Callable[..., Any]) -> None:
     """A call running shows in the gauge and as started - finished; gone once it ends."""
     handle = deploy(ms.lingering(), name="lingering")
-    call = threading.Thread(target=handle.call, args=({"seconds": 4},))
+    # long enough for Ray's agent to export the gauge while the call runs, even under load
+    call = threading.Thread(target=handle.call, args=({"seconds": 15},))
     call.start()
+    labels = {"application": "lingering", "stage": "linger"}
+
+    def in_flight() -> tuple[float, float]:
+        """The gauge, and started - finished, from one scrape (a small value to report)."""
+        samples = parse(scrape())
+        return (total(samples, "stage_in_flight", **labels),
+                total(samples, "stage_started_total", **labels)
+                - total(samples, "stage_calls_total", **labels))
+
     try:
-        labels = {"application": "lingering", "stage": "linger"}
-        found = until(lambda: parse(scrape()),
-                      lambda s: total(s, "stage_in_flight", **labels) == 1,
+        found = until(in_flight, lambda seen: seen[0] == 1,
                       "the gauge to show one call in flight")
-        assert total(found, "stage_started_total", **labels) - \
-            total(found, "stage_calls_total", **labels) == 1
+        assert found[1] == 1
     finally:
         call.join()
-    until(lambda: parse(scrape()), lambda s: total(s, "stage_calls_total", **labels) == 1,
-          "the call to finish")
+    until(lambda: total(parse(scrape()), "stage_calls_total", **labels),
+          lambda calls: calls == 1, "the call to finish")
 
 
 def test_end_to_end_latency_per_route(deploy: Callable[..., Any]) -> None:
     """An `sg.App`'s driver labels each graph's requests with its route."""
     handle = deploy(sg.App({"/crawl": ms.crawling()}), name="routed")
     handle["crawling"].call({"x": 1})
-    settled_app = until(lambda: parse(scrape()), lambda s: total(
+    settled_app = until(lambda: Samples(parse(scrape())), lambda s: total(
         s, "pipeline_requests_total", application="routed", route="/crawl") >= 1,
         "the routed request")
     assert total(settled_app, "pipeline_latency_ms_count", application="routed",
                  pipeline="crawling", route="/crawl") == 1
+
+
+def test_a_stage_fused_into_the_driver_records_there(deploy: Callable[..., Any]) -> None:
+    plan = sg.compile(ms.fused())
+    assert plan.stage("halve").fused_into == "fused_metered_driver"
+    handle = deploy(plan, name="fused-metered")
+    for x in (1, 2, 3):
+        assert handle.call({"x": x}) == x * x / 2
+    labels = {"application": "fused-metered", "stage": "halve",
+              "node": next(node.id for node in plan.nodes if node.stage == "halve")}
+    found = until(lambda: Samples(parse(scrape())),
+                  lambda s: total(s, "stage_calls_total", **labels) >= 3, "the fused calls")
+    assert total(found, "stage_calls_total", **labels) == 3
+    assert total(found, "stage_latency_ms_count", **labels) == 3
