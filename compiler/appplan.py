@@ -49,6 +49,13 @@ class AppPlan(BaseModel):
         """The `sg.App` this was compiled from in this process, else None."""
         return self._source
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickled (to a replica), the plan leaves the objects it was compiled from behind:
+        the user's app travels on its own (`serving.app.bind_front`)."""
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {"_front": None, "_source": None}
+        return state
+
     def remembering(self, front: Any, source: Any) -> AppPlan:
         """This plan with the objects it was compiled from kept beside its data."""
         plan = self.model_copy()

@@ -15,6 +15,7 @@ from ray import serve
 
 from ..compiler import ClusterSpec, CompiledPipeline, compile
 from ..compiler.appplan import AppPlan
+from ..compiler.emit.serve_config import find_graph_path
 from ..compiler.passes.resources import require_gpu_fractions
 from ..dag.app import App
 from ..dag.loader import load_graph, load_target
@@ -53,7 +54,10 @@ def bind_front(plan: AppPlan, diagrams: dict[str, bytes | None]) -> Any:
     ingress = serve.deployment(serve.ingress()(AppDriver)).options(
         name=plan.driver.name, **copy.deepcopy(plan.driver.options))
     dependencies = plan.source.dependencies if plan.source is not None else []
-    return ingress.bind(plan, stages, plan.front, diagrams, dependencies)
+    # the user's app by its `module:attr` where it has one (its replica imports it afresh),
+    # else the object itself
+    front = find_graph_path(plan.front) if plan.front is not None else None
+    return ingress.bind(plan, stages, front or plan.front, diagrams, dependencies)
 
 
 def deploy_order(plan: CompiledPipeline | AppPlan) -> list[Any]:

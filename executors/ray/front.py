@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ...compiler.appplan import AppPlan
 from ...compiler.emit.proto import STREAM_METHOD, UNARY_METHOD, service_name
+from ...dag.loader import load_target
 from ...errors import InputError
 from ...web.front import front_app
 from ...web.grpc_ingress import GrpcIngress
@@ -30,16 +31,18 @@ from .ray_private import serve_request_id
 
 
 class AppDriver:
-    """An `sg.App`'s ingress (see the module docstring). `front` is the user's ASGI app (None:
-    a FastAPI app of servegraph's own); `diagrams` each graph's SVG, by graph name;
-    `dependencies` guard the graphs' routes (`sg.App(dependencies=...)`)."""
+    """An `sg.App`'s ingress (see the module docstring). `front` is the user's ASGI app, or
+    its `module:attr` (None: a FastAPI app of servegraph's own); `diagrams` each graph's SVG,
+    by graph name; `dependencies` guard the graphs' routes (`sg.App(dependencies=...)`)."""
 
     def __init__(self, plan: AppPlan, handles: dict[str, DeploymentHandle], front: Any,
                  diagrams: dict[str, bytes | None], dependencies: list[Any]) -> None:
         self.app_plan = plan
-        # a copy to mount the graphs on: Serve scans the init arguments after __init__ (for
-        # the handles they hold) by pickling them, which a running app cannot be
-        self.front = cloudpickle.loads(cloudpickle.dumps(front))
+        # the app to mount the graphs on: imported by its `module:attr`, or a copy of the
+        # object (Serve scans the init arguments after __init__, for the handles they hold,
+        # by pickling them, which a running app cannot be)
+        self.front = load_target(front, object) if isinstance(front, str) else \
+            cloudpickle.loads(cloudpickle.dumps(front))
         self.dependencies = dependencies
         self.drivers = {name: PipelineDriver(graph, handles, diagrams.get(name),
                                              route=plan.route_of(name) or "")
