@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from bench_spine import DIAMOND, DRAIN_SETTING, Call, Workload, _log, load
+from bench_spine import DIAMOND, Call, Workload, _log, embedded_ray, load
 from spine_report import THROUGHPUT_FLAG, Load, median_rounds
 
 CONCURRENCY = 32
@@ -49,15 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault(THROUGHPUT_FLAG, "1")  # before Ray is imported
-    os.environ.setdefault(DRAIN_SETTING, "1")
-    import ray
-
-    ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
-    try:
+    with embedded_ray():
         loads = median_rounds(asyncio.run(rounds(args)))
-    finally:
-        ray.shutdown()
     for pipeline in args.pipeline:
         print(report(pipeline, loads, args.rounds), end="\n\n")
     return 0

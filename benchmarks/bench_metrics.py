@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench_spine import DIAMOND, DRAIN_SETTING, _free_port, _log, load
+from bench_spine import DIAMOND, _free_port, _log, embedded_ray, load
 from spine_report import THROUGHPUT_FLAG, Load
 
 METRICS_ENV = "SERVEGRAPH_METRICS"
@@ -47,18 +47,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault(THROUGHPUT_FLAG, "1")  # before Ray is imported
-    os.environ.setdefault(DRAIN_SETTING, "1")
-    import ray
-    from ray import serve
+    with embedded_ray():
+        from ray import serve
 
-    ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
-    try:
         http_port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         loads = asyncio.run(rounds(args, http_port))
-    finally:
-        ray.shutdown()
     print(report(loads, args))
     return 0
 

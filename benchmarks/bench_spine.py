@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -187,8 +188,25 @@ async def sequential(contender: str, call: Call, iterations: int) -> Latency:
 
 # --- part (b): Ray Serve ------------------------------------------------------------------
 
+@contextlib.contextmanager
+def embedded_ray() -> Iterator[None]:
+    """One embedded Ray for a benchmark's Serve contenders, stopped even on failure. Serve's
+    switches (`THROUGHPUT_FLAG`, unless the caller chose, and `DRAIN_SETTING`) are set
+    first: Serve reads them when it is imported."""
+    os.environ.setdefault(THROUGHPUT_FLAG, "1")
+    os.environ.setdefault(DRAIN_SETTING, "1")
+    import ray
+
+    ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def run_serve_part(args: argparse.Namespace) -> list[Load]:
-    """One embedded Ray and Serve for every contender; stopped even on failure."""
+    """One embedded Ray and Serve for every contender; stopped even on failure. (Not
+    `embedded_ray`: this benchmark runs with Serve's throughput flag only when asked.)"""
     import ray
     from ray import serve
 
