@@ -9,8 +9,13 @@ embedded Ray, measured through the pipeline handle at concurrency 32 (rounds alt
 (b) the plan from the profile for the most throughput this machine allows
     (`sg.compile(graph, cluster=sg.ClusterSpec(cpus=<this machine's>), profile=p)`);
 (c) the raw ceiling: for the flagship, the encoder's own path (no servegraph, no Serve) kept
-    busy in its best thread layout (`bench_models.py` part c), texts/s over 17 texts a
-    request; for the diamond, its four stage functions called by plain asyncio in one process.
+    busy in its best thread layout (`bench_models.py` part c: unique texts), texts/s over 17
+    texts a request; and, stricter, (c') the same on the flagship's own request texts as they
+    are (the served requests' texts, which are shorter: each of part c's carries a number).
+    For the diamond, whose stages do next to nothing, no Serve plan can approach its stages'
+    own speed, so (c) is what one request costs Serve at the least: the four stage functions
+    hand-fused into one Serve deployment (`diamond.hand_fused_app`), served in the same
+    rounds; (d) is the stage functions awaited by plain asyncio in one process, for reference.
 
 Printed: b/c (target >= 0.8), b/a (target >= 1.5), and (b)'s predicted throughput against its
 measured one (within 25%). Then the batched encoder alone (`bench_models.py` part a's batched
@@ -29,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench_spine import DIAMOND, DRAIN_SETTING, Workload, _log, load
@@ -41,14 +46,22 @@ TEXTS_PER_REQUEST = 17  # the flagship's query and its 16 sample documents
 
 
 @dataclass(frozen=True)
+class Ceiling:
+    """A raw ceiling: what it is, req/s (None: measured on Serve in the rounds), and how."""
+
+    label: str
+    rps: float | None
+    how: str
+
+
+@dataclass(frozen=True)
 class Planned:
-    """One pipeline's plans and the figures measured without Serve."""
+    """One pipeline's plans and its ceilings; the first ceiling is the targets' (c)."""
 
     pipeline: str
     default: Any        # CompiledPipeline
     planned: Any        # CompiledPipeline, profile-planned for the most throughput
-    ceiling_rps: float  # (c)
-    ceiling_how: str
+    ceilings: list[Ceiling]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,16 +131,35 @@ def prepare(pipeline: str, args: argparse.Namespace) -> Planned:
     planned = sg.compile(graph_of(pipeline), cluster=cluster, profile=prof)
     _log("planned:\n" + planned.explain())
     if pipeline == "diamond":
-        rps, how = diamond_ceiling(args.duration), "plain asyncio, one process"
+        ceilings = [Ceiling("(c) hand-fused Serve deployment", None,
+                            "the four stages in one deployment, served in the same rounds"),
+                    Ceiling("(d) plain asyncio, no Serve", diamond_ceiling(args.duration),
+                            "the stage functions awaited in one process")]
     else:
-        texts, how = encoder_ceiling(args.duration)
-        rps = texts / TEXTS_PER_REQUEST
-        how += f", {texts:.0f} texts/s / {TEXTS_PER_REQUEST}"
-    return Planned(pipeline, sg.compile(graph_of(pipeline)), planned, rps, how)
+        ceilings = [flagship_ceiling("(c) raw encoder ceiling", None, args.duration),
+                    flagship_ceiling("(c') on the flagship's own texts", flagship_texts(),
+                                     args.duration)]
+    return Planned(pipeline, sg.compile(graph_of(pipeline)), planned, ceilings)
 
 
-def encoder_ceiling(duration: float) -> tuple[float, str]:
-    """The best of bench_models part (c)'s layouts at batch 32: texts/s and the layout."""
+def flagship_texts() -> list[str]:
+    """The texts the flagship's requests send, in order: each query, then its documents."""
+    import flagship
+
+    return [text for x in range(len(flagship.QUERIES))
+            for text in (flagship.request(x)["query"], *flagship.request(x)["documents"])]
+
+
+def flagship_ceiling(label: str, corpus: list[str] | None, duration: float) -> Ceiling:
+    """`encoder_ceiling` over 17 texts a request."""
+    texts, how = encoder_ceiling(duration, corpus)
+    return Ceiling(label, texts / TEXTS_PER_REQUEST,
+                   f"{how}, {texts:.0f} texts/s / {TEXTS_PER_REQUEST}")
+
+
+def encoder_ceiling(duration: float, corpus: list[str] | None = None) -> tuple[float, str]:
+    """The best of bench_models part (c)'s layouts at batch 32: texts/s and the layout (on
+    part c's unique texts, or on `corpus` as it is)."""
     from bench_models import busy
 
     from servegraph.pipelines.search import OnnxEncoder
@@ -137,7 +169,7 @@ def encoder_ceiling(duration: float) -> tuple[float, str]:
     best = (0.0, "")
     for threads, calls in layouts:
         _log(f"raw ceiling: batches of 32, {calls} call(s) of {threads} thread(s)")
-        rate = busy(OnnxEncoder(threads=threads)._embed, 32, calls, duration)
+        rate = busy(OnnxEncoder(threads=threads)._embed, 32, calls, duration, corpus)
         best = max(best, (rate, f"batches of 32, {calls} x {threads} thread(s)"))
     return best
 
@@ -181,6 +213,13 @@ def prepare_encoder(args: argparse.Namespace) -> EncoderPlan:
     return EncoderPlan(planned, best, layout)
 
 
+def hand_fused_diamond() -> Any:
+    """The diamond hand-fused into one Serve deployment (the diamond's (c))."""
+    import diamond
+
+    return diamond.hand_fused_app()
+
+
 def flagship_workload() -> Workload:
     import flagship
 
@@ -197,6 +236,8 @@ async def measure(plans: list[Planned], encoder: EncoderPlan | None,
     for plan in plans:
         workload = DIAMOND if plan.pipeline == "diamond" else flagship_workload()
         contenders = [("default", plan.default), ("planned", plan.planned)]
+        if plan.pipeline == "diamond":
+            contenders.append(("hand-fused", None))
         rows: dict[str, list[Any]] = {name: [] for name, _ in contenders}
         for number in range(args.rounds):
             for name, compiled in contenders[number % 2:] + contenders[:number % 2]:
@@ -221,10 +262,16 @@ async def serve_and_load(pipeline: str, name: str, compiled: Any, workload: Work
 
     app = f"{pipeline}-{name}"
     started = time.perf_counter()
-    handle = await asyncio.to_thread(sg.serve, compiled, name=app, route_prefix=f"/{app}")
+    if compiled is None:  # the hand-fused diamond: Serve's own handle
+        hand = await asyncio.to_thread(serve.run, hand_fused_diamond(), name=app,
+                                       route_prefix=f"/{app}")
+        call = hand.run.remote
+    else:
+        call = (await asyncio.to_thread(sg.serve, compiled, name=app,
+                                        route_prefix=f"/{app}")).acall
     _log(f"{app} deployed in {time.perf_counter() - started:.1f} s")
     try:
-        row = await load(name, pipeline, handle.acall, CONCURRENCY, args.duration,
+        row = await load(name, pipeline, call, CONCURRENCY, args.duration,
                          args.warmup, workload)
     finally:
         await asyncio.to_thread(serve.delete, app)
@@ -253,22 +300,29 @@ def _verdict(value: float, floor: float) -> str:
 
 def report(plan: Planned, rows: dict[str, Any]) -> str:
     default, planned = rows["default"], rows["planned"]
-    predicted = plan.planned.capacity.capacity_rps
+    ceilings = [replace(each, rps=rows["hand-fused"].rps) if each.rps is None else each
+                for each in plan.ceilings]
+    capacity = plan.planned.capacity
+    predicted = capacity.capacity_rps
     lines = [f"servegraph capacity benchmark: {plan.pipeline}, handle, concurrency "
              f"{CONCURRENCY}, median of rounds, {THROUGHPUT_FLAG}="
              f"{os.environ[THROUGHPUT_FLAG]}, {os.cpu_count()} CPUs",
-             f"{'contender':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}",
-             f"{'(a) default plan':<34}{default.rps:>10.1f}{default.p50_ms:>10.1f}"
-             f"{default.p99_ms:>10.1f}",
-             f"{'(b) planned, most throughput':<34}{planned.rps:>10.1f}{planned.p50_ms:>10.1f}"
-             f"{planned.p99_ms:>10.1f}",
-             f"{'(c) raw ceiling':<34}{plan.ceiling_rps:>10.1f}   ({plan.ceiling_how})",
-             f"{'(b) predicted':<34}{predicted:>10.1f}   (bottleneck: "
-             f"{plan.planned.capacity.bottleneck})", ""]
+             f"{'contender':<36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"]
+    served = [("(a) default plan", default), ("(b) planned, most throughput", planned)]
+    if "hand-fused" in rows:
+        served.append((ceilings[0].label, rows["hand-fused"]))
+    for label, row in served:
+        lines.append(f"{label:<36}{row.rps:>10.1f}{row.p50_ms:>10.1f}{row.p99_ms:>10.1f}")
+    lines += [f"{c.label:<36}{c.rps:>10.1f}   ({c.how})" for c in ceilings
+              if not (c is ceilings[0] and "hand-fused" in rows)]
+    lines += [f"{'(b) predicted':<36}{predicted:>10.1f}   (bottleneck: {capacity.bottleneck})",
+              ""]
     error = planned.rps / predicted - 1
     lines += [
-        f"{'b / c':<40}{planned.rps / plan.ceiling_rps:>7.2f}x  target >= 0.8  "
-        f"{_verdict(planned.rps / plan.ceiling_rps, 0.8)}",
+        f"{'b / c':<40}{planned.rps / ceilings[0].rps:>7.2f}x  target >= 0.8  "
+        f"{_verdict(planned.rps / ceilings[0].rps, 0.8)}",
+        *(f"{'b / ' + c.label.split()[0].strip('()'):<40}{planned.rps / c.rps:>7.2f}x  "
+          f"(for reference)" for c in ceilings[1:]),
         f"{'b / a':<40}{planned.rps / default.rps:>7.2f}x  target >= 1.5  "
         f"{_verdict(planned.rps / default.rps, 1.5)}",
         f"{'b measured / predicted':<40}{planned.rps / predicted:>7.2f}x  target within 25%  "
@@ -276,7 +330,10 @@ def report(plan: Planned, rows: dict[str, Any]) -> str:
         "planned: " + "; ".join(
             f"{s.name} {s.resources.replicas.start} x {s.resources.cpus:g} CPU"
             + (" (in the driver)" if s.fused_into else "") for s in plan.planned.deployments)
-        + f"; driver {plan.planned.driver.resources.replicas.start} replica(s)"]
+        + f"; driver {plan.planned.driver.resources.replicas.start} x "
+          f"{plan.planned.driver.resources.cpus:g} CPU"]
+    if capacity.layout:
+        lines.append(f"layout: {capacity.layout}")
     return "\n".join(lines)
 
 

@@ -236,13 +236,16 @@ def measure_ceiling(args: argparse.Namespace) -> list[Ceiling]:
     return rows
 
 
-def busy(embed: Callable[[list[str]], Any], size: int, calls: int, duration: float) -> float:
+def busy(embed: Callable[[list[str]], Any], size: int, calls: int, duration: float,
+         corpus: list[str] | None = None) -> float:
     """Texts/s of `calls` Python threads each calling `embed` on batches of `size` unique
-    texts back to back for `duration` seconds (ONNX Runtime releases the GIL)."""
+    texts back to back for `duration` seconds (ONNX Runtime releases the GIL). Given a
+    `corpus`, its texts as they are, in turn (what a pipeline's requests send), instead."""
     import itertools
     import threading
 
-    corpus = texts()
+    unique = corpus is None
+    corpus = texts() if corpus is None else corpus
     numbers = itertools.count()
     done = [0] * calls
     embed(corpus[:size])  # the first call of a shape pays for ONNX Runtime's set-up
@@ -250,7 +253,9 @@ def busy(embed: Callable[[list[str]], Any], size: int, calls: int, duration: flo
     def work(slot: int, deadline: float) -> None:
         while time.perf_counter() < deadline:
             first = next(numbers) * size
-            embed([f"{corpus[(first + i) % len(corpus)]} ({first + i})" for i in range(size)])
+            batch = [corpus[(first + i) % len(corpus)] for i in range(size)]
+            embed([f"{text} ({first + i})" for i, text in enumerate(batch)] if unique
+                  else batch)
             done[slot] += size
 
     started = time.perf_counter()

@@ -75,7 +75,7 @@ def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True,
     state = resources(state, cluster)
     decision = None
     if profile is not None:
-        state, decision = capacity_pass(state, profile, target)
+        state, decision = capacity_pass(state, profile, target, fuse=fuse)
     state = pack_pass(state)
     state = fuse_pass(state, enabled=fuse)
     plan = lower(state, passes_run(decision is not None), fuse)

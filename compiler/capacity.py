@@ -53,6 +53,7 @@ TARGET_UTILISATION = 0.8   # a target's stages are sized to run at most this bus
 P99_FACTOR = math.log(100)  # an M/M/1 response time's 99th percentile over its mean
 MAX_UTILISATION = 0.95     # the queueing model is not read above this
 THREAD_PREFERENCE = 0.9    # a thread more over a replica more when it serves this much
+SMALLER_BATCH_GAIN = 0.05  # a smaller batch is planned when this much cheaper per item
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class StageLoad:
     batch: int = 1
     wait_ms: float = 0.0
     batch_ms: tuple[tuple[int, float], ...] = ((1, 0.0),)  # (size, ms) on one CPU
+    batches: tuple[tuple[str | None, int], ...] = ()  # each method's planned batch size
 
     @property
     def max_threads(self) -> int:
@@ -132,8 +134,11 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
     work = [0.0] * threads
     call = [0.0] * threads
     calls, batch, wait = 0.0, 1, 0.0
+    sizes_of: list[tuple[str | None, int]] = []
     for method in methods:
         size, per_item, median = batch_at(method, max_batch.get(method.method, 1))
+        if method.method in max_batch:
+            sizes_of.append((method.method, size))
         per_request = method.calls / payloads
         calls += per_request
         batch = max(batch, size)
@@ -145,13 +150,20 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
     busiest = max(methods, key=lambda method: method.calls)
     sizes = tuple((t.batch_size, t.median_ms) for t in busiest.service_ms
                   if t.batch_size <= max(batch, 1))
-    return StageLoad(stage, calls, tuple(work), tuple(call), batch, wait, sizes or ((1, 0.0),))
+    return StageLoad(stage, calls, tuple(work), tuple(call), batch, wait, sizes or ((1, 0.0),),
+                     tuple(sizes_of))
 
 
 def batch_at(method: StageProfile, max_batch: int) -> tuple[int, float, float]:
-    """(batch size, per-item ms, median ms) of the largest profiled batch <= `max_batch`."""
+    """(batch size, per-item ms, median ms) of the batch planned within `max_batch`: the
+    largest profiled one, unless a smaller one costs at least `SMALLER_BATCH_GAIN` less per
+    item (a batch past the model's best size only waits longer)."""
     fitting = [t for t in method.service_ms if t.batch_size <= max_batch] or method.service_ms[:1]
     timing = max(fitting, key=lambda t: t.batch_size)
+    cheaper = [t for t in fitting
+               if t.per_item_ms <= (1 - SMALLER_BATCH_GAIN) * timing.per_item_ms]
+    if cheaper:
+        timing = min(cheaper, key=lambda t: (t.per_item_ms, -t.batch_size))
     return timing.batch_size, timing.per_item_ms, timing.median_ms
 
 
@@ -204,6 +216,15 @@ def overhead_ms(hops: float) -> float:
 def driver_ms(hops: float, fused_work_ms: float) -> float:
     """The driver's CPU per request: its share of Serve's work and the stages run in it."""
     return DRIVER_SHARE * overhead_ms(hops) + fused_work_ms
+
+
+def driver_load(fused: Sequence[StageLoad], hops: float) -> StageLoad:
+    """The driver's load when the `fused` stages run in it: a request's share of Serve's work
+    (`hops` calls to deployments of their own) and the fused stages' work, on `t` CPUs."""
+    threads = max((load.max_threads for load in fused), default=1)
+    work = tuple(driver_ms(hops, sum(load.work(count) for load in fused))
+                 for count in range(1, threads + 1))
+    return StageLoad("driver", 1.0, work, work)
 
 
 def cpu_bound_rps(cpus: float, loads: Sequence[StageLoad], hops: float) -> float:

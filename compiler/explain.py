@@ -28,7 +28,8 @@ def explain(plan: Plan) -> str:
         lines.append("fusion:")
         for stage in plan.deployments:
             where = f"fused into {stage.fused_into}" if stage.fused_into else "own deployment"
-            lines.append(f"  {stage.name:<20} {where}: {stage.fusion}")
+            batches = batch_texts(stage) if stage.fused_into else []
+            lines.append(f"  {stage.name:<20} {where}: {'; '.join([stage.fusion, *batches])}")
     return "\n".join([*lines, *capacity_lines(plan), *_control_flow(plan),
                       *_gpu_layout(plan)])
 
@@ -44,12 +45,15 @@ def capacity_lines(plan: Plan) -> list[str]:
     lines = [f"capacity (planned from a profile for {goal} on {capacity.cpus:g} CPUs):"]
     for row in capacity.stages:
         batch = f", batch {row.batch_size}" if row.batch_size > 1 else ""
-        lines.append(f"  {row.stage:<20} {row.replicas} x {row.cpus:g} CPU{batch}: "
+        where = "in the driver" if row.in_driver else f"{row.replicas} x {row.cpus:g} CPU"
+        lines.append(f"  {row.stage:<20} {where}{batch}: "
                      f"{row.throughput_rps:.3g} req/s, {row.utilisation:.0%} busy, "
                      f"p99 {row.p99_ms:.3g} ms")
     lines.append(f"  predicted: {capacity.capacity_rps:.3g} req/s at most (the CPUs allow "
                  f"{capacity.cpu_bound_rps:.3g}); p99 {capacity.p99_ms:.3g} ms at "
                  f"{capacity.at_rps:.3g} req/s; bottleneck: {capacity.bottleneck}")
+    if capacity.layout:
+        lines.append(f"  layout: {capacity.layout}")
     return lines
 
 
@@ -58,6 +62,21 @@ def replicas_text(replicas: ReplicaRange) -> str:
     if replicas.autoscaling:
         return f"autoscaling {replicas.min}..{replicas.max}, {replicas.start} at start"
     return f"{replicas.start} replica{'s' if replicas.start != 1 else ''}"
+
+
+def batch_texts(stage: StagePlan) -> list[str]:
+    """Each `sg.batch` method's batch (the planned size, when the capacity pass chose one)
+    and how deep a failing batch is split."""
+    parts = []
+    for method, batch in stage.batching.items():
+        planned = "" if batch.declared_max_batch_size is None else \
+            f" (planned; declared {batch.declared_max_batch_size})"
+        parts.append(f"batch {method} <= {batch.max_batch_size}{planned} "
+                     f"within {batch.batch_wait_timeout_s * 1000:g} ms")
+        if batch.max_splits:
+            parts.append(f"failures isolated by splitting the batch in halves (at most "
+                         f"{batch.max_splits} deep)")
+    return parts
 
 
 def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[str]:
@@ -73,12 +92,7 @@ def _deployment(plan: Plan, stage: StagePlan, fused: list[StagePlan]) -> list[st
             how = (f"from gpu_memory {format_bytes(facts.gpu_memory)} of "
                    f"{format_bytes(plan.cluster.smallest_gpu_memory)}")
         parts.append(f"{facts.gpus:g} GPU ({how})")
-    for method, batch in stage.batching.items():
-        parts.append(f"batch {method} <= {batch.max_batch_size} "
-                     f"within {batch.batch_wait_timeout_s * 1000:g} ms")
-        if batch.max_splits:
-            parts.append(f"failures isolated by splitting the batch in halves (at most "
-                         f"{batch.max_splits} deep)")
+    parts += batch_texts(stage)
     if stage.multiplexed is not None:
         parts.append(f"multiplexed: up to {stage.multiplexed.max_models_per_replica} models "
                      f"per replica ({stage.multiplexed.loader})")

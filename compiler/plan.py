@@ -30,7 +30,9 @@ NodeOp = Literal["input", "select", "call", "map", "const", "branch"]
 
 
 class BatchPlan(BaseModel):
-    """One `sg.batch` method's settings, as the user declared them."""
+    """One `sg.batch` method's settings, as the user declared them, but `max_batch_size`
+    where the capacity pass planned another (`declared_max_batch_size` is then the user's).
+    Every executor batches with these (`executors.batching.planned`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -38,6 +40,7 @@ class BatchPlan(BaseModel):
     batch_wait_timeout_s: float
     max_concurrent_batches: int = 1
     batch_size_fn: str | None = None
+    declared_max_batch_size: int | None = None
 
     @property
     def max_splits(self) -> int:

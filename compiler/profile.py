@@ -145,6 +145,7 @@ class StagePrediction(BaseModel):
     utilisation: float
     p99_ms: float
     planned: bool = True  # False: left as declared (light, or not profiled)
+    in_driver: bool = False  # runs in the driver's replicas (fused)
 
 
 class CapacityPlan(BaseModel):
@@ -162,3 +163,4 @@ class CapacityPlan(BaseModel):
     bottleneck: str
     cpu_bound_rps: float  # what the CPUs allow, Serve's own work per call included
     stages: list[StagePrediction]
+    layout: str = ""  # why stages were planned into the driver (empty: none were)

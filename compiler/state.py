@@ -44,6 +44,8 @@ class CompileState:
     cluster: ClusterSpec | None = None                                       # resources
     resources: Mapping[str, StageResources] = field(default_factory=dict)   # resources
     layout: GpuLayout | None = None                                          # pack
+    planned_fusion: Mapping[str, str] = field(default_factory=dict)        # capacity
+    planned_batches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # capacity
     fusion: Mapping[str, FuseDecision] = field(default_factory=dict)        # fuse
 
     def name_of(self, group: Group) -> str:

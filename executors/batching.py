@@ -28,13 +28,27 @@ call twice on the same item, as a stage with `max_retries` must.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..compiler.plan import Plan
+    from ..dag import BatchSpec
 
 BatchFn = Callable[..., Awaitable[Any]]
+
+
+def planned(spec: BatchSpec, plan: Plan, stage: str, method: str | None) -> BatchSpec:
+    """`spec` (a method's `sg.batch`) with the batch size its plan says: the capacity pass
+    may plan a smaller one than declared (`BatchPlan.max_batch_size`)."""
+    found = plan.stage(stage).batching.get(method or "__call__")
+    if found is None or found.max_batch_size == spec.max_batch_size:
+        return spec
+    return dataclasses.replace(spec, max_batch_size=found.max_batch_size)
 
 
 @dataclass(frozen=True)

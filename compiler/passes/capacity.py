@@ -22,9 +22,8 @@ raises `CapacityError` naming the bottleneck stage and what it would need. The p
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ...dag import CallNode, batch_spec
 from ...errors import CapacityError, CompileError
@@ -34,7 +33,6 @@ from ..capacity import (
     StageLoad,
     cpu_bound_rps,
     driver_ms,
-    grown,
     most_rps,
     overhead_ms,
     size_stage,
@@ -44,6 +42,13 @@ from ..profile import Profile, Target
 from ..state import CompileState, spec_of_group
 from . import capacity_errors as errors
 from .capacity_errors import Bottleneck
+from .capacity_layout import (
+    better,
+    driver_sizing,
+    only_fused,
+    plannable_into_driver,
+    spend_spare,
+)
 from .capacity_options import (
     Budget,
     CapacityDecision,
@@ -51,6 +56,7 @@ from .capacity_options import (
     batched,
     hops_and_fused_work,
     reserved_cpus,
+    reserved_total,
     served_stages,
 )
 
@@ -59,10 +65,11 @@ LIGHT_WORK_MS = 1.0  # a stage doing less a request may run in the driver's even
 UTILISATIONS = (TARGET_UTILISATION, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)  # tried for a p99 target
 
 
-def capacity_pass(state: CompileState, profile: Profile, target: Target | None
-                  ) -> tuple[CompileState, CapacityDecision]:
+def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
+                  fuse: bool = True) -> tuple[CompileState, CapacityDecision]:
     """The state with the planned options and facts, and the decision `predict` reads once
-    the fuse pass has run (see the module docstring)."""
+    the fuse pass has run (see the module docstring). `fuse=False` (fusion off) plans the
+    split layout only."""
     loads = profiled_loads(state, profile)
     if not loads:
         raise CompileError(
@@ -71,16 +78,19 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None
             pass_name=PASS, hint="profile this graph: sg.profile(graph, payloads)")
     budget = Budget(cpus=_cpus(state, profile), gpus=_gpus(state),
                     driver_fixed=_driver_fixed(state))
+    fusable = plannable_into_driver(state, loads, budget) if fuse else frozenset()
     if target is None:
-        decision = _most_throughput(state, loads, budget)
+        decision = _most_throughput(state, loads, budget, fusable)
     else:
-        decision = _for_target(state, loads, budget, target)
+        decision = _for_target(state, loads, budget, target, fusable,
+                               lambda cap: profiled_loads(state, profile, cap))
     return apply(state, decision), decision
 
 
-def profiled_loads(state: CompileState, profile: Profile) -> dict[str, StageLoad]:
-    """Each deployment some payload called, as a `StageLoad` (its batched methods at their
-    `max_batch_size`, waiting their `batch_wait_timeout_s`)."""
+def profiled_loads(state: CompileState, profile: Profile, cap: int | None = None
+                   ) -> dict[str, StageLoad]:
+    """Each deployment some payload called, as a `StageLoad` (its batched methods within
+    their `max_batch_size`, or `cap` when smaller, waiting their `batch_wait_timeout_s`)."""
     batches: dict[str, dict[str | None, int]] = {}
     waits: dict[str, dict[str | None, float]] = {}
     for node in state.graph.nodes:
@@ -90,7 +100,8 @@ def profiled_loads(state: CompileState, profile: Profile) -> dict[str, StageLoad
         name = state.name_of(node.call.group)
         method = node.call.method or ("__call__" if _is_class(state, name) else None)
         if spec is not None:
-            batches.setdefault(name, {})[method] = spec.max_batch_size
+            batches.setdefault(name, {})[method] = min(spec.max_batch_size,
+                                                       cap or spec.max_batch_size)
             waits.setdefault(name, {})[method] = spec.batch_wait_timeout_s * 1000
     loads = {}
     for name in state.stage_names():
@@ -107,11 +118,15 @@ def _is_class(state: CompileState, name: str) -> bool:
 
 
 def planned_sizing(state: CompileState, loads: Mapping[str, StageLoad], rps: float,
-                   utilisation: float) -> dict[str, Sizing]:
-    """Every profiled stage sized for `rps` (a light one as `Sizing.light`: one replica, no
-    CPUs reserved); a GPU stage keeps its CPUs and one thread count."""
+                   utilisation: float, fused: frozenset[str] = frozenset()
+                   ) -> dict[str, Sizing]:
+    """Every profiled stage but the `fused` ones sized for `rps` (a light one as
+    `Sizing.light`: one replica, no CPUs reserved); a GPU stage keeps its CPUs and one
+    thread count."""
     sizing = {}
     for name, load in loads.items():
+        if name in fused:
+            continue
         facts = state.resources[name]
         if facts.uses_gpu:
             sizing[name] = size_stage(load, rps, utilisation, max_threads=1)
@@ -123,20 +138,23 @@ def planned_sizing(state: CompileState, loads: Mapping[str, StageLoad], rps: flo
 
 
 def shortfall(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-              rps: float, utilisation: float) -> str | None:
-    """Why `rps` does not fit the budget at `utilisation`: 'cpus', 'gpus', 'work' (the CPUs'
-    work, Serve's included) or 'driver'; None when it fits."""
-    sizing = planned_sizing(state, loads, rps, utilisation)
-    reserved = sum(reserved_cpus(state, name, sizing) for name in state.stage_names())
+              rps: float, utilisation: float, fused: frozenset[str] = frozenset()
+              ) -> str | None:
+    """Why `rps` does not fit the budget at `utilisation` with the `fused` stages in the
+    driver: 'cpus', 'gpus', 'work' (the CPUs' work, Serve's included) or 'driver'; None
+    when it fits."""
+    sizing = planned_sizing(state, loads, rps, utilisation, fused)
+    driver = driver_sizing(loads, fused, sizing, rps, utilisation) if fused else None
+    reserved = reserved_total(state, sizing, fused, driver)
     if reserved > budget.cpus + 1e-9:
         return "cpus"
     if budget.gpus is not None and _gpus_needed(state, sizing) > budget.gpus + 1e-9:
         return "gpus"
-    hops, fused = hops_and_fused_work(loads, served_stages(sizing))
+    hops, work = hops_and_fused_work(loads, served_stages(sizing))
     if rps > utilisation * cpu_bound_rps(budget.cpus, list(loads.values()), hops) + 1e-9:
         return "work"
-    if not budget.driver_fixed and _driver_replicas(rps, utilisation, hops, fused) > max(
-            1, math.floor(budget.cpus)):
+    if driver is None and not budget.driver_fixed and _driver_replicas(
+            rps, utilisation, hops, work) > max(1, math.floor(budget.cpus)):
         return "driver"
     return None
 
@@ -150,70 +168,83 @@ def _driver_replicas(rps: float, utilisation: float, hops: float, fused: float) 
     return max(1, math.ceil(rps * driver_ms(hops, fused) / (1000.0 * utilisation) - 1e-9))
 
 
-def _most_throughput(state: CompileState, loads: Mapping[str, StageLoad],
-                     budget: Budget) -> CapacityDecision:
-    """The most rps the budget serves at full utilisation, and the sizing for it."""
+def _most_throughput(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
+                     fusable: frozenset[str]) -> CapacityDecision:
+    """The most rps the budget serves at full utilisation, and the sizing for it: the split
+    layout's, or the fused one's where it serves more (`capacity_layout`)."""
+    split = _most_in(state, loads, budget, frozenset())
+    return better(split, _most_in(state, loads, budget, fusable) if fusable else None)
+
+
+def _most_in(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
+             fused: frozenset[str]) -> CapacityDecision:
+    """One layout's most rps at full utilisation, its spare CPUs spent."""
     upper = cpu_bound_rps(budget.cpus, list(loads.values()), 0.0)
-    best = most_rps(lambda rps: shortfall(state, loads, budget, rps, 1.0) is None, upper)
-    decision = _decision(state, loads, budget, None, best, 1.0)
-    return dataclasses.replace(decision, sizing=spend_spare(state, decision))
-
-
-def spend_spare(state: CompileState, decision: CapacityDecision) -> dict[str, Sizing]:
-    """For the most throughput, the CPUs the sizing leaves go, one step at a time, to the
-    CPU stage of its own serving the least (`capacity.grown`: a thread or a replica more).
-    The CPUs' bound may still cap the pipeline, but a CPU left idle is throughput no plan
-    can get back."""
-    sizing, loads = dict(decision.sizing), decision.loads
-    spare = decision.budget.cpus - sum(reserved_cpus(state, name, sizing)
-                                       for name in state.stage_names())
-    while True:
-        own = [name for name in served_stages(sizing) if not state.resources[name].uses_gpu]
-        if not own:
-            return sizing
-        name = min(own, key=lambda each: sizing[each].replicas
-                   * loads[each].replica_rps(sizing[each].threads))
-        now = sizing[name]
-        step = grown(loads[name], now, spare)
-        if step is None:
-            return sizing
-        spare -= step.cpus - now.cpus
-        sizing[name] = step
+    best = most_rps(lambda rps: shortfall(state, loads, budget, rps, 1.0, fused) is None,
+                    upper)
+    return spend_spare(state, _decision(state, loads, budget, None, best, 1.0, fused))
 
 
 def _decision(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-              target: Target | None, rps: float, utilisation: float) -> CapacityDecision:
-    sizing = planned_sizing(state, loads, rps, utilisation)
-    hops, fused = hops_and_fused_work(loads, served_stages(sizing))
+              target: Target | None, rps: float, utilisation: float,
+              fused: frozenset[str] = frozenset()) -> CapacityDecision:
+    sizing = planned_sizing(state, loads, rps, utilisation, fused)
+    common = {"loads": dict(loads), "sizing": sizing, "rps": rps, "utilisation": utilisation,
+              "budget": budget, "target": target}
+    if fused:
+        driver = driver_sizing(loads, fused, sizing, rps, utilisation)
+        return CapacityDecision(**common, driver_replicas=driver.replicas, fused=fused,
+                                driver_threads=driver.threads)
+    hops, work = hops_and_fused_work(loads, served_stages(sizing))
     replicas = 1 if budget.driver_fixed else min(
-        _driver_replicas(rps, utilisation, hops, fused), max(1, math.floor(budget.cpus)))
-    return CapacityDecision(loads=dict(loads), sizing=sizing, rps=rps, utilisation=utilisation,
-                            budget=budget, target=target, driver_replicas=replicas)
+        _driver_replicas(rps, utilisation, hops, work), max(1, math.floor(budget.cpus)))
+    return CapacityDecision(**common, driver_replicas=replicas)
 
 
 def _for_target(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-                target: Target) -> CapacityDecision:
+                target: Target, fusable: frozenset[str],
+                capped: Callable[[int], Mapping[str, StageLoad]] | None = None
+                ) -> CapacityDecision:
     """The sizing at `TARGET_UTILISATION`, or lower until the predicted p99 meets the
-    target's; a `CapacityError` when the budget cannot."""
+    target's, then with smaller batches (`capped(size)`: the loads with every batch at most
+    `size`, the profiled sizes tried largest first); the split layout unless only the fused
+    one reaches the target; a `CapacityError` when the budget cannot."""
+    fused: frozenset[str] = frozenset()
     missing = shortfall(state, loads, budget, target.rps, TARGET_UTILISATION)
+    if missing is not None and fusable and shortfall(
+            state, loads, budget, target.rps, TARGET_UTILISATION, fusable) is None:
+        missing, fused = None, fusable
     if missing is not None:
-        raise short_error(state, loads, budget, target, missing)
+        raise short_error(state, loads, budget, target, missing, fusable)
     for utilisation in UTILISATIONS:
-        if shortfall(state, loads, budget, target.rps, utilisation) is not None:
+        if shortfall(state, loads, budget, target.rps, utilisation, fused) is not None:
             break
-        decision = _decision(state, loads, budget, target, target.rps, utilisation)
+        decision = _decision(state, loads, budget, target, target.rps, utilisation, fused)
         if target.p99_ms is None or predicted_p99(decision) <= target.p99_ms:
-            return decision
-    raise p99_error(state, loads, budget, target)
+            return only_fused(decision, target.rps) if fused else decision
+    for size in smaller_batches(loads) if capped is not None else ():
+        try:
+            return _for_target(state, capped(size), budget, target, fusable)
+        except CapacityError:
+            continue
+    raise p99_error(state, loads, budget, target, fused)
+
+
+def smaller_batches(loads: Mapping[str, StageLoad]) -> list[int]:
+    """The profiled batch sizes below some stage's planned batch, largest first."""
+    return sorted({size for load in loads.values() for size, _ in load.batch_ms
+                   if size < load.batch}, reverse=True)
 
 
 def short_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-                target: Target, missing: str) -> CapacityError:
-    """The `CapacityError` for what ran short (`shortfall`), with the most this cluster
-    serves at the target's utilisation."""
+                target: Target, missing: str, fusable: frozenset[str] = frozenset()
+                ) -> CapacityError:
+    """The `CapacityError` for what ran short (`shortfall`) in the split layout, with the
+    most this cluster serves at the target's utilisation in either layout."""
     utilisation = TARGET_UTILISATION
-    best = most_rps(lambda rps: shortfall(state, loads, budget, rps, utilisation) is None,
-                    target.rps)
+    best = max(most_rps(lambda rps, layout=layout: shortfall(  # type: ignore[misc]
+        state, loads, budget, rps, utilisation, layout) is None, target.rps)
+        for layout in {frozenset(), fusable})
     sizing = planned_sizing(state, loads, target.rps, utilisation)
     hops, fused = hops_and_fused_work(loads, served_stages(sizing))
     if missing in ("cpus", "gpus"):
@@ -244,12 +275,12 @@ def short_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Bud
 
 
 def p99_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-              target: Target) -> CapacityError:
+              target: Target, fused: frozenset[str] = frozenset()) -> CapacityError:
     """The p99 target is below what the stages take even at the lowest utilisation tried."""
-    low = _decision(state, loads, budget, target, target.rps, UTILISATIONS[-1])
+    low = _decision(state, loads, budget, target, target.rps, UTILISATIONS[-1], fused)
     each = stage_p99s(low)
     name = max(each, key=lambda key: each[key])
-    sized = low.sizing[name]
+    sized = low.sized(name)
     _, took = loads[name].call_at(target.rps * loads[name].calls / sized.replicas,
                                   sized.threads)
     return errors.p99_out_of_reach(target, sum(each.values()), name, each[name], took,
@@ -258,7 +289,7 @@ def p99_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Budge
 
 def stage_p99s(decision: CapacityDecision) -> dict[str, float]:
     """Each profiled stage's p99 at the load sized for (see `capacity`)."""
-    return {name: load.p99_ms(decision.sizing[name].threads, decision.sizing[name].replicas,
+    return {name: load.p99_ms(decision.sized(name).threads, decision.sized(name).replicas,
                               decision.rps) for name, load in decision.loads.items()}
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...dag import CallNode, batch_spec
-from ..capacity import Sizing, StageLoad
+from ..capacity import Sizing, StageLoad, cpu_bound_rps, driver_ms
 from ..profile import Target
 from ..state import CompileState, spec_of_group
 from .resources import stage_resources
@@ -30,7 +30,9 @@ class Budget:
 @dataclasses.dataclass(frozen=True)
 class CapacityDecision:
     """What the pass decided, for `predict`: each profiled stage's load and sizing (a light
-    one's `Sizing.light`), the load and utilisation sized for, the driver's replicas."""
+    one's `Sizing.light`), the load and utilisation sized for, the driver's replicas. In the
+    fused layout (`passes.capacity_layout`) the `fused` stages run in the driver, whose
+    replicas reserve `driver_threads` CPUs each for them; `layout` says why it was chosen."""
 
     loads: Mapping[str, StageLoad]
     sizing: Mapping[str, Sizing]
@@ -39,6 +41,19 @@ class CapacityDecision:
     budget: Budget
     target: Target | None
     driver_replicas: int
+    fused: frozenset[str] = frozenset()
+    driver_threads: int = 0
+    layout: str = ""
+
+    @property
+    def driver(self) -> Sizing:
+        """The driver's replicas and the CPUs (threads) each reserves."""
+        return Sizing(self.driver_replicas, max(1, self.driver_threads),
+                      light=not self.driver_threads)
+
+    def sized(self, name: str) -> Sizing:
+        """A profiled stage's replicas and threads: its own, or the driver's when fused."""
+        return self.driver if name in self.fused else self.sizing[name]
 
 
 def batched(state: CompileState, name: str) -> bool:
@@ -47,13 +62,35 @@ def batched(state: CompileState, name: str) -> bool:
                and batch_spec(node.call.function) is not None for node in state.graph.nodes)
 
 
-def hops_and_fused_work(loads: Mapping[str, StageLoad], served: set[str]
+def hops_and_fused_work(loads: Mapping[str, StageLoad], served: set[str], threads: int = 1
                         ) -> tuple[float, float]:
     """Calls per request to deployments of their own (a map's: one per element), and the
-    work of the stages that run in the driver (one CPU each)."""
+    work of the stages that run in the driver (on its `threads` CPUs)."""
     hops = sum(load.calls for name, load in loads.items() if name in served)
-    fused = sum(load.work(1) for name, load in loads.items() if name not in served)
+    fused = sum(load.work(threads) for name, load in loads.items() if name not in served)
     return hops, fused
+
+
+def reserved_total(state: CompileState, sizing: Mapping[str, Sizing],
+                   fused: frozenset[str] = frozenset(), driver: Sizing | None = None) -> float:
+    """CPUs the whole plan reserves: every stage's (`reserved_cpus`), the `fused` ones' as
+    the `driver`'s replicas."""
+    own = sum(reserved_cpus(state, name, sizing) for name in state.stage_names()
+              if name not in fused)
+    return own + (0.0 if driver is None else float(driver.cpus))
+
+
+def decision_rps(decision: CapacityDecision) -> float:
+    """The most a decision's plan serves, as the model predicts it (`predict`'s figure, with
+    the light stages in the driver as the fuse pass will put them)."""
+    loads, sizing = decision.loads, decision.sizing
+    served = served_stages(sizing)
+    hops, fused_work = hops_and_fused_work(loads, served, decision.driver.threads)
+    rates = [decision.driver_replicas * 1000.0 / driver_ms(hops, fused_work),
+             cpu_bound_rps(decision.budget.cpus, list(loads.values()), hops)]
+    rates += [sizing[name].replicas * loads[name].replica_rps(sizing[name].threads)
+              for name in served]
+    return min(rates)
 
 
 def reserved_cpus(state: CompileState, name: str, sizing: Mapping[str, Sizing]) -> float:
@@ -77,11 +114,17 @@ def apply(state: CompileState, decision: CapacityDecision) -> CompileState:
     """The decided options and their facts (`stage_resources`), and the driver's replicas."""
     options = dict(state.options)
     resources = dict(state.resources)
+    heaviest = max(sorted(decision.fused), key=lambda name: decision.loads[name].work(1),
+                   default=None)
     for group in state.groups:
         name = state.name_of(group)
-        if name not in decision.sizing:
+        if name in decision.fused:
+            chosen = fused_options(options[name].serve_options(),
+                                   decision.driver_threads if name == heaviest else 0)
+        elif name in decision.sizing:
+            chosen = planned_options(options[name].serve_options(), state, name, decision)
+        else:
             continue
-        chosen = planned_options(options[name].serve_options(), state, name, decision)
         options[name] = type(options[name]).model_validate(
             {**chosen, **_own_options(options[name])})
         resources[name] = stage_resources(name, spec_of_group(group).site, options[name],
@@ -92,7 +135,20 @@ def apply(state: CompileState, decision: CapacityDecision) -> CompileState:
         graph = copy.copy(graph)
         graph.driver_options = graph.driver_options.model_copy(
             update={"num_replicas": decision.driver_replicas})
-    return dataclasses.replace(state, graph=graph, options=options, resources=resources)
+    planned = {name: decision.layout for name in decision.fused}
+    batches = {name: {method or "__call__": size for method, size in load.batches}
+               for name, load in decision.loads.items() if load.batches}
+    return dataclasses.replace(state, graph=graph, options=options, resources=resources,
+                               planned_fusion=planned, planned_batches=batches)
+
+
+def fused_options(serve: dict[str, Any], cpus: int) -> dict[str, Any]:
+    """A stage planned into the driver: one replica per driver replica (it follows the
+    driver's), reserving `cpus` there (the driver reserves what its fused stages do)."""
+    serve.pop("num_replicas", None)
+    serve.pop("autoscaling_config", None)
+    serve["ray_actor_options"] = {**(serve.get("ray_actor_options") or {}), "num_cpus": cpus}
+    return serve
 
 
 def _own_options(options: Any) -> dict[str, Any]:

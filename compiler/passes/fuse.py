@@ -36,13 +36,10 @@ def fuse_pass(state: CompileState, enabled: bool = True,
               shared: Mapping[str, Sequence[str]] | None = None) -> CompileState:
     """Decide, for every actor group, whether it is fused into the driver. `shared`: the
     stages an application's graphs share (`compiler.app`), by the graphs that call each; one
-    deployment serves them all, so none is fused into one graph's driver."""
+    deployment serves them all, so none is fused into one graph's driver. A stage the
+    capacity pass planned into the driver (`state.planned_fusion`) is fused with its reason."""
     shared = shared or {}
-    calls: dict[int, list[CallNode]] = {}
-    for node in state.graph.nodes:
-        if isinstance(node, CallNode):
-            calls.setdefault(id(node.call.group), []).append(node)
-    streaming = {node.id for group in calls.values() for node in group if is_stream(node)}
+    calls, streaming = calls_by_group(state)
     decisions = {}
     for group in state.groups:
         name = state.name_of(group)
@@ -51,10 +48,22 @@ def fuse_pass(state: CompileState, enabled: bool = True,
         elif name in shared:
             decision = FuseDecision(False, f"shared by the graphs {', '.join(shared[name])}: "
                                            "one deployment serves them all")
+        elif name in state.planned_fusion:
+            decision = FuseDecision(True, state.planned_fusion[name])
         else:
             decision = decide(state, group, calls.get(id(group), []), streaming)
         decisions[name] = decision
     return dataclasses.replace(state, fusion=decisions)
+
+
+def calls_by_group(state: CompileState) -> tuple[dict[int, list[CallNode]], set[int]]:
+    """Each actor group's call nodes (by `id(group)`), and the ids of the nodes that stream."""
+    calls: dict[int, list[CallNode]] = {}
+    for node in state.graph.nodes:
+        if isinstance(node, CallNode):
+            calls.setdefault(id(node.call.group), []).append(node)
+    streaming = {node.id for group in calls.values() for node in group if is_stream(node)}
+    return calls, streaming
 
 
 def decide(state: CompileState, group: Group, calls: list[CallNode],
@@ -63,36 +72,13 @@ def decide(state: CompileState, group: Group, calls: list[CallNode],
     name = state.name_of(group)
     options = state.options[name]
     facts = state.resources[name]
-    if options.fuse is False:
-        return FuseDecision(False, "fuse=False")
-    spec = spec_of_group(group)
-    if not spec.is_function and multiplex_spec(spec.target) is not None:
-        return FuseDecision(False, "multiplexed (@sg.multiplexed): Serve routes each model id "
-                                   "to a replica that holds the model")
-    if facts.uses_gpu:
-        share = "fraction unknown" if facts.gpus is None else f"{facts.gpus:g}"
-        return FuseDecision(False, f"needs a GPU ({share}): never fused across a GPU "
-                                   "boundary")
+    reason = never_fused(state, group, calls, streaming)
+    if reason is not None:
+        return FuseDecision(False, reason)
     if facts.replicas.autoscaling:
         return FuseDecision(False, "autoscaled: scales on its own")
     if facts.replicas.max > 1:
         return FuseDecision(False, f"num_replicas={facts.replicas.max}: scales on its own")
-    if any(is_stream(node) for node in calls):
-        return FuseDecision(False, "streams its output")
-    if any(source.id in streaming for node in calls
-           for source in find_nodes([node.args, node.kwargs])):
-        return FuseDecision(False, "reads a stream")
-    actor = options.ray_actor_options
-    own = [name for name in _OWN_PROCESS
-           if actor is not None and getattr(actor, name, None) is not None]
-    if options.user_config is not None:
-        own.append("user_config")
-    if health_check(spec_of_group(group).target) is not None:
-        own.append("check_health")
-    if options.placement_group_bundles is not None:
-        own.append("placement_group_bundles")
-    if own:
-        return FuseDecision(False, f"needs a process of its own ({', '.join(own)})")
     soft = []
     if any(batch_spec(node.call.function) is not None for node in calls):
         soft.append("batches calls (sg.batch)")
@@ -105,3 +91,36 @@ def decide(state: CompileState, group: Group, calls: list[CallNode],
     if soft:
         return FuseDecision(True, f"fuse=True, though it {'; '.join(soft)}")
     return FuseDecision(True, "fuse=True" if options.fuse else "light CPU stage")
+
+
+def never_fused(state: CompileState, group: Group, calls: list[CallNode],
+                streaming: set[int]) -> str | None:
+    """Why the stage can never run in the driver, whatever its scaling (`fuse=False`, a
+    model per replica, a GPU, a stream, a process of its own), or None: the rules the
+    capacity pass also reads when it plans stages into the driver."""
+    options = state.options[state.name_of(group)]
+    if options.fuse is False:
+        return "fuse=False"
+    spec = spec_of_group(group)
+    if not spec.is_function and multiplex_spec(spec.target) is not None:
+        return ("multiplexed (@sg.multiplexed): Serve routes each model id to a replica that "
+                "holds the model")
+    facts = state.resources[state.name_of(group)]
+    if facts.uses_gpu:
+        share = "fraction unknown" if facts.gpus is None else f"{facts.gpus:g}"
+        return f"needs a GPU ({share}): never fused across a GPU boundary"
+    if any(is_stream(node) for node in calls):
+        return "streams its output"
+    if any(source.id in streaming for node in calls
+           for source in find_nodes([node.args, node.kwargs])):
+        return "reads a stream"
+    actor = options.ray_actor_options
+    own = [name for name in _OWN_PROCESS
+           if actor is not None and getattr(actor, name, None) is not None]
+    if options.user_config is not None:
+        own.append("user_config")
+    if health_check(spec.target) is not None:
+        own.append("check_health")
+    if options.placement_group_bundles is not None:
+        own.append("placement_group_bundles")
+    return f"needs a process of its own ({', '.join(own)})" if own else None

@@ -195,8 +195,12 @@ def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder:
     for node in calls:
         batch = batch_spec(node.call.function)
         if batch is not None:
-            batching[node.call.method or "__call__"] = BatchPlan(
-                max_batch_size=batch.max_batch_size,
+            method = node.call.method or "__call__"
+            size = state.planned_batches.get(name, {}).get(method, batch.max_batch_size)
+            batching[method] = BatchPlan(
+                max_batch_size=size,
+                declared_max_batch_size=None if size == batch.max_batch_size
+                else batch.max_batch_size,
                 batch_wait_timeout_s=batch.batch_wait_timeout_s,
                 max_concurrent_batches=batch.max_concurrent_batches,
                 batch_size_fn=import_path(batch.batch_size_fn) if batch.batch_size_fn else None,

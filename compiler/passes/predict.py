@@ -41,7 +41,8 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
     """The predictions of the plan `decision` sized, as `state` (after fusion) runs it."""
     loads = decision.loads
     sizes = served_sizes(state, decision)
-    hops, fused_work = hops_and_fused_work(loads, set(sizes))
+    threads = decision.driver.threads
+    hops, fused_work = hops_and_fused_work(loads, set(sizes), threads)
     driver = f"{state.graph.name}_driver"
     driver_replicas = replica_range(state.graph.driver_options).start
     per_driver = driver_ms(hops, fused_work)
@@ -61,18 +62,19 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
             stage=name, replicas=driver_replicas if sized is None else sized.replicas,
             cpus=0 if sized is None or sized.light else sized.threads, batch_size=load.batch,
             throughput_rps=throughput[name], utilisation=at / throughput[name],
-            p99_ms=load.p99_ms(1 if sized is None else sized.threads,
+            p99_ms=load.p99_ms(threads if sized is None else sized.threads,
                                driver_replicas if sized is None else sized.replicas, at),
-            planned=name in decision.sizing))
+            planned=name in decision.sizing or name in decision.fused,
+            in_driver=sized is None))
     driver_busy = at / throughput[driver]
     own_ms = per_driver - fused_work  # the fused stages' time is in their own rows
     rows.append(StagePrediction(
-        stage=driver, replicas=driver_replicas, cpus=0, throughput_rps=throughput[driver],
-        utilisation=driver_busy,
+        stage=driver, replicas=driver_replicas, cpus=decision.driver_threads,
+        throughput_rps=throughput[driver], utilisation=driver_busy,
         p99_ms=own_ms * P99_FACTOR / (1 - min(driver_busy, MAX_UTILISATION)),
-        planned=driver_replicas > 1))
+        planned=driver_replicas > 1 or bool(decision.fused)))
     return CapacityPlan(
         target=decision.target, cpus=decision.budget.cpus, capacity_rps=capacity, at_rps=at,
         p99_ms=sum(row.p99_ms for row in rows),
         bottleneck=CPUS_BOTTLENECK if cpu_bound < throughput[neck] else neck,
-        cpu_bound_rps=cpu_bound, stages=rows)
+        cpu_bound_rps=cpu_bound, stages=rows, layout=decision.layout)

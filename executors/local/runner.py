@@ -21,6 +21,7 @@ from ...dag import batch_spec
 from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
 from .. import tracing
+from ..batching import planned
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step, awaited, holds
 from .batcher import Batcher
@@ -92,6 +93,7 @@ class LocalRunner:
             spec = batch_spec(getattr(fn, "__func__", fn))
             batcher = None
             if spec is not None:
+                spec = planned(spec, program.plan, node.stage, node.method)
                 batcher = batchers.setdefault((node.stage, node.method or ""),
                                               Batcher(fn, spec))
             policy = CallPolicy.of(program.plan, node)

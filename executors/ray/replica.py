@@ -35,7 +35,7 @@ from ...dag import batch_spec, health_check, multiplex_spec
 from ...dag.deployment import MultiplexSpec, serving_model
 from ...errors import PipelineError, StageError
 from .. import tracing
-from ..batching import Outcome, isolating, noted, one_by_one
+from ..batching import Outcome, isolating, noted, one_by_one, planned
 from ..deadline import DEADLINE, until
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step
@@ -203,6 +203,7 @@ class StageReplica:
             fn = getattr(target, node.method) if node.method else target
             spec = batch_spec(getattr(fn, "__func__", fn))
             if spec is not None:  # one queue per method: every call node on it shares it
+                spec = planned(spec, plan, stage_name, node.method)
                 key = node.method or ""
                 if key not in batched:
                     batched[key] = one_by_one(serve.batch(

@@ -11,7 +11,7 @@ from servegraph.compiler import capacity as model
 from servegraph.compiler.capacity import StageLoad, size_stage
 from servegraph.compiler.profile import BatchTiming, Machine, StageProfile, ThreadTiming
 from tests.compiler.emit.test_serve_config import ray_reads
-from tests.stages import diamond, scoring
+from tests.stages import Inc, add, batch_probe, diamond, double, scoring, triple
 
 MACHINE = Machine(cpus=2, platform="test", python="3")
 
@@ -50,6 +50,14 @@ def diamond_profile(inc_threads: dict[int, float] | None = None) -> sg.Profile:
         _stage("add", 10, {1: 0.5})])
 
 
+def split_diamond() -> sg.Graph:
+    """The diamond with Inc kept out of the driver (`fuse=False`): the split layout."""
+    with sg.InputNode() as inp:
+        a = Inc.options(fuse=False).bind().__call__.bind(inp.x)
+        out = add.bind(double.bind(a), triple.bind(a))
+    return sg.Graph(out, name="diamond")
+
+
 def _planned(plan: sg.CompiledPipeline) -> dict[str, tuple[int, float]]:
     return {stage.name: (stage.resources.replicas.start, stage.resources.cpus)
             for stage in plan.deployments}
@@ -86,8 +94,9 @@ def test_threads_win_when_they_save_cpus() -> None:
 
 
 def test_spare_cpus_go_to_a_thread_when_it_serves_nearly_as_much() -> None:
-    """Most throughput on 2 CPUs with Inc the bottleneck: the second CPU as a thread (10 ->
-    5.4 ms: 185 req/s) against a replica (200 req/s): 185 >= 0.9 * 200, so a thread."""
+    """Most throughput on 2 CPUs with Inc the bottleneck, in the split layout (Inc `fuse=False`:
+    it never runs in the driver): the second CPU as a thread (10 -> 5.4 ms: 185 req/s) against a
+    replica (200 req/s): 185 >= 0.9 * 200, so a thread."""
     ratio = {1: 10.0, 2: 5.4}
     profile = diamond_profile(ratio)
     assert model.grown(model.StageLoad("s", 1, (10.0, 5.4), (10.0, 5.4)), model.Sizing(1, 1),
@@ -96,7 +105,7 @@ def test_spare_cpus_go_to_a_thread_when_it_serves_nearly_as_much() -> None:
                        1.0) == model.Sizing(2, 1)
     assert model.grown(model.StageLoad("s", 1, (10.0, 5.4), (10.0, 5.4)), model.Sizing(1, 1),
                        0.5) is None
-    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=2), profile=profile)
+    plan = sg.compile(split_diamond(), cluster=sg.ClusterSpec(cpus=2), profile=profile)
     assert _planned(plan)["Inc"] == (1, 2.0)
 
 
@@ -113,12 +122,13 @@ def test_a_target_with_spare_cpus_autoscales_from_its_count() -> None:
 
 
 def test_most_throughput_is_what_the_cpus_allow() -> None:
-    """Per request: 12.5 ms of stage work, and Serve's REQUEST_CPU_MS + CALL_CPU_MS for the
-    one call to Inc's own deployment: 4 CPUs serve 4000 / 17.2 = 233 req/s; Inc needs
-    ceil(233 / 100) = 3 replicas and gets the CPU left over as a fourth, the driver
-    (0.7 * 4.7 + 2.5 = 5.79 ms a request) 2 replicas."""
+    """The split layout (Inc `fuse=False`). Per request: 12.5 ms of stage work, and Serve's
+    REQUEST_CPU_MS + CALL_CPU_MS for the one call to Inc's own deployment: 4 CPUs serve
+    4000 / 17.2 = 233 req/s; Inc needs ceil(233 / 100) = 3 replicas and gets the CPU left
+    over as a fourth, the driver (0.7 * 4.7 + 2.5 = 5.79 ms a request) 2 replicas."""
     assert model.REQUEST_CPU_MS + model.CALL_CPU_MS == pytest.approx(4.7)
-    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=4), profile=diamond_profile())
+    plan = sg.compile(split_diamond(), cluster=sg.ClusterSpec(cpus=4),
+                      profile=diamond_profile())
     capacity = plan.capacity
     assert capacity is not None and capacity.target is None
     assert capacity.cpu_bound_rps == pytest.approx(4000 / 17.2)
@@ -161,14 +171,16 @@ def test_a_target_the_cluster_cannot_serve_names_the_bottleneck() -> None:
     assert str(caught.value) == (
         "[capacity] stage 'Inc': 300 req/s needs 7 CPUs for its stages and the cluster has 2; "
         "the bottleneck is 4 replicas x 1 CPU at 80% busy (one replica serves 100 req/s)\n"
-        "  hint: give the cluster 5 more CPUs (sg.ClusterSpec(cpus=7)), or aim at 93 req/s, "
+        "  hint: give the cluster 5 more CPUs (sg.ClusterSpec(cpus=7)), or aim at 109 req/s, "
         "the most it serves")
     assert caught.value.stage == "Inc" and caught.value.pass_name == "capacity"
 
 
 def test_a_target_short_of_cpu_work_names_the_heaviest_stage() -> None:
-    """200 req/s fits 3 CPUs of replicas (Inc 3 x 1) but not the work: 200 * 17.2 ms / 0.8;
-    3 CPUs at 80% serve 2400 / 17.2 = 140 req/s."""
+    """200 req/s fits 3 CPUs of replicas (Inc 3 x 1) but not the work: 200 * 17.2 ms / 0.8.
+    The most it serves is the fused layout's (every stage in the driver, no Serve call but
+    the request's: 12.5 + 2.2 ms): 3 CPUs at 80% serve 2400 / 14.7 = 163 req/s (the split
+    layout's 2400 / 17.2 = 140)."""
     with pytest.raises(sg.CapacityError) as caught:
         sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=3), profile=diamond_profile(),
                    target=sg.Target(rps=200))
@@ -176,7 +188,7 @@ def test_a_target_short_of_cpu_work_names_the_heaviest_stage() -> None:
         "[capacity] stage 'Inc': 200 req/s needs 4.3 CPUs busy (12.5 ms of stage work and "
         "4.7 ms of Serve's calls per request, at 80% busy) and the cluster has 3; the "
         "bottleneck is this stage's 10 ms per request\n"
-        "  hint: give the cluster 2 more CPUs, or aim at 140 req/s, the most it serves")
+        "  hint: give the cluster 2 more CPUs, or aim at 163 req/s, the most it serves")
 
 
 def test_a_p99_out_of_reach_says_what_the_stages_take() -> None:
@@ -215,12 +227,70 @@ def test_a_planned_plan_packs_and_validates_against_serve(tmp_path: object) -> N
 
 
 def test_explain_shows_the_predictions() -> None:
-    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=4), profile=diamond_profile())
+    plan = sg.compile(split_diamond(), cluster=sg.ClusterSpec(cpus=4),
+                      profile=diamond_profile())
     text = plan.explain()
     assert "capacity (planned from a profile for the most throughput on 4 CPUs):" in text
     assert "  Inc                  4 x 1 CPU: 400 req/s, 58% busy, p99 " in text
     assert ("  predicted: 233 req/s at most (the CPUs allow 233); p99 " in text
             and text.rstrip().count("bottleneck: the cluster's CPUs") == 1)
+    assert "  layout:" not in text
+
+
+def test_most_throughput_runs_the_stages_in_the_driver_when_that_serves_more() -> None:
+    """The fused layout: every stage in the driver, whose replica does a request's 12.5 ms of
+    stage work and its share of Serve's (0.7 * 2.2 ms): 14.04 ms on 1 CPU (71.2 req/s), 10.04
+    on 2 (Inc 6 ms: 99.6 req/s). No call leaves the driver, so 4 CPUs allow 4000 / 14.7 =
+    272 req/s; 4 replicas of 1 CPU serve 285 (2 of 2: 199), so the CPUs are the bottleneck,
+    and 272 beats the split layout's 233. Inc, the heaviest, reserves the driver's CPU."""
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=4), profile=diamond_profile())
+    assert [s.name for s in plan.fused()] == ["Inc", "double", "triple", "add"]
+    assert plan.stage("Inc").fusion == (
+        "planned into the driver for throughput: Inc, add, double, triple there serve 272 "
+        "req/s, as deployments of their own 233 (no Serve call per stage call)")
+    driver = plan.driver.resources
+    assert (driver.replicas.start, driver.cpus) == (4, 1.0)
+    capacity = plan.capacity
+    assert capacity is not None
+    assert capacity.capacity_rps == pytest.approx(4000 / 14.7)
+    assert capacity.bottleneck == "the cluster's CPUs"
+    rows = {row.stage: row for row in capacity.stages}
+    assert rows["diamond_driver"].throughput_rps == pytest.approx(4 * 1000 / 14.04)
+    assert (rows["diamond_driver"].replicas, rows["diamond_driver"].cpus) == (4, 1)
+    assert rows["Inc"].in_driver and rows["Inc"].utilisation == pytest.approx(14.04 / 14.7)
+    text = plan.explain()
+    assert "  Inc                  in the driver: 285 req/s, 96% busy, p99 " in text
+    assert ("  layout: planned into the driver for throughput: Inc, add, double, triple "
+            "there serve 272 req/s, as deployments of their own 233") in text
+
+
+def test_a_target_only_the_fused_layout_reaches_runs_in_the_driver() -> None:
+    """100 req/s on 2 CPUs: as deployments of their own the work is 17.2 ms a request, and
+    2 CPUs at 80% serve 1600 / 17.2 = 93; in the driver it is 14.7 ms (109 req/s), and
+    ceil(100 / (0.8 * 71.2)) = 2 driver replicas of 1 CPU. 50 req/s fits either way: the
+    split layout, each stage scaling on its own."""
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=2), profile=diamond_profile(),
+                      target=sg.Target(rps=100))
+    assert [s.name for s in plan.fused()] == ["Inc", "double", "triple", "add"]
+    assert plan.stage("Inc").fusion == (
+        "planned into the driver: 100 req/s is out of reach with Inc, add, double, triple "
+        "as deployments of their own (each stage call a Serve call)")
+    assert (plan.driver.resources.replicas.start, plan.driver.resources.cpus) == (2, 1.0)
+    config = plan.to_serve_config(graph="tests.stages:diamond")
+    assert ray_reads(config) == config
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=2), profile=diamond_profile(),
+                      target=sg.Target(rps=50))
+    assert [s.name for s in plan.fused()] == ["double", "triple", "add"]
+    assert plan.capacity is not None and plan.capacity.layout == ""
+
+
+def test_fusion_off_or_a_fixed_driver_keeps_the_split_layout() -> None:
+    profile = diamond_profile()
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=4), profile=profile, fuse=False)
+    assert plan.fused() == [] and _planned(plan)["Inc"] == (4, 1.0)
+    with pytest.raises(sg.CapacityError, match="or aim at 93 req/s"):
+        sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=2), profile=profile,
+                   target=sg.Target(rps=100), fuse=False)
 
 
 @sg.deployment(ray_actor_options={"num_gpus": 0.5, "num_cpus": 1})
@@ -260,3 +330,50 @@ def test_a_target_short_of_gpus_says_how_many_more() -> None:
         "[capacity] stage 'GpuModel': 100 req/s needs 2 GPUs and the cluster has 1; the "
         "bottleneck is 3 replicas x 0.5 GPU (one replica serves 50 req/s)\n"
         "  hint: give the cluster 1 more GPU of 24GiB, or aim at 80 req/s, the most it serves")
+
+
+def probe_profile(batches: dict[int, float]) -> sg.Profile:
+    """`BatchProbe.size` (declared max_batch_size=4, a 2 s wait): a request's one call and its
+    3-item map, 4 calls; ms per call by batch size on one CPU."""
+    return sg.Profile(pipeline="probe", machine=MACHINE, payloads=1, budget_s=1.0,
+                      stages=[_stage("BatchProbe.size", 4, batches)])
+
+
+PROBE_PAYLOAD = {"first": 0, "items": [1, 2, 3]}
+
+
+def test_a_smaller_batch_cheaper_per_item_is_planned_and_batched_at() -> None:
+    """Per item 2.0, 1.3 and 1.4 ms at batches 1, 2 and 4: batch 2 is more than 5% cheaper
+    than the largest, so the plan batches at 2 (`BatchProbe` answers each call with its
+    batch's size), and every executor batches so."""
+    load = model.stage_load("BatchProbe", probe_profile({1: 2.0, 2: 2.6, 4: 5.6}).methods_of(
+        "BatchProbe"), 1, {"size": 4}, {"size": 2000.0})
+    assert (load.batch, load.batches, load.work(1)) == (2, (("size", 2),), 4 * 1.3)
+    plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
+                      profile=probe_profile({1: 2.0, 2: 2.6, 4: 5.6}))
+    batching = plan.stage("BatchProbe").batching["size"]
+    assert (batching.max_batch_size, batching.declared_max_batch_size) == (2, 4)
+    assert "batch size <= 2 (planned; declared 4) within 2000 ms" in plan.explain()
+    assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 2, "sizes": [2, 2, 2]}
+    assert sg.LocalExecutor(batch_probe()).call(PROBE_PAYLOAD) == {"one": 4, "sizes": [4, 4, 4]}
+    # within 5% the largest batch stays: nothing is planned over the declaration
+    plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
+                      profile=probe_profile({1: 2.0, 2: 2.8, 4: 5.6}))
+    assert plan.stage("BatchProbe").batching["size"].declared_max_batch_size is None
+
+
+def test_a_p99_only_smaller_batches_meet_plans_them() -> None:
+    """A batched call waits up to its 2 s batch wait: a p99 of 100 ms is out of reach at
+    batches of 4 and of 2, and met at 1 (no wait: 2 ms a call, 4 calls a request, one
+    replica 125 req/s, 8% busy at 10 req/s: 2 * ln(100) / 0.92 = 10 ms)."""
+    plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
+                      profile=probe_profile({1: 2.0, 2: 3.0, 4: 5.0}),
+                      target=sg.Target(rps=10, p99_ms=100))
+    batching = plan.stage("BatchProbe").batching["size"]
+    assert (batching.max_batch_size, batching.declared_max_batch_size) == (1, 4)
+    assert plan.capacity is not None and plan.capacity.p99_ms <= 100
+    assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 1, "sizes": [1, 1, 1]}
+    with pytest.raises(sg.CapacityError, match="is out of reach"):
+        sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
+                   profile=probe_profile({1: 2.0, 2: 3.0, 4: 5.0}),
+                   target=sg.Target(rps=10, p99_ms=5))

@@ -4,13 +4,13 @@ flagship round-tripping through JSON, and a plan compiled from each."""
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 import servegraph as sg
 from servegraph.compiler.profile import REPLICA_CPUS_ENV
-from tests.stages import diamond
+from tests.stages import batch_probe, diamond
 
 
 @sg.deployment
@@ -79,3 +79,21 @@ def test_model_helpers_take_their_threads_from_the_planned_cpus(
     monkeypatch.setenv(REPLICA_CPUS_ENV, "2")
     assert models.replica_cpus() == 2.0
     assert models.thread_count(None, models.replica_cpus()) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("fuse", [True, False])
+def test_serve_batches_at_the_planned_batch_size(deploy: Any, fuse: bool) -> None:
+    """A profile where batches of 2 are cheapest per item (`BatchProbe` declares 4): in the
+    driver (the fused layout) and on a replica of its own (`fuse=False`), Serve batches at 2.
+    One CPU, so one replica takes all four calls (two would split them by routing)."""
+    from tests.compiler.test_capacity import PROBE_PAYLOAD, probe_profile
+
+    plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=1),
+                      profile=probe_profile({1: 2.0, 2: 2.6, 4: 5.6}), fuse=fuse)
+    assert [s.name for s in plan.fused()] == (["BatchProbe"] if fuse else [])
+    served = plan.driver if fuse else plan.stage("BatchProbe")
+    assert served.resources.replicas.start == 1
+    handle = deploy(plan, name=f"sgtest_planned_batch_{fuse}".lower(),
+                    route_prefix=f"/planned-batch-{fuse}".lower())
+    assert handle.call(PROBE_PAYLOAD) == {"one": 2, "sizes": [2, 2, 2]}
