@@ -147,16 +147,22 @@ def add_bench(verbs: Verbs) -> None:
 
 def add_profile(verbs: Verbs) -> None:
     profile = verbs.add_parser(
-        "profile", help="measure each stage's service time and memory on this machine",
+        "profile", help="measure each stage's service time and memory (here, or on a Ray "
+        "cluster's node)",
         description="Run the payloads through the pipeline in-process, then replay each "
         "stage's recorded inputs on its own: service time against batch size (sg.batch "
-        "methods), and memory. Progress goes to stderr.")
+        "methods) and threads, and memory; with --address, as a Ray task on a node of that "
+        "cluster. Progress goes to stderr.")
     profile.add_argument("--payloads", required=True, metavar="FILE.jsonl",
                          help="request bodies, one JSON value a line")
     profile.add_argument("-o", "--output", required=True, metavar="FILE.json",
                          help="where to write the profile (JSON)")
     profile.add_argument("--budget-s", type=positive_seconds, default=30.0,
                          help="seconds of measuring in all, shared by the stages (default: 30)")
+    profile.add_argument("--address", help="profile on a node of this Ray cluster (a task "
+                         "holding --cpus CPUs) instead of on this machine")
+    profile.add_argument("--cpus", type=int, help="with --address: the CPUs the task holds "
+                         "and sweeps threads over (default: the largest node's)")
     profile.set_defaults(run=cmd_profile)
     add_target(profile)
 

@@ -1,8 +1,8 @@
 """`servegraph profile`: each stage's service time against batch size and threads (CPUs per
 replica), and its memory, measured in-process on this machine (`serving.profile`), written as
 a JSON `Profile` that `servegraph compile --profile` plans from. Progress goes to stderr; a
-summary line per stage and the file written go to stdout. Profiling on a Ray cluster
-(`--address`) is not done: the stages are measured here."""
+summary line per stage and the file written go to stdout. With `--address` the measuring runs
+as a Ray task on a node of that cluster (`serving.profile_remote`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from ..serving.profile import profile
 
     payloads = read_payloads(args.payloads)
+    if args.cpus is not None and args.address is None:
+        raise UsageError("--cpus needs --address: here the profile sweeps this machine's CPUs")
     result = profile(load_graph(args.target), payloads, budget_s=args.budget_s,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+                     progress=lambda line: print(line, file=sys.stderr, flush=True),
+                     address=args.address, cpus=args.cpus)
     write_file(args.output, result.model_dump_json(indent=2))
     for stage in result.stages:
         print(stage.summary())

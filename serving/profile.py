@@ -69,41 +69,52 @@ Recorded = tuple[tuple[Any, ...], dict[str, Any]]  # one call's positional and k
 Progress = Callable[[str], None]
 
 
-def describe_machine() -> Machine:
-    """This machine: its CPUs, platform, memory and NVIDIA GPUs."""
+def describe_machine(cpus: int | None = None) -> Machine:
+    """This machine: its CPUs (`cpus` when this process was given fewer, as a Ray task on a
+    node is), platform, memory and NVIDIA GPUs."""
     gpus = _gpu_count()
-    return Machine(cpus=os.cpu_count() or 1, platform=platform.platform(),
+    return Machine(cpus=cpus or os.cpu_count() or 1, platform=platform.platform(),
                    python=platform.python_version(), memory_bytes=_total_memory(),
                    gpus=gpus, gpu_memory_bytes=local_gpu_memory() if gpus else None)
 
 
 def profile(graph_or_plan: Graph | CompiledPipeline, payloads: Iterable[Any], *,
-            budget_s: float = 30.0, progress: Progress | None = None) -> Profile:
+            budget_s: float = 30.0, progress: Progress | None = None,
+            address: str | None = None, cpus: int | None = None) -> Profile:
     """Measure each stage of the pipeline on this machine, in-process, with the inputs that
     `payloads` (request bodies, as `run_local` takes them) give it; see the module docstring.
-    `progress` is called with a line as each stage's measurement starts. Blocking: it runs its
-    own event loop, so it refuses to run inside a running one."""
+    `progress` is called with a line as each stage's measurement starts. With `address`, the
+    measuring runs as a Ray task holding `cpus` CPUs (default: a whole node's, the largest)
+    on a node of that cluster (`profile_remote`), and the profile describes that node.
+    Blocking: it runs its own event loop, so it refuses to run inside a running one."""
     if budget_s <= 0:
         raise PipelineError(f"profile budget_s must be > 0, got {budget_s}")
+    if cpus is not None and cpus < 1:
+        raise PipelineError(f"profile cpus must be >= 1, got {cpus}")
     bodies = list(payloads)
     if not bodies:
         raise PipelineError("profile needs at least one payload: the stages are measured on "
                             "the inputs the payloads give them")
+    if address is not None:
+        from .profile_remote import profile_on_cluster
+
+        return profile_on_cluster(as_plan(graph_or_plan), bodies, budget_s=budget_s,
+                                  address=address, cpus=cpus, progress=progress)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_profile(as_plan(graph_or_plan), bodies, budget_s, progress))
+        return asyncio.run(_profile(as_plan(graph_or_plan), bodies, budget_s, progress, cpus))
     raise PipelineError("sg.profile() blocks, and an event loop is running here: call it "
                         "from a thread without one")
 
 
 async def _profile(plan: CompiledPipeline, payloads: list[Any], budget_s: float,
-                   progress: Progress | None) -> Profile:
+                   progress: Progress | None, cpus: int | None = None) -> Profile:
     widths: dict[tuple[str, str | None], list[int]] = {}
     recorded = await recorded_calls(plan, payloads, widths)
     called = [key for key, calls in recorded.items() if calls]
     share = budget_s / max(1, len(called))
-    machine = describe_machine()
+    machine = describe_machine(cpus)
     stages = []
     with restored_torch_threads():
         for (stage, method), calls in recorded.items():

@@ -47,3 +47,9 @@ def test_profile_refuses_bad_payloads_and_budgets(tmp_path: Path) -> None:
                         "-o", str(tmp_path / "p.json"), "--budget-s", "0")
     assert budget.returncode == 2
     assert "expected a number of seconds > 0, got '0'" in budget.stderr
+    payloads.write_text('{"words": ["a"], "weight": 1}\n')
+    cpus = servegraph("profile", "tests.profile_stages:graph", "--payloads", str(payloads),
+                      "-o", str(tmp_path / "p.json"), "--cpus", "2")
+    assert (cpus.returncode, cpus.stderr.strip()) == (1, (
+        "servegraph profile: error: --cpus needs --address: here the profile sweeps this "
+        "machine's CPUs"))

@@ -87,3 +87,27 @@ def test_a_maps_extra_arguments_are_replayed_with_each_element() -> None:
                                        profile_stages.PAYLOADS))
     assert calls == {("weigh", None): [(("a", 1.5), {}), (("bb", 1.5), {}), (("ccc", 2.0), {})],
                      ("Rounder", "round"): [((1.5,), {}), ((3.0,), {}), ((6.0,), {})]}
+
+
+@pytest.mark.ray
+def test_a_profile_on_the_ray_cluster_runs_there_on_the_cpus_it_holds(ray_serve: int) -> None:
+    """`address=`: the measuring is a Ray task holding 2 CPUs on a node of the cluster; the
+    profile describes that node's 2 CPUs and sweeps threads over them."""
+    import ray
+
+    from servegraph.serving.profile_remote import largest_node_cpus
+
+    address = ray.get_runtime_context().gcs_address
+    prof = sg.profile(diamond(), [{"x": 1}, {"x": 2}], budget_s=0.2, address=address, cpus=2)
+    assert [(s.stage, s.method, s.calls) for s in prof.stages] == [
+        ("Inc", "__call__", 2), ("double", None, 2), ("triple", None, 2), ("add", None, 2)]
+    assert prof.machine.cpus == 2
+    assert [[t.threads for t in s.threads_ms] for s in prof.stages] == [[1, 2]] * 4
+    largest = largest_node_cpus()
+    with pytest.raises(sg.PipelineError) as caught:
+        sg.profile(diamond(), [{"x": 1}], budget_s=0.2, address=address, cpus=largest + 1)
+    assert str(caught.value) == (
+        f"cannot profile on {largest + 1} CPUs: the cluster's largest node has {largest} "
+        f"(profile with cpus={largest} or fewer)")
+    with pytest.raises(sg.PipelineError, match="profile cpus must be >= 1, got 0"):
+        sg.profile(diamond(), [{"x": 1}], address=address, cpus=0)
