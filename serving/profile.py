@@ -99,7 +99,8 @@ def profile(graph_or_plan: Graph | CompiledPipeline, payloads: Iterable[Any], *,
         from .profile_remote import profile_on_cluster
 
         return profile_on_cluster(as_plan(graph_or_plan), bodies, budget_s=budget_s,
-                                  address=address, cpus=cpus, progress=progress)
+                                  address=address, cpus=cpus, progress=progress,
+                                  measure=profile)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

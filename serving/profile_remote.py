@@ -8,6 +8,7 @@ module name, as Serve's replicas import them."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -20,9 +21,14 @@ from .admin import connect
 PLACE_TIMEOUT_S = 120.0  # how long the task may wait for a node with the CPUs free
 
 
+Measure = Callable[..., Profile]  # serving.profile.profile, run in the task
+
+
 def profile_on_cluster(plan: CompiledPipeline, payloads: list[Any], *, budget_s: float,
-                       address: str, cpus: int | None, progress: Any) -> Profile:
-    """The profile measured by a Ray task on the cluster at `address` (see the module)."""
+                       address: str, cpus: int | None, progress: Any,
+                       measure: Measure) -> Profile:
+    """The profile `measure` takes, run by a Ray task on the cluster at `address` (see the
+    module)."""
     try:
         connect(address, quiet=progress is None)
     except ConnectionError as exc:
@@ -33,7 +39,7 @@ def profile_on_cluster(plan: CompiledPipeline, payloads: list[Any], *, budget_s:
         raise PipelineError(f"cannot profile on {cpus} CPUs: the cluster's largest node has "
                             f"{largest} (profile with cpus={largest} or fewer)")
     task = ray.remote(num_cpus=cpus, max_retries=0)(_measure)
-    ref = task.remote(plan, payloads, budget_s, cpus, progress is not None)
+    ref = task.remote(measure, plan, payloads, budget_s, cpus, progress is not None)
     ready, _ = ray.wait([ref], timeout=budget_s + PLACE_TIMEOUT_S)
     if not ready:
         ray.cancel(ref, force=True)
@@ -55,14 +61,14 @@ def largest_node_cpus() -> int:
     return max(sizes, default=0) or 1
 
 
-def _measure(plan: CompiledPipeline, payloads: list[Any], budget_s: float, cpus: int,
-             verbose: bool) -> str:
-    """On the node: `serving.profile.profile` in this task's process, over its CPUs."""
-    from .profile import profile
+def _measure(measure: Measure, plan: CompiledPipeline, payloads: list[Any], budget_s: float,
+             cpus: int, verbose: bool) -> str:
+    """On the node: `measure` (the in-process profile) in this task's process, over its
+    CPUs."""
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    found = profile(plan, payloads, budget_s=budget_s, cpus=cpus,
+    found = measure(plan, payloads, budget_s=budget_s, cpus=cpus,
                     progress=say if verbose else None)
     return found.model_dump_json()
