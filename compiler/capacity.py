@@ -49,6 +49,7 @@ from .profile import StageProfile
 REQUEST_CPU_MS = 1.15      # the caller's and the driver's CPU per pipeline request
 CALL_CPU_MS = 1.9          # CPU per call of a stage served on its own (a map's: per element)
 DRIVER_SHARE = 0.45        # the driver's part of both
+SERVED_WORK_FACTOR = 1.6   # a stage's work served, over its profiled time alone
 TARGET_UTILISATION = 0.8   # a target's stages are sized to run at most this busy
 P99_FACTOR = math.log(100)  # an M/M/1 response time's 99th percentile over its mean
 MAX_UTILISATION = 0.95     # the queueing model is not read above this
@@ -145,10 +146,10 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
         wait = max(wait, wait_ms.get(method.method, 0.0))
         for index in range(threads):
             ratio = speed(method, index + 1)
-            work[index] += per_request * per_item * ratio
-            call[index] = max(call[index], median * ratio)
+            work[index] += per_request * per_item * ratio * SERVED_WORK_FACTOR
+            call[index] = max(call[index], median * ratio * SERVED_WORK_FACTOR)
     busiest = max(methods, key=lambda method: method.calls)
-    sizes = tuple((t.batch_size, t.median_ms) for t in busiest.service_ms
+    sizes = tuple((t.batch_size, t.median_ms * SERVED_WORK_FACTOR) for t in busiest.service_ms
                   if t.batch_size <= max(batch, 1))
     return StageLoad(stage, calls, tuple(work), tuple(call), batch, wait, sizes or ((1, 0.0),),
                      tuple(sizes_of))

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import servegraph as sg
+from servegraph.compiler.explain import capacity_lines
 from tests.cli.test_cli_profile import servegraph
 from tests.compiler.test_capacity import diamond_profile
+from tests.stages import diamond
 
 DIAMOND = "tests.stages:diamond"
 
@@ -25,20 +30,25 @@ def test_compile_plans_for_the_most_throughput(tmp_path: Path) -> None:
 
 
 def test_compile_plans_for_a_target(tmp_path: Path) -> None:
+    """The CLI prints what `sg.compile` plans (the model's fitted constants as they are: the
+    hand calculations are in tests/compiler/test_capacity.py, with them pinned)."""
     done = servegraph("compile", DIAMOND, "--cpus", "16", "--profile", _profile(tmp_path),
                       "--target-rps", "150", "--target-p99-ms", "500")
     assert done.returncode == 0, done.stderr
     assert "for 150 req/s, p99 <= 500 ms on 16 CPUs" in done.stdout
-    assert "  Inc                  2 x 1 CPU: 200 req/s, 75% busy" in done.stdout
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=16), profile=diamond_profile(),
+                      target=sg.Target(rps=150, p99_ms=500))
+    assert "\n".join(capacity_lines(plan)) in done.stdout
 
 
 def test_compile_refuses_what_the_cluster_cannot_serve(tmp_path: Path) -> None:
     done = servegraph("compile", DIAMOND, "--cpus", "2", "--profile", _profile(tmp_path),
                       "--target-rps", "300")
     assert done.returncode != 0
-    assert "[capacity] stage 'Inc': 300 req/s needs " in done.stderr  # the message's
-    assert "the bottleneck is 4 replicas x 1 CPU at 80% busy" in done.stderr  # exact text:
-    # tests/compiler/test_capacity.py, with Serve's costs pinned
+    with pytest.raises(sg.CapacityError) as caught:
+        sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=2), profile=diamond_profile(),
+                   target=sg.Target(rps=300))
+    assert done.stderr == f"servegraph compile: error: {caught.value}\n"
     done = servegraph("compile", DIAMOND, "--target-rps", "300")
     assert done.returncode != 0
     assert "--target-rps and --target-p99-ms need --profile FILE.json" in done.stderr

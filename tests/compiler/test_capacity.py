@@ -23,6 +23,7 @@ def serve_costs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "REQUEST_CPU_MS", 2.2)
     monkeypatch.setattr(model, "CALL_CPU_MS", 2.5)
     monkeypatch.setattr(model, "DRIVER_SHARE", 0.7)
+    monkeypatch.setattr(model, "SERVED_WORK_FACTOR", 1.0)
 
 
 def _stage(label: str, calls: int, batches: dict[int, float],

@@ -50,8 +50,9 @@ def test_a_diamond_profile_round_trips_and_plans() -> None:
 
 
 def test_the_flagship_profile_round_trips_and_plans_the_encoder() -> None:
-    """The ONNX MiniLM encoder: batches of 1..32 and 1..N threads; the planned encoder takes
-    every CPU of a 2-CPU cluster, the light ranker stays in the driver."""
+    """The ONNX MiniLM encoder: batches of 1..32 and 1..N threads; planned on a 2-CPU
+    cluster, the encoder runs in the driver (17 Serve calls a request saved), whose replicas
+    take every CPU, and the light ranker with it."""
     from servegraph.pipelines import search
 
     payloads = [{"query": query, "documents": search.SAMPLE_CORPUS[:8], "top_k": 2}
@@ -63,9 +64,12 @@ def test_the_flagship_profile_round_trips_and_plans_the_encoder() -> None:
     again = sg.Profile.model_validate_json(prof.model_dump_json())
     assert again == prof
     plan = sg.compile(search.onnx_graph, cluster=sg.ClusterSpec(cpus=2), profile=again)
-    encoder = plan.stage("OnnxEncoder").resources
-    assert encoder.replicas.start * encoder.cpus == 2
-    assert plan.stage("Ranker").fused_into == plan.driver.name
+    driver = plan.driver.resources
+    assert driver.replicas.start * driver.cpus == 2
+    assert [stage.name for stage in plan.fused()] == ["OnnxEncoder", "Ranker"]
+    assert plan.capacity is not None
+    assert plan.capacity.layout.startswith("planned into the driver for throughput: "
+                                           "OnnxEncoder, Ranker there serve ")
 
 
 def test_model_helpers_take_their_threads_from_the_planned_cpus(
