@@ -43,10 +43,11 @@ BatchFn = Callable[..., Awaitable[Any]]
 
 
 def planned(spec: BatchSpec, plan: Plan, stage: str, method: str | None) -> BatchSpec:
-    """`spec` (a method's `sg.batch`) with the batch size its plan says: the capacity pass
-    may plan a smaller one than declared (`BatchPlan.max_batch_size`)."""
+    """`spec` (a method's `sg.batch`) with the batch size its plan says where the capacity
+    pass planned one (`BatchPlan.max_batch_size`, the declared size kept beside it); a
+    stand-in batching by settings of its own (a test's override) keeps them."""
     found = plan.stage(stage).batching.get(method or "__call__")
-    if found is None or found.max_batch_size == spec.max_batch_size:
+    if found is None or found.declared_max_batch_size != spec.max_batch_size:
         return spec
     return dataclasses.replace(spec, max_batch_size=found.max_batch_size)
 
