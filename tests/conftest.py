@@ -28,7 +28,11 @@ def grpc_port(ray_serve: int, servegraph_grpc_port: int) -> int:
 
 @pytest.fixture
 def deploy(ray_serve: int) -> Iterator[Callable[..., Any]]:
-    """`deploy(graph_or_plan, name=...)` -> a PipelineHandle, deleted after the test."""
+    """`deploy(graph_or_plan, name=...)` -> a PipelineHandle, deleted after the test without
+    waiting for its replicas' graceful shutdown (Serve's 2 s wait loop, then a 1 s poll):
+    Serve no longer routes to an application being deleted, leaves its route prefix free, and
+    lets a later `serve.run` of the same name replace it; the session's logical CPUs hold the
+    replicas still stopping."""
     import servegraph as sg
 
     handles: list[Any] = []
@@ -42,7 +46,7 @@ def deploy(ray_serve: int) -> Iterator[Callable[..., Any]]:
         yield _deploy
     finally:
         for handle in handles:
-            handle.shutdown()
+            handle.shutdown(wait=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import ray
 
 import servegraph as sg
 
@@ -84,10 +87,42 @@ async def linger(seconds: float) -> float:
     return seconds
 
 
-def lingering() -> sg.Graph:
+def lingering(**options: Any) -> sg.Graph:
+    """`linger` alone; `options` override its deployment options."""
     with sg.InputNode() as inp:
-        out = linger.bind(inp.seconds)
+        out = linger.options(**options).bind(inp.seconds)
     return sg.Graph(out, name="lingering")
+
+
+GATES = "servegraph-gates"  # the Ray namespace of the `Gate` actors
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """A named actor that `gated` calls wait on until the test opens it: a call held in
+    flight exactly as long as the test needs, not a guessed number of seconds."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.opened.wait()
+
+    async def open(self) -> None:
+        self.opened.set()
+
+
+@sg.deployment(fuse=False)
+async def held(gate: str) -> str:
+    """Runs until the `Gate` actor named `gate` opens."""
+    await ray.get_actor(gate, namespace=GATES).wait.remote()
+    return gate
+
+
+def gated() -> sg.Graph:
+    with sg.InputNode() as inp:
+        out = held.bind(inp.gate)
+    return sg.Graph(out, name="gated")
 
 
 @sg.deployment

@@ -5,8 +5,8 @@ worker node with 1, no dashboard), reads its spec with `detect_cluster`, compile
 fractional GPU stages that needs all 3 GPUs, deploys it with `sg.serve` and checks that every
 replica runs (none pending), that the replicas share GPUs as the plan says (each replica records
 its node and `CUDA_VISIBLE_DEVICES`; GPU numbering and nodes may differ, the partition must not)
-and that a request is answered end to end, over a handle and over HTTP. Serve and the cluster
-are stopped in `finally`, also on a deadline or Ctrl-C; were the check killed, the reaper
+and that a request is answered end to end, over a handle and over HTTP. The cluster, Serve in
+it, is stopped in `finally`, also on a deadline or Ctrl-C; were the check killed, the reaper
 processes `Cluster` starts stop the cluster.
 
 Run in its own process (tests/serving/test_multinode.py does): pytest's own Ray may be running
@@ -201,7 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ray
-    from ray import serve
     from ray.cluster_utils import Cluster
 
     from servegraph.serving.env import SERVE_ENV
@@ -231,14 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"multinode check failed: {type(error).__name__}: {error}")
             return 1
         finally:
+            # the cluster goes with Serve in it: stopping Serve first only waited out its
+            # replicas' graceful shutdown
             try:
-                if ray.is_initialized():
-                    serve.shutdown()
+                ray.shutdown()
             finally:
-                try:
-                    ray.shutdown()
-                finally:
-                    cluster.shutdown()
+                cluster.shutdown()
     print("multinode check passed")
     return 0
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -39,16 +38,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..dag.request import HttpRequest, Upload, media_type
 from ..errors import InputError, PipelineError, StageError
+from .body import BODY_SCOPE_KEY, MAX_BODY_BYTES
 from .views import View, plan_views
 
-__all__ = ["MAX_BODY_BYTES", "View", "error_body", "error_response", "handle_http",
-           "json_bytes", "new_request_id", "plan_views", "raw_request", "request_id_for",
-           "serve_http"]
+__all__ = ["BODY_SCOPE_KEY", "MAX_BODY_BYTES", "View", "error_body", "error_response",
+           "handle_http", "json_bytes", "new_request_id", "plan_views", "raw_request",
+           "request_id_for", "serve_http"]
 
 Runner = Callable[..., Awaitable[Any]]  # run(payload, request_id, deadline_s=None)
 Streamer = Callable[[Any, str], AsyncIterator[Any]]
 logger = logging.getLogger("servegraph")
-MAX_BODY_BYTES = int(os.environ.get("SERVEGRAPH_MAX_BODY_BYTES", 10 * 2**20))
 
 
 def new_request_id() -> str:
@@ -76,10 +75,14 @@ def error_body(error: BaseException, request_id: str) -> tuple[int, dict[str, An
 
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The body, read chunk by chunk; None as soon as it is over `limit` bytes (a declared
-    `content-length` over it is refused before reading anything)."""
+    `content-length` over it is refused before reading anything). A body the proxy
+    middleware already read whole comes in the scope (`BODY_SCOPE_KEY`)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
+    carried = request.scope.get(BODY_SCOPE_KEY)
+    if isinstance(carried, bytes):
+        return carried if len(carried) <= limit else None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -9,6 +9,17 @@ starting a response, it sends `{"error", "stage", "request_id"}` (the ingress's 
 with status 502, `Retry-After: 1` (Serve is starting a replacement) and `x-request-id`.
 Responses the proxy did start pass through untouched.
 
+It also reads a request's body whole before the proxy sees it (one that declares a
+`content-length` up to `MAX_BODY_BYTES`) and puts it in the ASGI scope (`BODY_SCOPE_KEY`), which
+Serve sends to the driver replica with the request; the driver reads it there
+(`ingress.read_body`). Serve 2.60's proxy otherwise queues the body for the replica to fetch
+once, by a call back to the proxy (`receive_asgi_messages`). A driver replica killed after it
+fetched a body but before the proxy's router saw it accept the request fails the routing
+attempt with `ActorDiedError`, and the router sends the request to another replica (Serve's
+retry of a request not yet accepted); that replica found the queue empty and waited for a
+body the client had already sent, until the client gave up. The proxy's queue still gets the
+body too, for anything that reads it the usual way.
+
 Serve loads it in every proxy from `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` (Serve's hook
 for proxy middlewares, ray#35619), which must be set before Ray starts: the runner's embedded
 Ray and the test session set `serving.env.PROXY_ENV`; a cluster started by hand exports it.
@@ -18,7 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .body import BODY_SCOPE_KEY, MAX_BODY_BYTES
 
 REQUEST_ID_HEADER = b"x-request-id"
 STATUS = 502
@@ -43,6 +57,9 @@ class IngressDiedGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        carried = await carry_body(scope, receive)
+        if carried is None:  # the client went away before its body was complete
+            return
         started = False
 
         async def watched_send(message: dict[str, Any]) -> None:
@@ -52,7 +69,7 @@ class IngressDiedGuard:
             await send(message)
 
         try:
-            await self.app(scope, receive, watched_send)
+            await self.app(scope, carried, watched_send)
         except Exception:
             if started:
                 raise
@@ -89,3 +106,35 @@ class IngressDiedGuard:
             return str(matched[1].deployment_name) if matched else None
         except Exception:
             return None
+
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def carry_body(scope: dict[str, Any], receive: Receive) -> Receive | None:
+    """With a declared `content-length` up to `MAX_BODY_BYTES`: the body read whole into
+    `scope[BODY_SCOPE_KEY]`, and a `receive` that gives it once more, then the client's
+    next message (its disconnect). Else `receive` itself (a body sent in chunks of unknown
+    length, or one the driver refuses with a 413 unread). None: the client left first."""
+    declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+    if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+        return receive
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = scope[BODY_SCOPE_KEY] = b"".join(chunks)
+    given = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

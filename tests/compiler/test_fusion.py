@@ -196,12 +196,14 @@ def test_random_graphs_give_identical_results_fused_and_unfused_locally(
 
 @contextmanager
 def served(plan: sg.CompiledPipeline, name: str) -> Iterator[Any]:
-    """One application at a time: the session's Ray has logical CPUs for a few replicas."""
+    """One application at a time: the session's Ray has logical CPUs for a few replicas.
+    Deleted without waiting for its replicas' graceful shutdown (Serve's 2 s wait loop): each
+    name is used once, and a next application whose replicas do not fit yet waits for them."""
     handle = sg.serve(plan, name=name, route_prefix=f"/{name}")
     try:
         yield handle
     finally:
-        handle.shutdown()
+        handle.shutdown(wait=False)
 
 
 @pytest.mark.ray

@@ -110,4 +110,4 @@ def test_stages_of_a_script_served_and_connected_to_from_other_processes(
     finally:
         from ray import serve
 
-        serve.delete("scripted")
+        serve.delete("scripted", _blocking=False)  # its name is used once

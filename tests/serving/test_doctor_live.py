@@ -53,27 +53,21 @@ def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
 def test_a_pending_replica(ray_serve: int) -> None:
     """A stage asking for a resource the session's Ray does not have never gets placed."""
     app = bind_app(sg.compile(ms.unplaced()))
-    # `serve.run` returns once every replica runs: here, when the application is deleted
-    deploying = threading.Thread(target=_run_until_deleted, args=(app,), daemon=True)
-    deploying.start()
+    # deployed without waiting: `serve.run` would wait for every replica to run, forever here
+    # (and after `serve.delete` too: a deleted application is NOT_STARTED, never RUNNING)
+    serve.run_many([serve.RunTarget(app, name="unplaced", route_prefix="/unplaced")],
+                   wait_for_ingress_deployment_creation=False,
+                   wait_for_applications_running=False)
     try:
         until(lambda: "unplaced" in serve.status().applications, bool, "the application")
         report = finding("unplaced", "unplaceable", "pending")
     finally:
         serve.delete("unplaced")
-        deploying.join(timeout=60)
     (found,) = [f for f in report.findings if f.kind == "pending"]
     assert "needs 1 CPU, 1 servegraph_absent per replica, cluster has 0 servegraph_absent" \
         in found.message
     assert found.fix == "add a node with servegraph_absent or lower ray_actor_options"
     assert kinds(report, "square") == set()
-
-
-def _run_until_deleted(app: Any) -> None:
-    try:
-        serve.run(app, name="unplaced", route_prefix="/unplaced")
-    except Exception:  # deleted before it ever ran, as the test meant
-        pass
 
 
 def test_a_slow_constructor(deploy: Callable[..., Any]) -> None:
@@ -86,7 +80,8 @@ def test_a_slow_constructor(deploy: Callable[..., Any]) -> None:
 
 
 def test_a_killed_replica(deploy: Callable[..., Any]) -> None:
-    deploy(ms.lingering(), name="killed")
+    # a 1 s health check: Serve notices the killed replica within a second, not ten
+    deploy(ms.lingering(health_check_period_s=1, health_check_timeout_s=5), name="killed")
     killed = rs.kill_replica("killed", "linger")
     rs.wait_until(rs.recovered("killed", "linger", killed, 1), timeout_s=60,
                   what="a replacement replica")

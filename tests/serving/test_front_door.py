@@ -93,7 +93,7 @@ def test_a_serve_deploy_config_of_the_app_answers(
                 digits.Text(text="3 4"), metadata=(("application", "front-config"),))
             assert json.loads(reply.value) == {"sum": 7}
     finally:
-        serve.delete("front-config")
+        serve.delete("front-config", _blocking=False)  # its name is used once
 
 
 @pytest.fixture(scope="module")

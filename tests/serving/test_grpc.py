@@ -57,7 +57,7 @@ class Served:
         try:
             self.channel.close()
         finally:
-            self.handle.shutdown()
+            self.handle.shutdown(wait=False)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def test_a_new_user_config_in_a_serve_deploy_config_reaches_the_running_replica(
                        lambda answer: answer["text"] != "hello ann!", "the new user_config")
         assert second == {"text": "hi ann!", "replica": first["replica"], "reconfigured": 2}
     finally:
-        serve.delete("greeting-config")
+        serve.delete("greeting-config", _blocking=False)  # its name is used once
 
 
 def test_a_redeploy_with_a_new_user_config_serves_it(deploy: Callable[..., Any]) -> None:

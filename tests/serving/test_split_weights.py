@@ -57,4 +57,4 @@ def test_new_split_weights_reach_the_running_driver_without_a_restart(ray_serve:
         after = _summary(answers)[1]
         assert after <= before  # the same driver and variant processes: nothing restarted
     finally:
-        serve.delete("weighted-config")
+        serve.delete("weighted-config", _blocking=False)  # its name is used once

@@ -43,7 +43,10 @@ def test_the_readme_example_passes_on_the_local_executors(example: pytest.Pytest
     embedder = next(d for d in plan["deployments"] if d["name"] == "Embedder")
     assert embedder["resources"]["gpus"] is None  # no cluster spec: the fraction is unknown
     assert embedder["resources"]["gpu_memory"] == 2 * 2**30
-    example.runpytest("-m", "not ray").assert_outcomes(passed=13, deselected=5)
+    # what the update run wrote now compares equal; only the golden test reads it (the run
+    # above ran every other test as this one would: the flag changes golden.check alone)
+    again = example.runpytest("-m", "not ray", "-k", "test_the_plan_is_reviewed")
+    again.assert_outcomes(passed=1, deselected=17)
 
 
 @pytest.mark.ray
