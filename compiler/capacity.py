@@ -55,6 +55,8 @@ P99_FACTOR = math.log(100)  # an M/M/1 response time's 99th percentile over its 
 MAX_UTILISATION = 0.95     # the queueing model is not read above this
 THREAD_PREFERENCE = 0.9    # a thread more over a replica more when it serves this much
 SMALLER_BATCH_GAIN = 0.05  # a smaller batch is planned when this much cheaper per item
+CONCURRENT_BATCHES = 2     # batches a planned replica runs at once (the next one starts
+#                            while the replica answers the last one's callers)
 
 
 @dataclass(frozen=True)

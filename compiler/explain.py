@@ -69,9 +69,12 @@ def batch_texts(stage: StagePlan) -> list[str]:
     and how deep a failing batch is split."""
     parts = []
     for method, batch in stage.batching.items():
-        planned = "" if batch.declared_max_batch_size is None else \
-            f" (planned; declared {batch.declared_max_batch_size})"
-        parts.append(f"batch {method} <= {batch.max_batch_size}{planned} "
+        at_once = "" if batch.max_concurrent_batches == 1 else \
+            f", {batch.max_concurrent_batches} at once"
+        planned = "" if not batch.planned else (
+            f" (planned; declared {batch.declared_max_batch_size}, "
+            f"{batch.declared_max_concurrent_batches} at once)")
+        parts.append(f"batch {method} <= {batch.max_batch_size}{at_once}{planned} "
                      f"within {batch.batch_wait_timeout_s * 1000:g} ms")
         if batch.max_splits:
             parts.append(f"failures isolated by splitting the batch in halves (at most "

@@ -30,9 +30,9 @@ NodeOp = Literal["input", "select", "call", "map", "const", "branch"]
 
 
 class BatchPlan(BaseModel):
-    """One `sg.batch` method's settings, as the user declared them, but `max_batch_size`
-    where the capacity pass planned another (`declared_max_batch_size` is then the user's).
-    Every executor batches with these (`executors.batching.planned`)."""
+    """One `sg.batch` method's settings, as the user declared them, or as the capacity pass
+    planned them (`max_batch_size`, `max_concurrent_batches`; the `declared_` ones are then
+    the user's). Every executor batches with these (`executors.batching.planned`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -41,6 +41,11 @@ class BatchPlan(BaseModel):
     max_concurrent_batches: int = 1
     batch_size_fn: str | None = None
     declared_max_batch_size: int | None = None
+    declared_max_concurrent_batches: int | None = None
+
+    @property
+    def planned(self) -> bool:
+        return self.declared_max_batch_size is not None
 
     @property
     def max_splits(self) -> int:

@@ -45,7 +45,8 @@ class CompileState:
     resources: Mapping[str, StageResources] = field(default_factory=dict)   # resources
     layout: GpuLayout | None = None                                          # pack
     planned_fusion: Mapping[str, str] = field(default_factory=dict)        # capacity
-    planned_batches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # capacity
+    # capacity: (max_batch_size, max_concurrent_batches) by stage and method
+    planned_batches: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=dict)
     fusion: Mapping[str, FuseDecision] = field(default_factory=dict)        # fuse
 
     def name_of(self, group: Group) -> str:

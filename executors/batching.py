@@ -47,9 +47,11 @@ def planned(spec: BatchSpec, plan: Plan, stage: str, method: str | None) -> Batc
     pass planned one (`BatchPlan.max_batch_size`, the declared size kept beside it); a
     stand-in batching by settings of its own (a test's override) keeps them."""
     found = plan.stage(stage).batching.get(method or "__call__")
-    if found is None or found.declared_max_batch_size != spec.max_batch_size:
+    if found is None or (found.declared_max_batch_size, found.declared_max_concurrent_batches
+                         ) != (spec.max_batch_size, spec.max_concurrent_batches):
         return spec
-    return dataclasses.replace(spec, max_batch_size=found.max_batch_size)
+    return dataclasses.replace(spec, max_batch_size=found.max_batch_size,
+                               max_concurrent_batches=found.max_concurrent_batches)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...dag import CallNode, batch_spec
-from ..capacity import Sizing, StageLoad, cpu_bound_rps, driver_ms
+from ..capacity import CONCURRENT_BATCHES, Sizing, StageLoad, cpu_bound_rps, driver_ms
 from ..profile import Target
 from ..state import CompileState, spec_of_group
 from .resources import stage_resources
@@ -136,7 +136,8 @@ def apply(state: CompileState, decision: CapacityDecision) -> CompileState:
         graph.driver_options = graph.driver_options.model_copy(
             update={"num_replicas": decision.driver_replicas})
     planned = {name: decision.layout for name in decision.fused}
-    batches = {name: {method or "__call__": size for method, size in load.batches}
+    batches = {name: {method or "__call__": (size, CONCURRENT_BATCHES)
+                      for method, size in load.batches}
                for name, load in decision.loads.items() if load.batches}
     return dataclasses.replace(state, graph=graph, options=options, resources=resources,
                                planned_fusion=planned, planned_batches=batches)

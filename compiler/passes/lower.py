@@ -196,13 +196,17 @@ def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder:
         batch = batch_spec(node.call.function)
         if batch is not None:
             method = node.call.method or "__call__"
-            size = state.planned_batches.get(name, {}).get(method, batch.max_batch_size)
+            declared = (batch.max_batch_size, batch.max_concurrent_batches)
+            size, concurrent = state.planned_batches.get(name, {}).get(method, declared)
+            concurrent = max(concurrent, batch.max_concurrent_batches)
+            planned = (size, concurrent) != declared
             batching[method] = BatchPlan(
                 max_batch_size=size,
-                declared_max_batch_size=None if size == batch.max_batch_size
-                else batch.max_batch_size,
+                declared_max_batch_size=batch.max_batch_size if planned else None,
+                declared_max_concurrent_batches=batch.max_concurrent_batches if planned
+                else None,
                 batch_wait_timeout_s=batch.batch_wait_timeout_s,
-                max_concurrent_batches=batch.max_concurrent_batches,
+                max_concurrent_batches=concurrent,
                 batch_size_fn=import_path(batch.batch_size_fn) if batch.batch_size_fn else None,
             )
     limit_reason = _request_limit(serve_options, options.max_ongoing_requests, batching,

@@ -72,15 +72,19 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Outcome]]]
                    ) -> None:
+        """Run one batch in a slot. The slot is given back before the batch's callers are
+        answered: the next batch (waiting for it) resumes first and starts its call while
+        this loop answers them (with one slot, the model would otherwise idle meanwhile)."""
         async with self.slots:
             columns = [list(column) for column in zip(*(args for args, _ in batch))]
             try:
-                outcomes = await self.run_batch(*columns)
+                outcomes: list[Outcome] | Exception = await self.run_batch(*columns)
             except Exception as exc:  # not the items' fault (no result list at all)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            for (_, future), outcome in zip(batch, outcomes):
-                if not future.done():
-                    future.set_result(outcome)
+                outcomes = exc
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if isinstance(outcomes, Exception):
+                future.set_exception(outcomes)
+            else:
+                future.set_result(outcomes[index])

@@ -346,21 +346,25 @@ PROBE_PAYLOAD = {"first": 0, "items": [1, 2, 3]}
 def test_a_smaller_batch_cheaper_per_item_is_planned_and_batched_at() -> None:
     """Per item 2.0, 1.3 and 1.4 ms at batches 1, 2 and 4: batch 2 is more than 5% cheaper
     than the largest, so the plan batches at 2 (`BatchProbe` answers each call with its
-    batch's size), and every executor batches so."""
+    batch's size), two batches at once, and every executor batches so."""
     load = model.stage_load("BatchProbe", probe_profile({1: 2.0, 2: 2.6, 4: 5.6}).methods_of(
         "BatchProbe"), 1, {"size": 4}, {"size": 2000.0})
     assert (load.batch, load.batches, load.work(1)) == (2, (("size", 2),), 4 * 1.3)
     plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
                       profile=probe_profile({1: 2.0, 2: 2.6, 4: 5.6}))
     batching = plan.stage("BatchProbe").batching["size"]
-    assert (batching.max_batch_size, batching.declared_max_batch_size) == (2, 4)
-    assert "batch size <= 2 (planned; declared 4) within 2000 ms" in plan.explain()
+    assert (batching.max_batch_size, batching.max_concurrent_batches) == (2, 2)
+    assert (batching.declared_max_batch_size, batching.declared_max_concurrent_batches) == (4, 1)
+    assert ("batch size <= 2, 2 at once (planned; declared 4, 1 at once) within 2000 ms"
+            in plan.explain())
     assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 2, "sizes": [2, 2, 2]}
     assert sg.LocalExecutor(batch_probe()).call(PROBE_PAYLOAD) == {"one": 4, "sizes": [4, 4, 4]}
-    # within 5% the largest batch stays: nothing is planned over the declaration
+    # within 5% the largest batch stays (and two run at once)
     plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
                       profile=probe_profile({1: 2.0, 2: 2.8, 4: 5.6}))
-    assert plan.stage("BatchProbe").batching["size"].declared_max_batch_size is None
+    batching = plan.stage("BatchProbe").batching["size"]
+    assert (batching.max_batch_size, batching.max_concurrent_batches) == (4, 2)
+    assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 4, "sizes": [4, 4, 4]}
 
 
 def test_a_p99_only_smaller_batches_meet_plans_them() -> None:
