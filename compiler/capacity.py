@@ -8,9 +8,13 @@ A stage's work per pipeline request, on a replica of `t` CPUs, is
 
 where `calls_m` is how often a request calls m (profiled calls / payloads), `per_item_ms_m(b)`
 the profiled per-item time of m at batch size `b_m` on one CPU (the largest profiled batch
-within its `max_batch_size`: a stage kept busy fills its batches) and `speed_m(t)` the time of
-that batch on `t` CPUs over its time on one (the threads sweep). One replica serves
-`1000 / work_ms(t)` requests a second.
+within its `max_batch_size`, unless a smaller one is `SMALLER_BATCH_GAIN` cheaper per item: a
+stage kept busy fills its batches) and `speed_m(t)` the time of that batch on `t` CPUs over
+its time on one (the threads sweep), all times `SERVED_WORK_FACTOR`: served, a stage shares
+its CPUs with Serve's machinery (its replica's event loop, the proxy, the controller, the
+caller) and ran that much slower than profiled alone (fitted: the flagship planned into two
+driver replicas of one CPU, 31 req/s against 47 ms of profiled encoder work a request, two
+batches at once). One replica serves `1000 / work_ms(t)` requests a second.
 
 A load of `rps` at utilisation `u` needs, for each thread count `t`, `n(t) = ceil(rps / (u *
 1000 / work_ms(t)))` replicas; the sizing is the `t` with the fewest CPUs `n(t) * t` (fewer
@@ -49,7 +53,7 @@ from .profile import StageProfile
 REQUEST_CPU_MS = 1.15      # the caller's and the driver's CPU per pipeline request
 CALL_CPU_MS = 1.9          # CPU per call of a stage served on its own (a map's: per element)
 DRIVER_SHARE = 0.45        # the driver's part of both
-SERVED_WORK_FACTOR = 1.6   # a stage's work served, over its profiled time alone
+SERVED_WORK_FACTOR = 1.35  # a stage's work served, over its profiled time alone
 TARGET_UTILISATION = 0.8   # a target's stages are sized to run at most this busy
 P99_FACTOR = math.log(100)  # an M/M/1 response time's 99th percentile over its mean
 MAX_UTILISATION = 0.95     # the queueing model is not read above this
