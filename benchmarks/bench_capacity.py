@@ -339,10 +339,12 @@ def report(plan: Planned, rows: dict[str, Any]) -> str:
 
 def encoder_report(encoder: EncoderPlan, row: Any) -> str:
     stage = encoder.planned.deployments[0]
+    where = encoder.planned.driver if stage.fused_into else stage
     ratio = row.per_s / encoder.best_texts
     return "\n".join([
         "batched encoder on Serve, 32 concurrent single-text requests:",
-        f"  planned {stage.resources.replicas.start} x {stage.resources.cpus:g} CPU: "
+        f"  planned {where.resources.replicas.start} x {where.resources.cpus:g} CPU"
+        f"{' (in the driver)' if stage.fused_into else ''}: "
         f"{row.per_s:.0f} texts/s (p50 {row.p50_ms:.1f} ms)",
         f"  best raw layout ({encoder.layout}): {encoder.best_texts:.0f} texts/s",
         f"  served / raw {ratio:.2f}x  target >= 0.9  {_verdict(ratio, 0.9)}"])

@@ -82,6 +82,7 @@ class LocalRunner:
         """`watch(node)`: a context each call of `node` runs in (the Serve driver's metrics
         of the stages fused into it); traces add a span around each call when on."""
         self.watch = watch
+        self.traced = tracing.enabled()  # read once: a process's switch (see `tracing`)
         self.calls: dict[str, _Call] = {}
         batchers: dict[tuple[str, str], Batcher] = {}  # one per method, as on Serve
         for step in program.steps:
@@ -112,7 +113,7 @@ class LocalRunner:
         return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
 
     def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
-        watched = self.watch is not None or tracing.enabled()
+        watched = self.watch is not None or self.traced
         if call.is_async or call.guarded or any(holds(leaf, asyncio.Future) for leaf in leaves):
             running = call.run_async(leaves, index)
             return asyncio.get_running_loop().create_task(
@@ -127,7 +128,7 @@ class LocalRunner:
         reading deployments' responses), watched as `call` watches one."""
         call = self.calls[step.node.id]
         running = call.run_async(leaves)
-        if self.watch is None and not tracing.enabled():
+        if self.watch is None and not self.traced:
             return await running
         return await self._watched(call, running)
 
@@ -138,8 +139,12 @@ class LocalRunner:
     @contextlib.contextmanager
     def _watching(self, node: NodePlan) -> Iterator[None]:
         """A call's span (`tracing`, when on) and its `watch`."""
+        if not self.traced and self.watch is not None:  # the Serve driver's usual case
+            with self.watch(node):
+                yield
+            return
         with contextlib.ExitStack() as stack:
-            if tracing.enabled():
+            if self.traced:
                 stack.enter_context(tracing.call_span(node.stage or "", node))
             if self.watch is not None:
                 stack.enter_context(self.watch(node))

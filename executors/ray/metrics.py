@@ -133,24 +133,12 @@ class StageMetrics:
         self.instruments.starts.inc(1, tags=self.own)
         self.instruments.init_seconds.inc(max(init_seconds, 1e-9), tags=self.own)
 
-    @contextmanager
-    def call(self, node_id: str) -> Iterator[None]:
-        """Time one call of `node_id`; a failure counted by its error type."""
-        tags, found = self.tags.get(node_id), self.instruments
+    def call(self, node_id: str) -> CallTimer:
+        """A context timing one call of `node_id`; a failure counted by its error type."""
+        tags = self.tags.get(node_id)
         if tags is None:
             tags = self.tags[node_id] = {**self.own, "node": node_id}
-        found.started.inc(1, tags=tags)
-        self._running(+1)
-        begun = time.perf_counter()
-        try:
-            yield
-        except BaseException as exc:
-            self.failed(tags, exc)
-            raise
-        finally:
-            found.latency.observe((time.perf_counter() - begun) * 1000, tags=tags)
-            found.calls.inc(1, tags=tags)
-            self._running(-1)
+        return CallTimer(self, tags)
 
     def failed(self, tags: dict[str, str], exc: BaseException) -> None:
         kind = exc.error_type if isinstance(exc, StageError) and exc.error_type else \
@@ -159,7 +147,7 @@ class StageMetrics:
         if isinstance(exc, (StageTimeoutError, TimeoutError)):
             self.instruments.timeouts.inc(1, tags=tags)
 
-    def _running(self, change: int) -> None:
+    def count_running(self, change: int) -> None:
         self.running += change
         self.instruments.in_flight.set(self.running, tags=self.own)
 
@@ -177,6 +165,31 @@ class StageMetrics:
             return await fn(*columns, **keyed)
 
         return run_batch
+
+
+class CallTimer:
+    """`StageMetrics.call`'s context (a plain object: a stage fused into the driver enters
+    one per call, so it costs no generator)."""
+
+    __slots__ = ("begun", "metrics", "tags")
+
+    def __init__(self, metrics: StageMetrics, tags: dict[str, str]) -> None:
+        self.metrics = metrics
+        self.tags = tags
+        self.begun = 0.0
+
+    def __enter__(self) -> None:
+        self.metrics.instruments.started.inc(1, tags=self.tags)
+        self.metrics.count_running(+1)
+        self.begun = time.perf_counter()
+
+    def __exit__(self, kind: Any, exc: BaseException | None, trace: Any) -> None:
+        found = self.metrics.instruments
+        if exc is not None:
+            self.metrics.failed(self.tags, exc)
+        found.latency.observe((time.perf_counter() - self.begun) * 1000, tags=self.tags)
+        found.calls.inc(1, tags=self.tags)
+        self.metrics.count_running(-1)
 
 
 def stage_metrics(stage: str) -> StageMetrics | None:
