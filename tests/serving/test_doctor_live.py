@@ -39,14 +39,16 @@ def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
     callers = [threading.Thread(target=handle.call, args=({"x": i},)) for i in range(12)]
     for caller in callers:
         caller.start()
-    try:
-        report = finding("crawling", "crawl", "saturated")
+    try:  # Serve's queue may be seen before the replica's first started counts reach Ray
+        report = until(lambda: examine("crawling"), lambda r: any(
+            f.kind == "saturated" and f.message.startswith("100% busy") for f in r.findings),
+            "doctor to find crawl saturated and 100% busy")
     finally:
         for caller in callers:
             caller.join()
     assert report.bottleneck == "crawl"
     (found,) = [f for f in report.findings if f.kind == "saturated"]
-    assert found.message.startswith("100% busy")
+    assert found.stage == "crawl" and found.message.startswith("100% busy")
     assert found.fix.startswith("raise num_replicas to 2 (")
 
 
