@@ -80,17 +80,39 @@ def reserved_total(state: CompileState, sizing: Mapping[str, Sizing],
     return own + (0.0 if driver is None else float(driver.cpus))
 
 
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """What a plan serves, in pipeline requests a second: its driver (with the stages that
+    run in it), each stage served on its own, and the CPUs' bound; `hops` the calls a request
+    makes to deployments of their own."""
+
+    driver: float
+    stages: dict[str, float]
+    cpu_bound: float
+    hops: float
+
+    @property
+    def capacity(self) -> float:
+        return min(self.driver, self.cpu_bound, *self.stages.values())
+
+
+def rates(loads: Mapping[str, StageLoad], served: Mapping[str, Sizing], driver_replicas: int,
+          threads: int, cpus: float) -> Rates:
+    """The `Rates` of the stages `served` on their own as sized, the rest in `driver_replicas`
+    driver replicas of `threads` CPUs, on `cpus` CPUs."""
+    hops, fused_work = hops_and_fused_work(loads, set(served), threads)
+    return Rates(driver=driver_replicas * 1000.0 / driver_ms(hops, fused_work),
+                 stages={name: sized.replicas * loads[name].replica_rps(sized.threads)
+                         for name, sized in served.items()},
+                 cpu_bound=cpu_bound_rps(cpus, list(loads.values()), hops), hops=hops)
+
+
 def decision_rps(decision: CapacityDecision) -> float:
     """The most a decision's plan serves, as the model predicts it (`predict`'s figure, with
     the light stages in the driver as the fuse pass will put them)."""
-    loads, sizing = decision.loads, decision.sizing
-    served = served_stages(sizing)
-    hops, fused_work = hops_and_fused_work(loads, served, decision.driver.threads)
-    rates = [decision.driver_replicas * 1000.0 / driver_ms(hops, fused_work),
-             cpu_bound_rps(decision.budget.cpus, list(loads.values()), hops)]
-    rates += [sizing[name].replicas * loads[name].replica_rps(sizing[name].threads)
-              for name in served]
-    return min(rates)
+    served = {name: decision.sizing[name] for name in served_stages(decision.sizing)}
+    return rates(decision.loads, served, decision.driver_replicas, decision.driver.threads,
+                 decision.budget.cpus).capacity
 
 
 def reserved_cpus(state: CompileState, name: str, sizing: Mapping[str, Sizing]) -> float:

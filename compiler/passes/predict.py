@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 
-from ..capacity import MAX_UTILISATION, P99_FACTOR, Sizing, cpu_bound_rps, driver_ms
+from ..capacity import MAX_UTILISATION, P99_FACTOR, Sizing, driver_ms
 from ..pipeline import CompiledPipeline
 from ..profile import CapacityPlan, StagePrediction
 from ..state import CompileState
-from .capacity_options import CapacityDecision, hops_and_fused_work
+from .capacity_options import CapacityDecision, rates
 from .resources import replica_range
 
 CPUS_BOTTLENECK = "the cluster's CPUs"
@@ -42,16 +42,13 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
     loads = decision.loads
     sizes = served_sizes(state, decision)
     threads = decision.driver.threads
-    hops, fused_work = hops_and_fused_work(loads, set(sizes), threads)
     driver = f"{state.graph.name}_driver"
     driver_replicas = replica_range(state.graph.driver_options).start
-    per_driver = driver_ms(hops, fused_work)
-    throughput = {driver: driver_replicas * 1000.0 / per_driver}
-    for name, load in loads.items():
-        sized = sizes.get(name)
-        throughput[name] = throughput[driver] if sized is None else \
-            sized.replicas * load.replica_rps(sized.threads)
-    cpu_bound = cpu_bound_rps(decision.budget.cpus, list(loads.values()), hops)
+    found = rates(loads, sizes, driver_replicas, threads, decision.budget.cpus)
+    throughput = {driver: found.driver}
+    for name in loads:
+        throughput[name] = found.stages.get(name, found.driver)
+    cpu_bound = found.cpu_bound
     neck = min(throughput, key=lambda name: throughput[name])
     capacity = min(throughput[neck], cpu_bound)
     at = capacity if decision.target is None else decision.target.rps
@@ -67,7 +64,7 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
             planned=name in decision.sizing or name in decision.fused,
             in_driver=sized is None))
     driver_busy = at / throughput[driver]
-    own_ms = per_driver - fused_work  # the fused stages' time is in their own rows
+    own_ms = driver_ms(found.hops, 0.0)  # the fused stages' time is in their own rows
     rows.append(StagePrediction(
         stage=driver, replicas=driver_replicas, cpus=decision.driver_threads,
         throughput_rps=throughput[driver], utilisation=driver_busy,
