@@ -213,12 +213,6 @@ def prepare_encoder(args: argparse.Namespace) -> EncoderPlan:
     return EncoderPlan(planned, best, layout)
 
 
-def hand_fused_diamond() -> Any:
-    """The diamond hand-fused into one Serve deployment (the diamond's (c))."""
-    import diamond
-
-    return diamond.hand_fused_app()
-
 
 def flagship_workload() -> Workload:
     import flagship
@@ -262,8 +256,10 @@ async def serve_and_load(pipeline: str, name: str, compiled: Any, workload: Work
 
     app = f"{pipeline}-{name}"
     started = time.perf_counter()
-    if compiled is None:  # the hand-fused diamond: Serve's own handle
-        hand = await asyncio.to_thread(serve.run, hand_fused_diamond(), name=app,
+    if compiled is None:  # the hand-fused diamond, the diamond's (c): Serve's own handle
+        import diamond
+
+        hand = await asyncio.to_thread(serve.run, diamond.hand_fused_app(), name=app,
                                        route_prefix=f"/{app}")
         call = hand.run.remote
     else:
