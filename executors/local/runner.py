@@ -83,6 +83,7 @@ class LocalRunner:
         of the stages fused into it); traces add a span around each call when on."""
         self.watch = watch
         self.traced = tracing.enabled()  # read once: a process's switch (see `tracing`)
+        self.watched = watch is not None or self.traced  # calls run in `_watching`
         self.calls: dict[str, _Call] = {}
         batchers: dict[tuple[str, str], Batcher] = {}  # one per method, as on Serve
         for step in program.steps:
@@ -113,7 +114,7 @@ class LocalRunner:
         return [self._start(call, [item, *rest], index) for index, item in enumerate(items)]
 
     def _start(self, call: _Call, leaves: list[Any], index: int | None) -> Any:
-        watched = self.watch is not None or self.traced
+        watched = self.watched
         if call.is_async or call.guarded or any(holds(leaf, asyncio.Future) for leaf in leaves):
             running = call.run_async(leaves, index)
             return asyncio.get_running_loop().create_task(
@@ -128,7 +129,7 @@ class LocalRunner:
         reading deployments' responses), watched as `call` watches one."""
         call = self.calls[step.node.id]
         running = call.run_async(leaves)
-        if self.watch is None and not self.traced:
+        if not self.watched:
             return await running
         return await self._watched(call, running)
 
