@@ -4,6 +4,7 @@ one `fuse=False`, so each runs in a replica of its own and records there."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -42,9 +43,16 @@ def metered() -> sg.Graph:
 
 
 @sg.deployment(fuse=False, max_ongoing_requests=2)
-async def crawl(x: int) -> int:
-    """A slow stage that admits two calls at a time: concurrent load saturates it."""
-    await asyncio.sleep(1.0)
+async def crawl(x: int, gate: str = "") -> int:
+    """A slow stage that admits two calls at a time: concurrent load saturates it. With a
+    `gate` (a file's path) a call waits until that file exists (60 s at most), so the stage
+    stays saturated until a test has seen it so."""
+    if not gate:
+        await asyncio.sleep(1.0)
+        return x
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     return x
 
 
@@ -63,9 +71,10 @@ def unplaceable(x: int) -> int:
     return x
 
 
-def crawling() -> sg.Graph:
+def crawling(gated: bool = False) -> sg.Graph:
+    """`crawl` on x; `gated`, on x and the gate file's path in `gate`."""
     with sg.InputNode() as inp:
-        out = crawl.bind(inp.x)
+        out = crawl.bind(inp.x, inp.gate) if gated else crawl.bind(inp.x)
     return sg.Graph(out, name="crawling")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,9 +35,13 @@ def finding(app: str, stage: str, kind: str, **options: Any) -> Report:
                  f"doctor to find {kind} on {stage}")
 
 
-def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
-    handle = deploy(ms.crawling(), name="crawling")
-    callers = [threading.Thread(target=handle.call, args=({"x": i},)) for i in range(12)]
+def test_a_saturated_stage(deploy: Callable[..., Any], tmp_path: Path) -> None:
+    """The stage's calls wait on a gate the test opens once the doctor has seen them: the
+    stage stays saturated however slowly its metrics reach Ray."""
+    handle = deploy(ms.crawling(gated=True), name="crawling")
+    gate = tmp_path / "gate"
+    callers = [threading.Thread(target=handle.call, args=({"x": i, "gate": str(gate)},))
+               for i in range(6)]
     for caller in callers:
         caller.start()
     try:  # Serve's queue may be seen before the replica's first started counts reach Ray
@@ -44,6 +49,7 @@ def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
             f.kind == "saturated" and f.message.startswith("100% busy") for f in r.findings),
             "doctor to find crawl saturated and 100% busy")
     finally:
+        gate.touch()
         for caller in callers:
             caller.join()
     assert report.bottleneck == "crawl"
