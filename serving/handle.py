@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -32,8 +33,9 @@ class PipelineHandle:
     the whole request: past it, a `StageTimeoutError` naming the pipeline.
 
     Where this process imported Serve in its throughput-optimised mode, a handle routes on the
-    event loop it was first used in and cannot block outside one; every call then runs on one
-    loop of our own in a daemon thread, so the blocking and the async methods work alike.
+    event loop it was first used in and cannot block outside one: the blocking methods then
+    run on one loop of our own in a daemon thread, and the async ones on the caller's loop,
+    through handles made for it on its first call (`_here`).
 
     `plan` is the plan it serves: the one deployed (`sg.serve`), or the one its driver serves
     (`attach`, `sg.connect`)."""
@@ -41,7 +43,11 @@ class PipelineHandle:
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str, *,
                  plan: CompiledPipeline | None = None, graph: str | None = None) -> None:
         self._loop = None if router_in_separate_loop() else _own_loop()
-        self._run, self._stream, self._trace = self._on_loop(_options_of, handle)
+        self._entries = EntryPoints(*self._on_loop(_options_of, handle))
+        self._run, self._stream, self._trace = self._entries
+        # the same entry points routed on each caller's loop (`_here`)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EntryPoints] = \
+            weakref.WeakKeyDictionary()
         # one graph of an `sg.App`, whose ingress runs the graph it is named
         self._which = {} if graph is None else {"graph": graph}
         self.name = name
@@ -105,7 +111,7 @@ class PipelineHandle:
         `timeout_s`: how long this caller waits; `deadline_s`: the request's own budget
         (capped by the graph's `timeout_s`), past which the driver cancels its calls still
         running and raises a `DeadlineError` naming them."""
-        return await self._awaiting(self._run, payload, request_id, timeout_s, deadline_s)
+        return await self._awaiting("run", payload, request_id, timeout_s, deadline_s)
 
     remote = acall  # its first name (`await handle.remote(payload)`), kept
 
@@ -124,7 +130,7 @@ class PipelineHandle:
         kept in the trace, not raised). The driver then awaits every intermediate value, so
         the request costs a transfer per node: for tests and debugging."""
         try:
-            return await self._awaiting(self._trace, payload, request_id, timeout_s,
+            return await self._awaiting("trace", payload, request_id, timeout_s,
                                         deadline_s)
         except StageTimeoutError as exc:
             return Trace(self.name, executor="ray", error=exc)
@@ -148,19 +154,8 @@ class PipelineHandle:
                       ) -> AsyncIterator[Any]:
         """The chunks of a streaming pipeline as they come, in an event loop."""
         try:
-            if self._loop is None:
-                async for chunk in self._stream.remote(payload, request_id):
-                    yield chunk
-                return
-            loop = self._loop
-            chunks = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                _started(self._stream, payload, request_id, self._which), loop))
-            while True:
-                try:
-                    yield await asyncio.wrap_future(
-                        asyncio.run_coroutine_threadsafe(anext(chunks), loop))
-                except StopAsyncIteration:
-                    return
+            async for chunk in self._here().stream.remote(payload, request_id, **self._which):
+                yield chunk
         except Exception as exc:
             raise as_pipeline_error(exc, self.name, request_id) from None
 
@@ -178,18 +173,30 @@ class PipelineHandle:
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
 
-    async def _awaiting(self, method: DeploymentHandle, payload: Any, request_id: str | None,
+    async def _awaiting(self, method: str, payload: Any, request_id: str | None,
                         timeout_s: float | None, deadline_s: float | None = None) -> Any:
-        """One awaited call of a driver method, on our own loop when we have one."""
+        """One awaited call of the driver's `method` ("run" or "trace") from the caller's
+        loop."""
+        entry = getattr(self._here(), method)
         try:
             async with asyncio.timeout(timeout_s):
-                if self._loop is None:
-                    return await method.remote(payload, request_id, deadline_s, **self._which)
-                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    _awaited(method.remote, payload, request_id, deadline_s, **self._which),
-                self._loop))
+                return await entry.remote(payload, request_id, deadline_s, **self._which)
         except Exception as exc:
             raise self._error(exc, request_id, timeout_s) from None
+
+    def _here(self) -> EntryPoints:
+        """The driver's entry points routed on the calling loop, made on the first call from
+        it. Where Serve routes a handle on the loop it was first used in (its
+        throughput-optimised mode), an awaited call then crosses no thread: only the blocking
+        methods, which have no loop, go through ours."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None or loop is self._loop:
+            return self._entries
+        found = self._loops.get(loop)
+        if found is None:
+            fresh = DeploymentHandle(self._run.deployment_name, self._run.app_name)
+            found = self._loops[loop] = EntryPoints(*_options_of(fresh))
+        return found
 
     def _error(self, error: Exception, request_id: str | None, timeout_s: float | None
                ) -> BaseException:
@@ -213,6 +220,14 @@ class PipelineHandle:
 
     def __repr__(self) -> str:
         return f"<PipelineHandle {self.name!r} at {self.url}>"
+
+
+class EntryPoints(NamedTuple):
+    """The driver's three entry points, as handles of one router."""
+
+    run: DeploymentHandle
+    stream: DeploymentHandle
+    trace: DeploymentHandle
 
 
 def _options_of(handle: DeploymentHandle) -> tuple[DeploymentHandle, ...]:

@@ -5,6 +5,7 @@ beside it that only the script's directory holds) served from that other process
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,47 @@ def test_stages_of_a_script_served_and_connected_to_from_other_processes(
         from ray import serve
 
         serve.delete("scripted", _blocking=False)  # its name is used once
+
+
+EVERY_WAY = '''
+import asyncio
+import json
+import sys
+
+import servegraph as sg
+from servegraph.executors.ray.ray_private import router_in_separate_loop
+
+handle = sg.connect(sys.argv[1])
+
+
+async def awaited(text):
+    streamed = [chunk async for chunk in handle.astream({"text": text})]
+    return [await handle.acall({"text": text}), streamed,
+            (await handle.atrace({"text": text})).output]
+
+
+print(json.dumps({"own loop": not router_in_separate_loop(),
+                  "first loop": asyncio.run(awaited("a b")),
+                  "second loop": asyncio.run(awaited("c")),
+                  "blocking": [handle.call({"text": "d"}), list(handle.stream({"text": "e"}))]}))
+'''
+
+
+def test_a_process_on_serves_throughput_path_calls_every_way_from_any_loop(
+        deploy: Callable[..., Any], tmp_path: Path) -> None:
+    """Imported in Serve's throughput-optimised mode, a handle routes on the loop it was first
+    used in: awaited calls from two loops in turn (each gets handles of its own) and blocking
+    calls (on the handle's own loop) all answer."""
+    deploy(shouted(), name="every_way", route_prefix="/every-way")
+    (tmp_path / "every_way.py").write_text(textwrap.dedent(EVERY_WAY))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    done = subprocess.run([sys.executable, str(tmp_path / "every_way.py"), "every_way"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "own loop": True,
+        "first loop": [["A ", "B "], ["A ", "B "], ["A ", "B "]],
+        "second loop": [["C "], ["C "], ["C "]],
+        "blocking": [["D "], ["E "]]}
