@@ -4,7 +4,6 @@ one `fuse=False`, so each runs in a replica of its own and records there."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -45,14 +44,12 @@ def metered() -> sg.Graph:
 @sg.deployment(fuse=False, max_ongoing_requests=2)
 async def crawl(x: int, gate: str = "") -> int:
     """A slow stage that admits two calls at a time: concurrent load saturates it. With a
-    `gate` (a file's path) a call waits until that file exists (60 s at most), so the stage
-    stays saturated until a test has seen it so."""
-    if not gate:
+    `gate`, a call waits until the `Gate` actor of that name opens, so the stage stays
+    saturated until a test has seen it so."""
+    if gate:
+        await ray.get_actor(gate, namespace=GATES).wait.remote()
+    else:
         await asyncio.sleep(1.0)
-        return x
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
     return x
 
 
@@ -72,7 +69,7 @@ def unplaceable(x: int) -> int:
 
 
 def crawling(gated: bool = False) -> sg.Graph:
-    """`crawl` on x; `gated`, on x and the gate file's path in `gate`."""
+    """`crawl` on x; `gated`, on x and the name of its `Gate` in `gate`."""
     with sg.InputNode() as inp:
         out = crawl.bind(inp.x, inp.gate) if gated else crawl.bind(inp.x)
     return sg.Graph(out, name="crawling")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,23 +34,28 @@ def finding(app: str, stage: str, kind: str, **options: Any) -> Report:
                  f"doctor to find {kind} on {stage}")
 
 
-def test_a_saturated_stage(deploy: Callable[..., Any], tmp_path: Path) -> None:
-    """The stage's calls wait on a gate the test opens once the doctor has seen them: the
+def test_a_saturated_stage(deploy: Callable[..., Any]) -> None:
+    """The stage's calls wait on a `Gate` the test opens once the doctor has seen them: the
     stage stays saturated however slowly its metrics reach Ray."""
-    handle = deploy(ms.crawling(gated=True), name="crawling")
-    gate = tmp_path / "gate"
-    callers = [threading.Thread(target=handle.call, args=({"x": i, "gate": str(gate)},))
-               for i in range(6)]
-    for caller in callers:
-        caller.start()
-    try:  # Serve's queue may be seen before the replica's first started counts reach Ray
-        report = until(lambda: examine("crawling"), lambda r: any(
-            f.kind == "saturated" and f.message.startswith("100% busy") for f in r.findings),
-            "doctor to find crawl saturated and 100% busy")
-    finally:
-        gate.touch()
+    import ray
+
+    gate = ms.Gate.options(name="saturated", namespace=ms.GATES).remote()
+    try:
+        handle = deploy(ms.crawling(gated=True), name="crawling")
+        callers = [threading.Thread(target=handle.call, args=({"x": i, "gate": "saturated"},))
+                   for i in range(6)]
         for caller in callers:
-            caller.join()
+            caller.start()
+        try:  # Serve's queue may be seen before the replica's first started counts reach Ray
+            report = until(lambda: examine("crawling"), lambda r: any(
+                f.kind == "saturated" and f.message.startswith("100% busy")
+                for f in r.findings), "doctor to find crawl saturated and 100% busy")
+        finally:
+            ray.get(gate.open.remote())
+            for caller in callers:
+                caller.join()
+    finally:
+        ray.kill(gate)
     assert report.bottleneck == "crawl"
     (found,) = [f for f in report.findings if f.kind == "saturated"]
     assert found.stage == "crawl" and found.message.startswith("100% busy")
