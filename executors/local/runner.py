@@ -137,13 +137,14 @@ class LocalRunner:
         with self._watching(call.step.node):
             return await running
 
-    @contextlib.contextmanager
-    def _watching(self, node: NodePlan) -> Iterator[None]:
+    def _watching(self, node: NodePlan) -> contextlib.AbstractContextManager[Any]:
         """A call's span (`tracing`, when on) and its `watch`."""
         if not self.traced and self.watch is not None:  # the Serve driver's usual case
-            with self.watch(node):
-                yield
-            return
+            return self.watch(node)  # its metrics' plain context object: no generator
+        return self._traced(node)
+
+    @contextlib.contextmanager
+    def _traced(self, node: NodePlan) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             if self.traced:
                 stack.enter_context(tracing.call_span(node.stage or "", node))

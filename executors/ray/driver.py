@@ -29,7 +29,7 @@ from ..batching import noting, settle
 from ..core import execute, stream
 from ..deadline import DEADLINE, past_deadline
 from ..local.runner import LocalRunner, Watch, build_instances
-from ..program import Program, Runner, Step, awaited, holds
+from ..program import Observer, Program, Runner, Step, awaited, holds
 from ..trace import Trace, record
 from .errors import as_pipeline_error
 from .fused import FusedRunner
@@ -224,6 +224,7 @@ class PipelineDriver:
                               for stage in plan.served()})
         # end-to-end latency per pipeline (`route`: its `sg.App` route), map widths
         self.metrics = remote.metrics = pipeline_metrics(plan.name, route)
+        self.traced = tracing.enabled()  # read once: a process's switch (see `tracing`)
         fused = plan.fused()  # stages the fuse pass put in this replica: built and called here
         self.runner: Runner = remote if not fused else FusedRunner(
             LocalRunner(self.program, build_instances(plan, fused), strict=False,
@@ -242,13 +243,20 @@ class PipelineDriver:
     async def run(self, payload: Any, request_id: str | None = None,
                   deadline_s: float | None = None) -> Any:
         """One request; `deadline_s`: its caller's budget, capped by the graph's `timeout_s`."""
+        if not self.traced:  # the usual case: no span, no generator around the request
+            return await self.measured(payload, request_id, deadline_s, None)
         with tracing.request_span(self.program.plan.name, request_id) as observer:
-            if self.metrics is None:
-                return await execute(self.program, payload, self.runner, request_id,
-                                     deadline_s=deadline_s, observer=observer)
-            with self.metrics.request():
-                return await execute(self.program, payload, self.runner, request_id,
-                                     deadline_s=deadline_s, observer=observer)
+            return await self.measured(payload, request_id, deadline_s, observer)
+
+    async def measured(self, payload: Any, request_id: str | None, deadline_s: float | None,
+                       observer: Observer | None) -> Any:
+        """`execute`, timed and counted by the pipeline's metrics when they are on."""
+        running = execute(self.program, payload, self.runner, request_id,
+                          deadline_s=deadline_s, observer=observer)
+        if self.metrics is None:
+            return await running
+        with self.metrics.request():
+            return await running
 
     async def trace(self, payload: Any, request_id: str | None = None,
                     deadline_s: float | None = None) -> Trace:

@@ -34,8 +34,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +227,9 @@ def stage_metrics(stage: str) -> StageMetrics | None:
 
 
 class PipelineMetrics:
-    """A driver's recorder: each request end to end, and each map's width."""
+    """A driver's recorder: each request end to end, and each map's width. A request's
+    latency is observed as it ends; the requests by outcome are added up here and handed to
+    Ray at most `FLUSH_S` later, as a stage's calls are."""
 
     def __init__(self, pipeline: str, route: str = "") -> None:
         self.app = application()
@@ -236,17 +237,33 @@ class PipelineMetrics:
         self.outcome = {outcome: {**self.tags, "outcome": outcome} for outcome in ("ok", "error")}
         self.instruments = instruments()
         self.map_tags: dict[str, dict[str, str]] = {}
+        self.counts = {"ok": 0, "error": 0}  # requests by outcome not yet sent
+        self.flushing = False
 
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        begun, outcome = time.perf_counter(), "error"
+    def request(self) -> RequestTimer:
+        """A context timing one request and counting it by its outcome."""
+        return RequestTimer(self)
+
+    def ended(self, begun: float, outcome: str) -> None:
+        self.instruments.pipeline_latency.observe((time.perf_counter() - begun) * 1000,
+                                                  tags=self.tags)
+        self.counts[outcome] += 1
+        if self.flushing:
+            return
         try:
-            yield
-            outcome = "ok"
-        finally:
-            self.instruments.pipeline_latency.observe(
-                (time.perf_counter() - begun) * 1000, tags=self.tags)
-            self.instruments.pipeline_requests.inc(1, tags=self.outcome[outcome])
+            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+        except RuntimeError:  # no event loop here: at once
+            self.flush()
+            return
+        self.flushing = True
+
+    def flush(self) -> None:
+        """Hand the requests counted since the last flush to Ray."""
+        self.flushing = False
+        for outcome, count in self.counts.items():
+            if count:
+                self.instruments.pipeline_requests.inc(count, tags=self.outcome[outcome])
+                self.counts[outcome] = 0
 
     def map_width(self, stage: str, node_id: str, width: int) -> None:
         tags = self.map_tags.get(node_id)
@@ -254,6 +271,22 @@ class PipelineMetrics:
             tags = self.map_tags[node_id] = {"application": self.app, "stage": stage,
                                              "node": node_id}
         self.instruments.map_width.observe(width, tags=tags)
+
+
+class RequestTimer:
+    """`PipelineMetrics.request`'s context (a plain object: one a request)."""
+
+    __slots__ = ("begun", "metrics")
+
+    def __init__(self, metrics: PipelineMetrics) -> None:
+        self.metrics = metrics
+        self.begun = 0.0
+
+    def __enter__(self) -> None:
+        self.begun = time.perf_counter()
+
+    def __exit__(self, kind: Any, exc: BaseException | None, trace: Any) -> None:
+        self.metrics.ended(self.begun, "ok" if exc is None else "error")
 
 
 def pipeline_metrics(pipeline: str, route: str = "") -> PipelineMetrics | None:
