@@ -118,7 +118,27 @@ def application() -> str:
         return ""
 
 
-class StageMetrics:
+class Buffered:
+    """A recorder that adds counts up and hands them to Ray in `flush`, at most `FLUSH_S`
+    after the first one since the last flush."""
+
+    flushing = False  # a flush is scheduled
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def flush_soon(self) -> None:
+        if self.flushing:
+            return
+        try:
+            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+        except RuntimeError:  # no event loop here: at once
+            self.flush()
+            return
+        self.flushing = True
+
+
+class StageMetrics(Buffered):
     """A stage replica's recorder: calls, errors, latency and in-flight per node. A call's
     latency is observed as it ends; its started and finished counts and the in-flight gauge
     are added up here and handed to Ray at most `FLUSH_S` later (Ray exports every few
@@ -133,7 +153,6 @@ class StageMetrics:
         self.instruments = instruments()
         self.running = 0
         self.counts: dict[str, list[int]] = {}  # node id -> [started, finished] not yet sent
-        self.flushing = False
 
     def started(self, init_seconds: float) -> None:
         """One replica constructed, its constructor having taken `init_seconds`."""
@@ -162,14 +181,7 @@ class StageMetrics:
         counts[0] += started
         counts[1] += finished
         self.running += started - finished
-        if self.flushing:
-            return
-        try:
-            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
-        except RuntimeError:  # no event loop here: at once
-            self.flush()
-            return
-        self.flushing = True
+        self.flush_soon()
 
     def flush(self) -> None:
         """Hand the counts added up since the last flush to Ray, and the in-flight gauge."""
@@ -226,7 +238,7 @@ def stage_metrics(stage: str) -> StageMetrics | None:
     return StageMetrics(stage) if enabled() else None
 
 
-class PipelineMetrics:
+class PipelineMetrics(Buffered):
     """A driver's recorder: each request end to end, and each map's width. A request's
     latency is observed as it ends; the requests by outcome are added up here and handed to
     Ray at most `FLUSH_S` later, as a stage's calls are."""
@@ -238,7 +250,6 @@ class PipelineMetrics:
         self.instruments = instruments()
         self.map_tags: dict[str, dict[str, str]] = {}
         self.counts = {"ok": 0, "error": 0}  # requests by outcome not yet sent
-        self.flushing = False
 
     def request(self) -> RequestTimer:
         """A context timing one request and counting it by its outcome."""
@@ -248,14 +259,7 @@ class PipelineMetrics:
         self.instruments.pipeline_latency.observe((time.perf_counter() - begun) * 1000,
                                                   tags=self.tags)
         self.counts[outcome] += 1
-        if self.flushing:
-            return
-        try:
-            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
-        except RuntimeError:  # no event loop here: at once
-            self.flush()
-            return
-        self.flushing = True
+        self.flush_soon()
 
     def flush(self) -> None:
         """Hand the requests counted since the last flush to Ray."""
