@@ -38,8 +38,9 @@ the CPUs bound the pipeline too: `cpus * 1000 / (sum of work_ms(1) + overhead_ms
 
 A request's p99 in a stage is modelled as an M/M/1 queue's: `call_ms * ln(100) / (1 - u)`,
 plus the batch wait, where `call_ms` is a call of the batch the load fills (at low load a
-batched stage runs small batches); the pipeline's p99 is the sum over its stages (an upper
-bound: parallel branches are counted as if in series).
+batched stage runs small batches); the pipeline's p99 is the sum of its stages' along its
+heaviest chain of calls (`critical_p99`: parallel branches count once; still an upper bound,
+as every stage on the chain is taken at its own p99).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the pass. Class nodes feed the calls on their actor group, so every node's group
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import networkx as nx
 
@@ -30,3 +30,14 @@ def schedule(nodes: Iterable[Node]) -> list[Node]:
     view = data_graph(nodes)
     return [view.nodes[node_id]["node"]
             for node_id in nx.lexicographical_topological_sort(view)]
+
+
+def heaviest_path(nodes: Iterable[Node], weight: Callable[[Node], float]) -> float:
+    """What the heaviest chain of data edges weighs, each node on it `weight(node)`: with a
+    node weighing its time, a request's critical path (parallel branches count once)."""
+    view = data_graph(nodes)
+    best: dict[int, float] = {}
+    for node_id in nx.topological_sort(view):
+        before = max((best[parent] for parent in view.predecessors(node_id)), default=0.0)
+        best[node_id] = before + weight(view.nodes[node_id]["node"])
+    return max(best.values(), default=0.0)

@@ -54,6 +54,7 @@ from .capacity_options import (
     CapacityDecision,
     apply,
     batched,
+    critical_p99,
     hops_and_fused_work,
     reserved_cpus,
     reserved_total,
@@ -220,7 +221,7 @@ def _for_target(state: CompileState, loads: Mapping[str, StageLoad], budget: Bud
         if shortfall(state, loads, budget, target.rps, utilisation, fused) is not None:
             break
         decision = _decision(state, loads, budget, target, target.rps, utilisation, fused)
-        if target.p99_ms is None or predicted_p99(decision) <= target.p99_ms:
+        if target.p99_ms is None or predicted_p99(state, decision) <= target.p99_ms:
             return only_fused(decision, target.rps) if fused else decision
     for size in smaller_batches(loads) if capped is not None else ():
         try:
@@ -283,7 +284,7 @@ def p99_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Budge
     sized = low.sized(name)
     _, took = loads[name].call_at(target.rps * loads[name].calls / sized.replicas,
                                   sized.threads)
-    return errors.p99_out_of_reach(target, sum(each.values()), name, each[name], took,
+    return errors.p99_out_of_reach(target, critical_p99(state, each), name, each[name], took,
                                    loads[name].wait_ms)
 
 
@@ -293,9 +294,10 @@ def stage_p99s(decision: CapacityDecision) -> dict[str, float]:
                               decision.rps) for name, load in decision.loads.items()}
 
 
-def predicted_p99(decision: CapacityDecision) -> float:
-    """The pipeline's p99 at the load sized for: its stages', summed (see `capacity`)."""
-    return sum(stage_p99s(decision).values())
+def predicted_p99(state: CompileState, decision: CapacityDecision) -> float:
+    """The pipeline's p99 at the load sized for: its stages' along its heaviest chain of
+    calls (`critical_p99`)."""
+    return critical_p99(state, stage_p99s(decision))
 
 
 def _cpus(state: CompileState, profile: Profile) -> float:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ...dag import CallNode, batch_spec
 from ..capacity import CONCURRENT_BATCHES, Sizing, StageLoad, cpu_bound_rps, driver_ms
+from ..graphview import heaviest_path
 from ..profile import Target
 from ..state import CompileState, spec_of_group
 from .resources import stage_resources
@@ -211,3 +212,15 @@ def planned_options(serve: dict[str, Any], state: CompileState, name: str,
         "max_replicas": sized.replicas + grow,
         "target_ongoing_requests": round(max(1.0, ongoing), 2)}
     return serve
+
+
+def critical_p99(state: CompileState, stage_ms: Mapping[str, float]) -> float:
+    """The pipeline's p99 from its stages' (`stage_ms`, by deployment name): their sum along
+    the heaviest chain of calls, each call node counting its stage's p99 (parallel branches
+    count once, a stage called twice in a row twice); unlisted stages count nothing."""
+    def weight(node: Any) -> float:
+        if not isinstance(node, CallNode):
+            return 0.0
+        return stage_ms.get(state.name_of(node.call.group), 0.0)
+
+    return heaviest_path(state.graph.nodes, weight)

@@ -12,7 +12,7 @@ from ..capacity import MAX_UTILISATION, P99_FACTOR, Sizing, driver_ms
 from ..pipeline import CompiledPipeline
 from ..profile import CapacityPlan, StagePrediction
 from ..state import CompileState
-from .capacity_options import CapacityDecision, rates
+from .capacity_options import CapacityDecision, critical_p99, rates
 from .resources import replica_range
 
 CPUS_BOTTLENECK = "the cluster's CPUs"
@@ -63,6 +63,7 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
                                driver_replicas if sized is None else sized.replicas, at),
             planned=name in decision.sizing or name in decision.fused,
             in_driver=sized is None))
+    stages_p99 = critical_p99(state, {row.stage: row.p99_ms for row in rows})
     driver_busy = at / throughput[driver]
     own_ms = driver_ms(found.hops, 0.0)  # the fused stages' time is in their own rows
     rows.append(StagePrediction(
@@ -72,6 +73,6 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
         planned=driver_replicas > 1 or bool(decision.fused)))
     return CapacityPlan(
         target=decision.target, cpus=decision.budget.cpus, capacity_rps=capacity, at_rps=at,
-        p99_ms=sum(row.p99_ms for row in rows),
+        p99_ms=stages_p99 + rows[-1].p99_ms,
         bottleneck=CPUS_BOTTLENECK if cpu_bound < throughput[neck] else neck,
         cpu_bound_rps=cpu_bound, stages=rows, layout=decision.layout)

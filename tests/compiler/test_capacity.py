@@ -194,16 +194,31 @@ def test_a_target_short_of_cpu_work_names_the_heaviest_stage() -> None:
 
 def test_a_p99_out_of_reach_says_what_the_stages_take() -> None:
     """At 20% busy Inc runs ceil(50 / 20) = 3 replicas, 1/6 busy: 10 ms * ln(100) / (5/6) =
-    55.3 ms; double and triple 1 ms at 5% busy, 4.85 ms each; add 2.36 ms: 67.3 ms."""
+    55.3 ms; double and triple 1 ms at 5% busy, 4.85 ms each, in parallel: one counts; add
+    2.36 ms: 55.3 + 4.85 + 2.36 = 62.5 ms."""
     with pytest.raises(sg.CapacityError) as caught:
         sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=16), profile=diamond_profile(),
                    target=sg.Target(rps=50, p99_ms=5))
     assert str(caught.value) == (
         "[capacity] stage 'Inc': 50 req/s, p99 <= 5 ms is out of reach: the stages' p99 is "
-        "67.3 ms even at 20% busy; the slowest is this stage's 55.3 ms (10 ms a call, 0 ms "
+        "62.5 ms even at 20% busy; the slowest is this stage's 55.3 ms (10 ms a call, 0 ms "
         "batch wait)\n"
-        "  hint: raise p99_ms to 68 or more, or give this stage smaller batches "
+        "  hint: raise p99_ms to 63 or more, or give this stage smaller batches "
         "(max_batch_size, batch_wait_timeout_s)")
+
+
+def test_the_pipeline_p99_follows_the_heaviest_chain_of_calls() -> None:
+    """The diamond's p99 is Inc's, the slower of its two parallel branches', add's and the
+    driver's: double and triple wait side by side, so only one of them counts."""
+    plan = sg.compile(diamond(), cluster=sg.ClusterSpec(cpus=16), profile=diamond_profile(),
+                      target=sg.Target(rps=50))
+    assert plan.capacity is not None
+    each = {row.stage: row.p99_ms for row in plan.capacity.stages}
+    assert set(each) == {"Inc", "double", "triple", "add", "diamond_driver"}
+    assert plan.capacity.p99_ms == pytest.approx(
+        each["Inc"] + max(each["double"], each["triple"]) + each["add"]
+        + each["diamond_driver"])
+    assert plan.capacity.p99_ms < sum(each.values())  # not every stage's, summed
 
 
 def test_planning_misuse_is_a_bind_error() -> None:
