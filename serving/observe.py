@@ -51,13 +51,23 @@ def scrape(timeout_s: float = 5.0) -> str:
 
 
 def parse(text: str, prefixes: tuple[str, ...] = (PREFIX, "ray_serve_")) -> list[Sample]:
-    """The samples of the families whose names start with one of `prefixes`."""
-    wanted = "\n".join(line for line in text.splitlines()
-                       if not line.startswith("#") or any(p in line for p in prefixes))
+    """The samples of the families whose names start with one of `prefixes`. Only their
+    lines reach the (pure Python) parser: a cluster's endpoint serves every Ray metric of
+    every process, most of them not ours."""
+    wanted = "\n".join(line for line in text.splitlines() if _named(line).startswith(prefixes))
     return [Sample(sample.name, dict(sample.labels), sample.value)
             for family in text_string_to_metric_families(wanted)
             if family.name.startswith(prefixes)
             for sample in family.samples]
+
+
+def _named(line: str) -> str:
+    """The metric name a line of the text format starts with (`# HELP name ...` and
+    `# TYPE name ...` name theirs second; other comments name none)."""
+    if not line.startswith("#"):
+        return line
+    parts = line.split(None, 3)
+    return parts[2] if len(parts) > 2 and parts[1] in ("HELP", "TYPE") else ""
 
 
 def delta(after: list[Sample], before: list[Sample]) -> list[Sample]:

@@ -64,6 +64,18 @@ def test_figures_sum_replicas_of_one_application() -> None:
     assert figures.latency_ms(0.99) == 20.0
 
 
+def test_parse_keeps_only_our_families_and_serves() -> None:
+    """Other families' lines never reach the parser, even one whose help text names ours or
+    one malformed for it."""
+    noise = ("# HELP ray_noise_total mentions ray_servegraph_stage_calls_total\n"
+             "# TYPE ray_noise_total counter\nray_noise_total{a=\"b\"} not-a-number\n"
+             "# a comment of no family\n")
+    names = {sample.name for sample in parse(noise + TEXT)}
+    assert names == {sample.name for sample in parse(TEXT)}
+    assert all(name.startswith(("ray_servegraph_", "ray_serve_")) for name in names)
+    assert "ray_serve_deployment_queued_queries" in names
+
+
 def test_quantiles_interpolate_inside_a_bucket() -> None:
     assert bucket_quantile({10.0: 0.0, 20.0: 10.0, math.inf: 10.0}, 0.5) == 15.0
     assert bucket_quantile({10.0: 0.0, math.inf: 0.0}, 0.5) is None
