@@ -177,8 +177,8 @@ class PipelineHandle:
                         timeout_s: float | None, deadline_s: float | None = None) -> Any:
         """One awaited call of the driver's `method` ("run" or "trace") from the caller's
         loop."""
-        entry = getattr(self._here(), method)
         try:
+            entry = getattr(self._here(), method)
             async with asyncio.timeout(timeout_s):
                 return await entry.remote(payload, request_id, deadline_s, **self._which)
         except Exception as exc:
