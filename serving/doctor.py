@@ -258,10 +258,10 @@ def examine(application: str, *, window_s: float = 0.0, profile: Profile | None 
     from .observe import delta, parse, pipeline_latency, scrape, stage_figures
 
     plan = connect_app(application, timeout_s=30).plan
-    before = parse(scrape()) if window_s > 0 else None
+    before = parse(scrape(), application=application) if window_s > 0 else None
     if before is not None:
         time.sleep(window_s)  # the window measured, not a poll
-    samples = parse(scrape())
+    samples = parse(scrape(), application=application)
     figures = stage_figures(samples, application)
     if before is not None:
         for stage, recent in stage_figures(delta(samples, before), application).items():

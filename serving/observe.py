@@ -50,11 +50,16 @@ def scrape(timeout_s: float = 5.0) -> str:
     return "\n".join(texts)
 
 
-def parse(text: str, prefixes: tuple[str, ...] = (PREFIX, "ray_serve_")) -> list[Sample]:
-    """The samples of the families whose names start with one of `prefixes`. Only their
-    lines reach the (pure Python) parser: a cluster's endpoint serves every Ray metric of
-    every process, most of them not ours."""
-    wanted = "\n".join(line for line in text.splitlines() if _named(line).startswith(prefixes))
+def parse(text: str, prefixes: tuple[str, ...] = (PREFIX, "ray_serve_"), *,
+          application: str | None = None) -> list[Sample]:
+    """The samples of the families whose names start with one of `prefixes` (with
+    `application`, only its series). Only their lines reach the (pure Python) parser: a
+    cluster's endpoint serves every Ray metric of every process, and Serve's keep the series
+    of applications deleted long ago."""
+    label = None if application is None else f'application="{application}"'
+    wanted = "\n".join(line for line in text.splitlines()
+                       if _named(line).startswith(prefixes)
+                       and (label is None or line.startswith("#") or label in line))
     return [Sample(sample.name, dict(sample.labels), sample.value)
             for family in text_string_to_metric_families(wanted)
             if family.name.startswith(prefixes)

@@ -76,6 +76,13 @@ def test_parse_keeps_only_our_families_and_serves() -> None:
     assert "ray_serve_deployment_queued_queries" in names
 
 
+def test_parse_of_one_application_keeps_only_its_series() -> None:
+    assert {sample.labels["application"] for sample in parse(TEXT, application="other")} \
+        == {"other"}
+    assert stage_figures(parse(TEXT, application="search"), "search") \
+        == stage_figures(parse(TEXT), "search")
+
+
 def test_quantiles_interpolate_inside_a_bucket() -> None:
     assert bucket_quantile({10.0: 0.0, 20.0: 10.0, math.inf: 10.0}, 0.5) == 15.0
     assert bucket_quantile({10.0: 0.0, math.inf: 0.0}, 0.5) is None

@@ -67,7 +67,7 @@ def settled(metered: Metered, name: str, expected: float, **labels: str) -> list
 
     def ask() -> Samples:
         if metered.latest is None or total(metered.latest, name, **labels) < expected:
-            metered.latest = Samples(parse(scrape()))
+            metered.latest = Samples(parse(scrape(), application=APP))
         return metered.latest
 
     found = until(ask, lambda s: total(s, name, **labels) >= expected,
@@ -145,7 +145,7 @@ def test_in_flight(deploy: Callable[..., Any]) -> None:
         labels = {"application": "gated", "stage": "held"}
 
         def in_flight() -> float:
-            samples = parse(scrape())
+            samples = parse(scrape(), application="gated")
             return (total(samples, "stage_started_total", **labels)
                     - total(samples, "stage_calls_total", **labels))
 
@@ -154,7 +154,7 @@ def test_in_flight(deploy: Callable[..., Any]) -> None:
         finally:
             ray.get(gate.open.remote())
             call.join()
-        ended = until(lambda: Samples(parse(scrape())),
+        ended = until(lambda: Samples(parse(scrape(), application="gated")),
                       lambda samples: total(samples, "stage_calls_total", **labels) == 1,
                       "the call to finish")
         assert total(ended, "stage_started_total", **labels) == 1
@@ -166,7 +166,7 @@ def test_end_to_end_latency_per_route(deploy: Callable[..., Any]) -> None:
     """An `sg.App`'s driver labels each graph's requests with its route."""
     handle = deploy(sg.App({"/crawl": ms.crawling()}), name="routed")
     handle["crawling"].call({"x": 1})
-    settled_app = until(lambda: Samples(parse(scrape())), lambda s: total(
+    settled_app = until(lambda: Samples(parse(scrape(), application="routed")), lambda s: total(
         s, "pipeline_requests_total", application="routed", route="/crawl") >= 1,
         "the routed request")
     assert total(settled_app, "pipeline_latency_ms_count", application="routed",
@@ -181,7 +181,7 @@ def test_a_stage_fused_into_the_driver_records_there(deploy: Callable[..., Any])
         assert handle.call({"x": x}) == x * x / 2
     labels = {"application": "fused-metered", "stage": "halve",
               "node": next(node.id for node in plan.nodes if node.stage == "halve")}
-    found = until(lambda: Samples(parse(scrape())),
+    found = until(lambda: Samples(parse(scrape(), application="fused-metered")),
                   lambda s: total(s, "stage_calls_total", **labels) >= 3, "the fused calls")
     assert total(found, "stage_calls_total", **labels) == 3
     assert total(found, "stage_latency_ms_count", **labels) == 3
