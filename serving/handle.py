@@ -43,8 +43,7 @@ class PipelineHandle:
     def __init__(self, handle: DeploymentHandle, name: str, route_prefix: str, url: str, *,
                  plan: CompiledPipeline | None = None, graph: str | None = None) -> None:
         self._loop = None if router_in_separate_loop() else _own_loop()
-        self._entries = EntryPoints(*self._on_loop(_options_of, handle))
-        self._run, self._stream, self._trace = self._entries
+        self._entries: EntryPoints = self._on_loop(_options_of, handle)
         # the same entry points routed on each caller's loop (`_here`)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EntryPoints] = \
             weakref.WeakKeyDictionary()
@@ -103,7 +102,7 @@ class PipelineHandle:
     def call(self, payload: Any = None, request_id: str | None = None, *,
              timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
         """The outputs' values, blocking."""
-        return self._blocking(self._run, payload, request_id, timeout_s, deadline_s)
+        return self._blocking(self._entries.run, payload, request_id, timeout_s, deadline_s)
 
     async def acall(self, payload: Any = None, request_id: str | None = None, *,
                     timeout_s: float | None = None, deadline_s: float | None = None) -> Any:
@@ -119,7 +118,7 @@ class PipelineHandle:
               timeout_s: float | None = None, deadline_s: float | None = None) -> Trace:
         """`atrace`, blocking."""
         try:
-            return self._blocking(self._trace, payload, request_id, timeout_s, deadline_s)
+            return self._blocking(self._entries.trace, payload, request_id, timeout_s, deadline_s)
         except StageTimeoutError as exc:
             return Trace(self.name, executor="ray", error=exc)
 
@@ -139,9 +138,9 @@ class PipelineHandle:
         """The chunks of a streaming pipeline, blocking, each as it comes."""
         try:
             if self._loop is None:
-                yield from self._stream.remote(payload, request_id)
+                yield from self._entries.stream.remote(payload, request_id)
                 return
-            chunks = self._on_loop(_started, self._stream, payload, request_id, self._which)
+            chunks = self._on_loop(_started, self._entries.stream, payload, request_id, self._which)
             while True:
                 try:
                     yield self._on_loop(anext, chunks)
@@ -194,8 +193,9 @@ class PipelineHandle:
             return self._entries
         found = self._loops.get(loop)
         if found is None:
-            fresh = DeploymentHandle(self._run.deployment_name, self._run.app_name)
-            found = self._loops[loop] = EntryPoints(*_options_of(fresh))
+            first = self._entries.run
+            found = self._loops[loop] = _options_of(
+                DeploymentHandle(first.deployment_name, first.app_name))
         return found
 
     def _error(self, error: Exception, request_id: str | None, timeout_s: float | None
@@ -230,11 +230,11 @@ class EntryPoints(NamedTuple):
     trace: DeploymentHandle
 
 
-def _options_of(handle: DeploymentHandle) -> tuple[DeploymentHandle, ...]:
+def _options_of(handle: DeploymentHandle) -> EntryPoints:
     """The driver's entry points, built once (`handle.run` copies the handle each time)."""
-    return (handle.options(method_name="run"),
-            handle.options(method_name="stream", stream=True),
-            handle.options(method_name="trace"))
+    return EntryPoints(handle.options(method_name="run"),
+                       handle.options(method_name="stream", stream=True),
+                       handle.options(method_name="trace"))
 
 
 def _cancelled_past(call: Any, result: Callable[[], Any]) -> Any:

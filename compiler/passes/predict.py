@@ -66,13 +66,14 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
     stages_p99 = critical_p99(state, {row.stage: row.p99_ms for row in rows})
     driver_busy = at / throughput[driver]
     own_ms = driver_ms(found.hops, 0.0)  # the fused stages' time is in their own rows
-    rows.append(StagePrediction(
+    driver_row = StagePrediction(
         stage=driver, replicas=driver_replicas, cpus=decision.driver_threads,
         throughput_rps=throughput[driver], utilisation=driver_busy,
         p99_ms=own_ms * P99_FACTOR / (1 - min(driver_busy, MAX_UTILISATION)),
-        planned=driver_replicas > 1 or bool(decision.fused)))
+        planned=driver_replicas > 1 or bool(decision.fused))
+    rows.append(driver_row)
     return CapacityPlan(
         target=decision.target, cpus=decision.budget.cpus, capacity_rps=capacity, at_rps=at,
-        p99_ms=stages_p99 + rows[-1].p99_ms,
+        p99_ms=stages_p99 + driver_row.p99_ms,
         bottleneck=CPUS_BOTTLENECK if cpu_bound < throughput[neck] else neck,
         cpu_bound_rps=cpu_bound, stages=rows, layout=decision.layout)

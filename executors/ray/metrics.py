@@ -30,6 +30,7 @@ recorders are then None and each hook is one `if`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import os
@@ -118,14 +119,15 @@ def application() -> str:
         return ""
 
 
-class Buffered:
+class Buffered(abc.ABC):
     """A recorder that adds counts up and hands them to Ray in `flush`, at most `FLUSH_S`
     after the first one since the last flush."""
 
     flushing = False  # a flush is scheduled
 
+    @abc.abstractmethod
     def flush(self) -> None:
-        raise NotImplementedError
+        """Hand what was added up since the last flush to Ray (and clear `flushing`)."""
 
     def flush_soon(self) -> None:
         if self.flushing:
