@@ -138,7 +138,7 @@ class PipelineHandle:
         """The chunks of a streaming pipeline, blocking, each as it comes."""
         try:
             if self._loop is None:
-                yield from self._entries.stream.remote(payload, request_id)
+                yield from self._entries.stream.remote(payload, request_id, **self._which)
                 return
             chunks = self._on_loop(_started, self._entries.stream, payload, request_id, self._which)
             while True:

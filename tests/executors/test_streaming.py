@@ -187,6 +187,22 @@ def test_a_handle_on_an_event_loop_of_its_own_streams_too(deploy: Callable[..., 
 
 
 @pytest.mark.ray
+def test_a_graph_of_an_app_streams_over_its_handle(deploy: Callable[..., Any]) -> None:
+    """An `sg.App` of two graphs: its handle's graph streams (blocking and awaited), named
+    to the app's ingress, which holds more than one graph."""
+    handle = deploy(sg.App({"/shout": shouted(), "/count": counted()}), name="streams",
+                    route_prefix="/streams")
+    payload = {"text": "a b"}
+    assert list(handle["shouted"].stream(payload)) == ["A ", "B "]
+
+    async def streamed() -> list[str]:
+        return [chunk async for chunk in handle["shouted"].astream(payload)]
+
+    assert asyncio.run(streamed()) == ["A ", "B "]
+    assert handle["counted"].call(payload) == 2
+
+
+@pytest.mark.ray
 def test_chunks_arrive_over_http_before_the_last_is_made(deploy: Callable[..., Any],
                                                          tmp_path: Path) -> None:
     handle = deploy(gate_graph(), name="gate", route_prefix="/gate")
