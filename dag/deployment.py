@@ -136,8 +136,9 @@ def batch(
     batch_size_fn: Callable[[list[Any]], int] | None = None,
 ) -> Any:
     """Batch concurrent calls of one method: typed on the batch (`list[T] -> list[R]`), called
-    with one `T`, giving one `R`. Both executors honour it; on Serve it becomes `serve.batch`.
-    The method itself is returned unchanged, so calling it directly with a list still works."""
+    with one `T`, giving one `R`. Every executor batches it with servegraph's `Batcher` (a
+    dynamic batcher). The method itself is returned unchanged, so calling it directly with a
+    list still works."""
     site = user_site()
     checks = {
         "max_batch_size": max_batch_size >= 1,

@@ -1,9 +1,9 @@
 """`sg.batch` failures isolated: one bad item fails its own call, not its whole batch.
 
-Both executors wrap a batched method with `isolating` *inside* their batch queue (the local
-`Batcher`; Serve's `serve.batch`, which hands the whole batch to one call), so how a batch is
-formed (`max_batch_size`, `batch_wait_timeout_s`, `batch_size_fn`, `max_concurrent_batches`)
-is unchanged. The rule, per batch call:
+Every executor wraps a batched method with `isolating` *inside* its batch queue (`Batcher`,
+which hands the whole batch to one call), so how a batch is formed (`max_batch_size`,
+`batch_wait_timeout_s`, `batch_size_fn`, `max_concurrent_batches`) is unchanged. The rule,
+per batch call:
 
 - the method raises: the batch is split in halves (the first half one item larger when the
   size is odd) and each half is called again, one after the other, inside the same batch slot;
@@ -67,8 +67,7 @@ class Outcome:
 
 def isolating(fn: BatchFn) -> Callable[..., Awaitable[list[Outcome]]]:
     """`fn` (typed on the batch: lists in, a list out) answering one `Outcome` per item, in
-    order, by the rule of this module; it keeps `fn`'s name and signature (`serve.batch`
-    checks each call against it)."""
+    order, by the rule of this module; it keeps `fn`'s name and signature."""
 
     @functools.wraps(fn)
     async def run_batch(*columns: list[Any], **keyed: list[Any]) -> list[Outcome]:
@@ -136,14 +135,3 @@ def settle(outcome: Outcome) -> Any:
     if outcome.error is not None:
         raise outcome.error
     return outcome.value
-
-
-def one_by_one(batched: Callable[..., Awaitable[Outcome]]) -> BatchFn:
-    """A batch queue answering `Outcome`s (`serve.batch(isolating(fn))`) as a plain per-item
-    call: its value, or its error raised."""
-
-    @functools.wraps(batched)
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        return settle(await batched(*args, **kwargs))
-
-    return call

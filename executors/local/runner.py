@@ -2,7 +2,7 @@
 
 Same concurrency as Serve: every async call is its own task, so independent branches overlap;
 a sync stage whose inputs are ready runs inline (as Serve runs sync methods on the replica's
-loop). `sg.batch` is honoured by a small batcher with Serve's semantics (`batcher`); strict
+loop). `sg.batch` is honoured by the one batcher of every executor (`executors.batcher`); strict
 mode checks every value crossing an edge (`strict`). On Serve, the driver runs the stages fused
 into it with this runner too.
 """
@@ -21,10 +21,10 @@ from ...dag import batch_spec
 from ...dag.deployment import require_model_id, serving_model
 from ...errors import PipelineError, StageError
 from .. import tracing
+from ..batcher import Batcher
 from ..batching import planned
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step, awaited, holds
-from .batcher import Batcher
 from .strict import EdgeChecker
 
 # a context each call of a node runs in (`LocalRunner(watch=...)`)

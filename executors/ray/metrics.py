@@ -199,7 +199,7 @@ class StageMetrics(Buffered):
     def batched(self, method: str, fn: Callable[..., Awaitable[Any]]
                 ) -> Callable[..., Awaitable[Any]]:
         """`fn` (an `isolating` batch function) recording each batch's size; it keeps
-        `fn`'s name and signature, which `serve.batch` checks calls against."""
+        `fn`'s name and signature."""
         tags = {**self.own, "method": method}
         histogram = self.instruments.batch_size
 

@@ -5,9 +5,10 @@ only as a top-level argument, so a leaf that is a list of responses (a map's res
 spread into the arguments, and `shape` tells the replica how to gather it back (`flatten` and
 `unflatten`). A stream a stage reads is passed unstarted (`StreamCall`) and opened here.
 
-A `sg.batch` method becomes `serve.batch` around `batching.isolating(method)`: Serve hands a
-whole batch to one call, so the split-and-retry that isolates a failing item runs inside it,
-and each caller gets its own item's value or error. A traced request calls `reported` instead
+A `sg.batch` method is batched by servegraph's `Batcher` (as on the local executor and in the
+driver: a dynamic batcher, not `serve.batch`) around `batching.isolating(method)`: the
+split-and-retry that isolates a failing item runs inside a batch's call, and each caller gets
+its own item's value or error. A traced request calls `reported` instead
 of `__call__`: the same call, answered as an `Outcome` that also says how often the call's
 batch was split.
 
@@ -35,7 +36,8 @@ from ...dag import batch_spec, health_check, multiplex_spec
 from ...dag.deployment import MultiplexSpec, serving_model
 from ...errors import PipelineError, StageError
 from .. import tracing
-from ..batching import Outcome, isolating, noted, one_by_one, planned
+from ..batcher import Batcher
+from ..batching import Outcome, noted, planned
 from ..deadline import DEADLINE, until
 from ..guard import CallPolicy, attempt, call_guarded, chunks_guarded
 from ..program import Program, Step
@@ -206,12 +208,8 @@ class StageReplica:
                 spec = planned(spec, plan, stage_name, node.method)
                 key = node.method or ""
                 if key not in batched:
-                    batched[key] = one_by_one(serve.batch(
-                        max_batch_size=spec.max_batch_size,
-                        batch_wait_timeout_s=spec.batch_wait_timeout_s,
-                        max_concurrent_batches=spec.max_concurrent_batches,
-                        batch_size_fn=spec.batch_size_fn,
-                    )(self._sized(key, isolating(fn))))
+                    batched[key] = Batcher(fn, spec, around=lambda run, key=key: self._sized(
+                        key, run)).__call__
                 fn = batched[key]
             self.calls[node.id] = (step, fn, inspect.iscoroutinefunction(fn),
                                    CallPolicy.of(plan, node))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from servegraph.dag import BatchSpec
-from servegraph.executors.local.batcher import Batcher
+from servegraph.executors.batcher import Batcher
 
 
 def test_the_next_batch_starts_before_the_last_ones_callers_resume() -> None:
@@ -29,3 +29,73 @@ def test_the_next_batch_starts_before_the_last_ones_callers_resume() -> None:
     assert asyncio.run(main()) == [0, 2, 4, 6]
     assert events == ["batch [0, 1]", "batch [2, 3]", "answered 0", "answered 1",
                       "answered 2", "answered 3"]
+
+
+def test_calls_keep_joining_the_next_batch_while_every_slot_is_busy() -> None:
+    """A dynamic batcher: the calls made while the one slot runs a batch wait past their
+    timeout and go as one batch when the slot frees (Serve's rule would close a batch at each
+    timeout); a batch at `max_batch_size` does not wait for a slot's timeout at all."""
+    batches: list[list[int]] = []
+
+    async def main() -> list[int]:
+        release = asyncio.Event()
+
+        async def echo(items: list[int]) -> list[int]:
+            batches.append(items)
+            if items == [0]:
+                await release.wait()
+            return items
+
+        batcher = Batcher(echo, BatchSpec(max_batch_size=4, batch_wait_timeout_s=0.001))
+        first = asyncio.ensure_future(batcher(0))
+        while not batches:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher(item)) for item in range(1, 7)]
+        await asyncio.sleep(0.05)  # fifty timeouts pass while the slot is busy
+        assert batches == [[0]]
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(main()) == list(range(7))
+    assert batches == [[0], [1, 2, 3, 4], [5, 6]]
+
+
+def test_a_full_batch_goes_without_waiting_for_its_timeout() -> None:
+    batches: list[list[int]] = []
+
+    async def echo(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    async def main() -> list[int]:
+        batcher = Batcher(echo, BatchSpec(max_batch_size=3, batch_wait_timeout_s=3600.0))
+        return await asyncio.wait_for(asyncio.gather(*(batcher(item) for item in range(3))),
+                                      timeout=60)
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    assert batches == [[0, 1, 2]]
+
+
+def test_a_batch_holds_one_models_calls_and_runs_with_its_id() -> None:
+    """Multiplexed calls are batched by model, as Serve splits its batches, and the batch
+    sees its model's id (`sg.multiplexed_model_id()`)."""
+    from servegraph import multiplexed_model_id
+    from servegraph.dag.deployment import serving_model
+
+    seen: list[tuple[str, list[str]]] = []
+
+    async def tag(texts: list[str]) -> list[str]:
+        seen.append((multiplexed_model_id(), texts))
+        return [f"{multiplexed_model_id()}:{text}" for text in texts]
+
+    async def call(batcher: Batcher, model: str, text: str) -> str:
+        with serving_model(model):
+            return await batcher(text)
+
+    async def main() -> list[str]:
+        batcher = Batcher(tag, BatchSpec(max_batch_size=8, batch_wait_timeout_s=0.01))
+        return await asyncio.gather(call(batcher, "a", "x"), call(batcher, "b", "y"),
+                                    call(batcher, "a", "z"))
+
+    assert asyncio.run(main()) == ["a:x", "b:y", "a:z"]
+    assert sorted(seen) == [("a", ["x", "z"]), ("b", ["y"])]
