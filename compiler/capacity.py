@@ -36,6 +36,12 @@ map in 4, 8 or 1 chunks alike). The machine is shared, and its figures moved by 
 runs: these are the model's least certain numbers. So
 the CPUs bound the pipeline too: `cpus * 1000 / (sum of work_ms(1) + overhead_ms)`.
 
+A batched method's wait is planned too (`MethodBatch.planned_wait`): its declared
+`batch_wait_timeout_s`, cut to the time its planned batch's other calls take to arrive at one
+replica at the planned load. A longer wait fills no larger batch there (the batcher sends a
+full batch at once, and while its slots are busy calls keep joining the next batch,
+`executors.batcher`), and below that load a lone call would only wait longer.
+
 A request's p99 in a stage is modelled as an M/M/1 queue's: `call_ms * ln(100) / (1 - u)`,
 plus the batch wait, where `call_ms` is a call of the batch the load fills (at low load a
 batched stage runs small batches); the pipeline's p99 is the sum of its stages' along its
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .profile import StageProfile
 
@@ -65,6 +71,29 @@ CONCURRENT_BATCHES = 2     # batches a planned replica runs at once (the next on
 
 
 @dataclass(frozen=True)
+class MethodBatch:
+    """One `sg.batch` method of a stage as planned: its batch `size`, its `calls` per
+    pipeline request, its declared batch wait and the wait planned (`planned_wait`)."""
+
+    method: str | None
+    size: int
+    calls: float
+    declared_ms: float
+    wait_ms: float
+
+    def planned_wait(self, rps: float, replicas: int) -> MethodBatch:
+        """This batch with the wait shortened to the time its batch takes to arrive at one of
+        `replicas` at `rps` (`(size - 1) / items a second`): at that load a longer wait buys
+        no larger batch (the batch goes when full), and below it a lone call would wait
+        longer for nothing. Never longer than declared."""
+        rate = rps * self.calls / max(replicas, 1)
+        if self.size <= 1 or rate <= 0:
+            return replace(self, wait_ms=self.declared_ms)
+        fill = round((self.size - 1) / rate * 1000.0, 3)
+        return replace(self, wait_ms=min(self.declared_ms, fill))
+
+
+@dataclass(frozen=True)
 class StageLoad:
     """One deployment's work per pipeline request, from its profile (see the module
     docstring): `work_ms[t - 1]` on a replica of `t` CPUs; `call_ms[t - 1]` one call's
@@ -79,7 +108,15 @@ class StageLoad:
     batch: int = 1
     wait_ms: float = 0.0
     batch_ms: tuple[tuple[int, float], ...] = ((1, 0.0),)  # (size, ms) on one CPU
-    batches: tuple[tuple[str | None, int], ...] = ()  # each method's planned batch size
+    batches: tuple[MethodBatch, ...] = ()  # each `sg.batch` method's planned batch
+
+    def waiting(self, rps: float, replicas: int) -> StageLoad:
+        """This load with its batch waits planned for `rps` on `replicas`
+        (`MethodBatch.planned_wait`); `wait_ms` the longest."""
+        if not self.batches:
+            return self
+        batches = tuple(each.planned_wait(rps, replicas) for each in self.batches)
+        return replace(self, batches=batches, wait_ms=max(each.wait_ms for each in batches))
 
     @property
     def max_threads(self) -> int:
@@ -142,12 +179,13 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
     work = [0.0] * threads
     call = [0.0] * threads
     calls, batch, wait = 0.0, 1, 0.0
-    sizes_of: list[tuple[str | None, int]] = []
+    sizes_of: list[MethodBatch] = []
     for method in methods:
         size, per_item, median = batch_at(method, max_batch.get(method.method, 1))
-        if method.method in max_batch:
-            sizes_of.append((method.method, size))
         per_request = method.calls / payloads
+        if method.method in max_batch:
+            declared = wait_ms.get(method.method, 0.0)
+            sizes_of.append(MethodBatch(method.method, size, per_request, declared, declared))
         calls += per_request
         batch = max(batch, size)
         wait = max(wait, wait_ms.get(method.method, 0.0))

@@ -74,8 +74,11 @@ def batch_texts(stage: StagePlan) -> list[str]:
         planned = "" if not batch.planned else (
             f" (planned; declared {batch.declared_max_batch_size}, "
             f"{batch.declared_max_concurrent_batches} at once)")
-        parts.append(f"batch {method} <= {batch.max_batch_size}{at_once}{planned} "
-                     f"within {batch.batch_wait_timeout_s * 1000:g} ms")
+        wait = f"within {_ms(batch.batch_wait_timeout_s)} ms"
+        declared = batch.declared_batch_wait_timeout_s
+        if declared is not None and declared != batch.batch_wait_timeout_s:
+            wait += f" (planned; declared {_ms(declared)} ms)"
+        parts.append(f"batch {method} <= {batch.max_batch_size}{at_once}{planned} {wait}")
         if batch.max_splits:
             parts.append(f"failures isolated by splitting the batch in halves (at most "
                          f"{batch.max_splits} deep)")
@@ -241,3 +244,9 @@ def _lazy_nodes(plan: Plan, node: NodePlan) -> int:
             owned.add(current.id)
             todo.extend(templates.refs(*current.templates()))
     return len(owned)
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds to three figures: `2.04`, `25`, `2000`."""
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 1000 else f"{ms:.3g}"

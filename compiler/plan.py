@@ -31,8 +31,9 @@ NodeOp = Literal["input", "select", "call", "map", "const", "branch"]
 
 class BatchPlan(BaseModel):
     """One `sg.batch` method's settings, as the user declared them, or as the capacity pass
-    planned them (`max_batch_size`, `max_concurrent_batches`; the `declared_` ones are then
-    the user's). Every executor batches with these (`executors.batching.planned`)."""
+    planned them (`max_batch_size`, `max_concurrent_batches`, `batch_wait_timeout_s`; the
+    `declared_` ones are then the user's). Every executor batches with these
+    (`executors.batching.planned`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -42,6 +43,7 @@ class BatchPlan(BaseModel):
     batch_size_fn: str | None = None
     declared_max_batch_size: int | None = None
     declared_max_concurrent_batches: int | None = None
+    declared_batch_wait_timeout_s: float | None = None
 
     @property
     def planned(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..dag import ClassNode, DeploymentOptions, DeploymentSpec, Graph
 from .cluster import ClusterSpec
@@ -32,6 +33,14 @@ class FuseDecision:
     reason: str
 
 
+class BatchChoice(NamedTuple):
+    """An `sg.batch` method's settings as the capacity pass planned them."""
+
+    max_batch_size: int
+    max_concurrent_batches: int
+    batch_wait_timeout_s: float
+
+
 @dataclass(frozen=True)
 class CompileState:
     """The graph and what the passes so far found out about it (see the module docstring)."""
@@ -45,8 +54,8 @@ class CompileState:
     resources: Mapping[str, StageResources] = field(default_factory=dict)   # resources
     layout: GpuLayout | None = None                                          # pack
     planned_fusion: Mapping[str, str] = field(default_factory=dict)        # capacity
-    # capacity: (max_batch_size, max_concurrent_batches) by stage and method
-    planned_batches: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=dict)
+    planned_batches: Mapping[str, Mapping[str, BatchChoice]] = field(  # capacity, by
+        default_factory=dict)                                          # stage and method
     fusion: Mapping[str, FuseDecision] = field(default_factory=dict)        # fuse
 
     def name_of(self, group: Group) -> str:

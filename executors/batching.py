@@ -43,15 +43,17 @@ BatchFn = Callable[..., Awaitable[Any]]
 
 
 def planned(spec: BatchSpec, plan: Plan, stage: str, method: str | None) -> BatchSpec:
-    """`spec` (a method's `sg.batch`) with the batch size its plan says where the capacity
-    pass planned one (`BatchPlan.max_batch_size`, the declared size kept beside it); a
+    """`spec` (a method's `sg.batch`) with the batch size, slots and wait its plan says where
+    the capacity pass planned them (`BatchPlan`, the declared ones kept beside them); a
     stand-in batching by settings of its own (a test's override) keeps them."""
     found = plan.stage(stage).batching.get(method or "__call__")
-    if found is None or (found.declared_max_batch_size, found.declared_max_concurrent_batches
-                         ) != (spec.max_batch_size, spec.max_concurrent_batches):
+    if found is None or (found.declared_max_batch_size, found.declared_max_concurrent_batches,
+                         found.declared_batch_wait_timeout_s) != (
+            spec.max_batch_size, spec.max_concurrent_batches, spec.batch_wait_timeout_s):
         return spec
     return dataclasses.replace(spec, max_batch_size=found.max_batch_size,
-                               max_concurrent_batches=found.max_concurrent_batches)
+                               max_concurrent_batches=found.max_concurrent_batches,
+                               batch_wait_timeout_s=found.batch_wait_timeout_s)
 
 
 @dataclass(frozen=True)

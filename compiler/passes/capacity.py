@@ -7,7 +7,8 @@ It runs after resources and before pack (so the packer places what it decided) w
 predicted p99 meets `p99_ms`; without one it finds, by bisection, the most requests a second
 the cluster serves and sizes the stages for that at full utilisation. The arithmetic is in
 `compiler.capacity`. What it decides it writes as options (`num_replicas` or an
-`autoscaling_config`, `ray_actor_options.num_cpus`, `max_ongoing_requests`) and recomputes the
+`autoscaling_config`, `ray_actor_options.num_cpus`, `max_ongoing_requests`; each batched
+method's size, slots and wait as `state.planned_batches`) and recomputes the
 stage's `StageResources` with `stage_resources`, the one place they are worked out, so the
 packer, fusion, lower, explain and the Serve config read the planned facts like any other.
 
@@ -59,6 +60,7 @@ from .capacity_options import (
     reserved_cpus,
     reserved_total,
     served_stages,
+    with_waits,
 )
 
 PASS = "capacity"
@@ -85,6 +87,7 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
     else:
         decision = _for_target(state, loads, budget, target, fusable,
                                lambda cap: profiled_loads(state, profile, cap))
+    decision = with_waits(decision)  # for the replicas spare CPUs may have added
     return apply(state, decision), decision
 
 
@@ -194,12 +197,12 @@ def _decision(state: CompileState, loads: Mapping[str, StageLoad], budget: Budge
               "budget": budget, "target": target}
     if fused:
         driver = driver_sizing(loads, fused, sizing, rps, utilisation)
-        return CapacityDecision(**common, driver_replicas=driver.replicas, fused=fused,
-                                driver_threads=driver.threads)
+        return with_waits(CapacityDecision(**common, driver_replicas=driver.replicas,
+                                           fused=fused, driver_threads=driver.threads))
     hops, work = hops_and_fused_work(loads, served_stages(sizing))
     replicas = 1 if budget.driver_fixed else min(
         _driver_replicas(rps, utilisation, hops, work), max(1, math.floor(budget.cpus)))
-    return CapacityDecision(**common, driver_replicas=replicas)
+    return with_waits(CapacityDecision(**common, driver_replicas=replicas))
 
 
 def _for_target(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,

@@ -14,7 +14,7 @@ from ...dag import CallNode, batch_spec
 from ..capacity import CONCURRENT_BATCHES, Sizing, StageLoad, cpu_bound_rps, driver_ms
 from ..graphview import heaviest_path
 from ..profile import Target
-from ..state import CompileState, spec_of_group
+from ..state import BatchChoice, CompileState, spec_of_group
 from .resources import stage_resources
 
 
@@ -55,6 +55,14 @@ class CapacityDecision:
     def sized(self, name: str) -> Sizing:
         """A profiled stage's replicas and threads: its own, or the driver's when fused."""
         return self.driver if name in self.fused else self.sizing[name]
+
+
+def with_waits(decision: CapacityDecision) -> CapacityDecision:
+    """The decision with each batched method's wait planned for the load it sized and the
+    replicas serving it (`MethodBatch.planned_wait`)."""
+    return dataclasses.replace(decision, loads={
+        name: load.waiting(decision.rps, decision.sized(name).replicas)
+        for name, load in decision.loads.items()})
 
 
 def batched(state: CompileState, name: str) -> bool:
@@ -159,9 +167,9 @@ def apply(state: CompileState, decision: CapacityDecision) -> CompileState:
         graph.driver_options = graph.driver_options.model_copy(
             update={"num_replicas": decision.driver_replicas})
     planned = {name: decision.layout for name in decision.fused}
-    batches = {name: {method or "__call__": (size, CONCURRENT_BATCHES)
-                      for method, size in load.batches}
-               for name, load in decision.loads.items() if load.batches}
+    batches = {name: {each.method or "__call__": BatchChoice(
+        each.size, CONCURRENT_BATCHES, each.wait_ms / 1000.0) for each in load.batches}
+        for name, load in decision.loads.items() if load.batches}
     return dataclasses.replace(state, graph=graph, options=options, resources=resources,
                                planned_fusion=planned, planned_batches=batches)
 

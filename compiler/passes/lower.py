@@ -33,7 +33,7 @@ from ...errors import CompileError
 from ..graphview import schedule
 from ..pipeline import CompiledPipeline
 from ..plan import BatchPlan, BranchPlan, MapPlan, MultiplexPlan, NodePlan, PlanMemory, StagePlan
-from ..state import CompileState, spec_of_group
+from ..state import BatchChoice, CompileState, spec_of_group
 from ..templates import ValueEncoder
 from ..types import type_name
 from .resources import stage_resources
@@ -196,16 +196,18 @@ def _stage_plan(state: CompileState, group: Any, calls: list[CallNode], encoder:
         batch = batch_spec(node.call.function)
         if batch is not None:
             method = node.call.method or "__call__"
-            declared = (batch.max_batch_size, batch.max_concurrent_batches)
-            size, concurrent = state.planned_batches.get(name, {}).get(method, declared)
+            declared = BatchChoice(batch.max_batch_size, batch.max_concurrent_batches,
+                                   batch.batch_wait_timeout_s)
+            size, concurrent, wait = state.planned_batches.get(name, {}).get(method, declared)
             concurrent = max(concurrent, batch.max_concurrent_batches)
-            planned = (size, concurrent) != declared
+            planned = (size, concurrent, wait) != declared
             batching[method] = BatchPlan(
                 max_batch_size=size,
                 declared_max_batch_size=batch.max_batch_size if planned else None,
                 declared_max_concurrent_batches=batch.max_concurrent_batches if planned
                 else None,
-                batch_wait_timeout_s=batch.batch_wait_timeout_s,
+                declared_batch_wait_timeout_s=batch.batch_wait_timeout_s if planned else None,
+                batch_wait_timeout_s=wait,
                 max_concurrent_batches=concurrent,
                 batch_size_fn=import_path(batch.batch_size_fn) if batch.batch_size_fn else None,
             )

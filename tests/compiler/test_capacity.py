@@ -364,14 +364,18 @@ def test_a_smaller_batch_cheaper_per_item_is_planned_and_batched_at() -> None:
     batch's size), two batches at once, and every executor batches so."""
     load = model.stage_load("BatchProbe", probe_profile({1: 2.0, 2: 2.6, 4: 5.6}).methods_of(
         "BatchProbe"), 1, {"size": 4}, {"size": 2000.0})
-    assert (load.batch, load.batches, load.work(1)) == (2, (("size", 2),), 4 * 1.3)
+    assert (load.batch, load.batches, load.work(1)) == (
+        2, (model.MethodBatch("size", 2, 4.0, 2000.0, 2000.0),), 4 * 1.3)
     plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
                       profile=probe_profile({1: 2.0, 2: 2.6, 4: 5.6}))
     batching = plan.stage("BatchProbe").batching["size"]
     assert (batching.max_batch_size, batching.max_concurrent_batches) == (2, 2)
     assert (batching.declared_max_batch_size, batching.declared_max_concurrent_batches) == (4, 1)
-    assert ("batch size <= 2, 2 at once (planned; declared 4, 1 at once) within 2000 ms"
-            in plan.explain())
+    # the wait: the one call more a batch of 2 needs, at 270 req/s x 4 calls on 2 replicas
+    assert plan.capacity is not None and round(plan.capacity.at_rps, 2) == 270.27
+    assert batching.batch_wait_timeout_s == pytest.approx(1 / (270.27 * 4 / 2), abs=1e-5)
+    assert ("batch size <= 2, 2 at once (planned; declared 4, 1 at once) within 1.85 ms "
+            "(planned; declared 2000 ms)" in plan.explain())
     assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 2, "sizes": [2, 2, 2]}
     assert sg.LocalExecutor(batch_probe()).call(PROBE_PAYLOAD) == {"one": 4, "sizes": [4, 4, 4]}
     # within 5% the largest batch stays (and two run at once)
@@ -383,17 +387,46 @@ def test_a_smaller_batch_cheaper_per_item_is_planned_and_batched_at() -> None:
 
 
 def test_a_p99_only_smaller_batches_meet_plans_them() -> None:
-    """A batched call waits up to its 2 s batch wait: a p99 of 100 ms is out of reach at
-    batches of 4 and of 2, and met at 1 (no wait: 2 ms a call, 4 calls a request, one
-    replica 125 req/s, 8% busy at 10 req/s: 2 * ln(100) / 0.92 = 10 ms)."""
+    """The batch wait is planned: a batch of n waits no longer than its n - 1 calls take to
+    arrive at the target (10 req/s, 4 calls a request: 40 a second), not the declared 2 s.
+    At batches of 4 that is 75 ms, and 75 + 5 ms x ln(100) / 0.95 = 99.2 ms is over a p99
+    of 90; at batches of 2, 25 + 3 x ln(100) / 0.94 = 39.7 ms meets it. A p99 of 20 ms is
+    met only at batches of 1, which wait for nothing (2 x ln(100) / 0.92 = 10 ms)."""
     plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
                       profile=probe_profile({1: 2.0, 2: 3.0, 4: 5.0}),
-                      target=sg.Target(rps=10, p99_ms=100))
+                      target=sg.Target(rps=10, p99_ms=90))
+    batching = plan.stage("BatchProbe").batching["size"]
+    assert (batching.max_batch_size, batching.declared_max_batch_size) == (2, 4)
+    assert (batching.batch_wait_timeout_s, batching.declared_batch_wait_timeout_s) == (
+        0.025, 2.0)
+    assert plan.capacity is not None
+    assert round(plan.capacity.stages[0].p99_ms, 1) == 39.7
+    assert "within 25 ms (planned; declared 2000 ms)" in plan.explain()
+    assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 2, "sizes": [2, 2, 2]}
+    plan = sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
+                      profile=probe_profile({1: 2.0, 2: 3.0, 4: 5.0}),
+                      target=sg.Target(rps=10, p99_ms=20))
     batching = plan.stage("BatchProbe").batching["size"]
     assert (batching.max_batch_size, batching.declared_max_batch_size) == (1, 4)
-    assert plan.capacity is not None and plan.capacity.p99_ms <= 100
+    assert plan.capacity is not None and round(plan.capacity.stages[0].p99_ms, 1) == 10.0
     assert sg.LocalExecutor(plan).call(PROBE_PAYLOAD) == {"one": 1, "sizes": [1, 1, 1]}
     with pytest.raises(sg.CapacityError, match="is out of reach"):
         sg.compile(batch_probe(), cluster=sg.ClusterSpec(cpus=2),
                    profile=probe_profile({1: 2.0, 2: 3.0, 4: 5.0}),
                    target=sg.Target(rps=10, p99_ms=5))
+
+
+def test_a_batch_waits_no_longer_than_its_batch_takes_to_arrive() -> None:
+    """`MethodBatch.planned_wait`: the declared wait, cut to the time the batch's other calls
+    take to arrive at one replica at the planned load (a longer wait fills no larger batch
+    there), never lengthened; computed from the declared wait each time."""
+    batch = model.MethodBatch("encode", 32, 17.0, 5.0, 5.0)
+    # 20 req/s x 17 calls on 2 replicas: 170 calls a second each, 31 more take 182 ms
+    assert batch.planned_wait(20, 2).wait_ms == 5.0
+    # 2,000 req/s: 17,000 calls a second each, 31 more in 1.824 ms
+    shorter = batch.planned_wait(2000, 2)
+    assert shorter.wait_ms == 1.824 and shorter.declared_ms == 5.0
+    assert shorter.planned_wait(20, 2).wait_ms == 5.0
+    load = model.StageLoad("s", 17.0, (10.0,), (10.0,), batch=32, wait_ms=5.0,
+                           batches=(batch,))
+    assert load.waiting(2000, 2).wait_ms == 1.824
