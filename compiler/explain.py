@@ -10,6 +10,7 @@ from typing import Any
 from . import templates
 from .cluster import format_bytes
 from .plan import BranchPlan, NodePlan, Plan, ReplicaRange, StagePlan
+from .profile import StagePrediction
 
 
 def explain(plan: Plan) -> str:
@@ -48,13 +49,23 @@ def capacity_lines(plan: Plan) -> list[str]:
         where = "in the driver" if row.in_driver else f"{row.replicas} x {row.cpus:g} CPU"
         lines.append(f"  {row.stage:<20} {where}{batch}: "
                      f"{row.throughput_rps:.3g} req/s, {row.utilisation:.0%} busy, "
-                     f"p99 {row.p99_ms:.3g} ms")
+                     f"p99 {row.p99_ms:.3g} ms{_gpu_share(plan, row)}")
     lines.append(f"  predicted: {capacity.capacity_rps:.3g} req/s at most (the CPUs allow "
                  f"{capacity.cpu_bound_rps:.3g}); p99 {capacity.p99_ms:.3g} ms at "
                  f"{capacity.at_rps:.3g} req/s; bottleneck: {capacity.bottleneck}")
     if capacity.layout:
         lines.append(f"  layout: {capacity.layout}")
     return lines
+
+
+def _gpu_share(plan: Plan, row: StagePrediction) -> str:
+    """`; GPU memory measured 6GiB, 0.45 GPU a replica` for a stage whose GPU memory the
+    profile measured (its share of a GPU was raised to hold it where it did not)."""
+    if row.gpu_memory_bytes is None:
+        return ""
+    facts = plan.stage(row.stage).resources
+    return (f"; GPU memory measured {format_bytes(row.gpu_memory_bytes)}, "
+            f"{facts.gpus if facts.gpus is not None else '?'} GPU a replica")
 
 
 def replicas_text(replicas: ReplicaRange) -> str:

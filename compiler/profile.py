@@ -54,6 +54,7 @@ class StageProfile(BaseModel):
     calls: int
     service_ms: list[BatchTiming]
     peak_memory_bytes: int
+    gpu_memory_bytes: int | None = None  # GPU memory the stage holds (None: no GPU measured)
     threads_ms: list[ThreadTiming] = []
     maps: int = 0       # sg.map calls over this method (each one call node's fan-out) ...
     map_calls: int = 0  # ... and the elements they mapped over, all counted in `calls`
@@ -70,8 +71,10 @@ class StageProfile(BaseModel):
         times = ", ".join(f"{t.batch_size} {t.per_item_ms:.3g} ms/item" if t.batch_size > 1
                           else f"{t.batch_size} {t.median_ms:.3g} ms" for t in self.service_ms)
         threads = ", ".join(f"{t.threads} {t.median_ms:.3g} ms" for t in self.threads_ms)
+        gpu = "" if self.gpu_memory_bytes is None else \
+            f"; GPU {self.gpu_memory_bytes / 2**20:.0f} MiB"
         return (f"{self.label}: {self.calls} call{'s' if self.calls != 1 else ''}; batch "
-                f"{times}; peak {self.peak_memory_bytes / 1024:.1f} KiB"
+                f"{times}; peak {self.peak_memory_bytes / 1024:.1f} KiB{gpu}"
                 + (f"; threads {threads}" if len(self.threads_ms) > 1 else ""))
 
 
@@ -146,6 +149,7 @@ class StagePrediction(BaseModel):
     p99_ms: float
     planned: bool = True  # False: left as declared (light, or not profiled)
     in_driver: bool = False  # runs in the driver's replicas (fused)
+    gpu_memory_bytes: int | None = None  # measured on the GPU (its share holds it)
 
 
 class CapacityPlan(BaseModel):

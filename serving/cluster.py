@@ -7,8 +7,10 @@ for `gpu_memory` fails to compile with a message saying so.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 from ..compiler.cluster import ClusterSpec, NodeSpec
@@ -61,3 +63,44 @@ def local_gpu_memory() -> int | None:
         except (subprocess.SubprocessError, ValueError, IndexError, OSError):
             return None
     return None
+
+
+def gpu_memory_in_use() -> int | None:
+    """GPU memory this process holds, in bytes, on all its GPUs: what NVIDIA's driver reports
+    for its PID (`nvidia-smi --query-compute-apps`: torch's cache, ONNX Runtime's arena and
+    the CUDA context alike), else, where a container hides its PIDs from nvidia-smi, the most
+    torch's CUDA allocator has reserved since its peak was last reset; None without a GPU
+    (or when neither can tell)."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                 "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True).stdout
+            mine = [float(used) for pid, used in
+                    (line.split(",")[:2] for line in out.splitlines() if "," in line)
+                    if pid.strip() == str(os.getpid())]
+            if mine:
+                return int(sum(mine) * 2**20)
+        except (subprocess.SubprocessError, ValueError, OSError):
+            pass
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            return sum(int(torch.cuda.max_memory_reserved(device))
+                       for device in range(torch.cuda.device_count()))
+    except Exception:
+        return None
+    return None
+
+
+def reset_gpu_peak() -> None:
+    """Start torch's peak of reserved CUDA memory afresh (what `gpu_memory_in_use` reads
+    where nvidia-smi cannot see this process); nothing without torch on a GPU."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            for device in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(device)
+    except Exception:
+        return

@@ -16,7 +16,12 @@ in-process, so a later pass can size replicas for a target load. How it works:
 3. Memory: before its timings, each stage's largest batch runs once under `tracemalloc`; the
    peak of the Python allocations made during that call (above what was allocated before it)
    is `peak_memory_bytes`. It counts what Python's allocators see (numpy included), not a GPU's
-   memory nor native libraries' own allocators. That call also warms the stage up.
+   memory nor native libraries' own allocators. That call also warms the stage up. On a
+   machine with a GPU, `gpu_memory_bytes` is what this process's GPU memory grew by from
+   before the stage was built to after that call (`cluster.gpu_memory_in_use`: nvidia-smi's
+   figure for this process, which counts torch's cache and ONNX Runtime's arena, else torch's
+   peak reserved memory). Stages are built one after another in one process, so only the
+   first GPU stage's figure includes the CUDA context a replica of its own also pays.
 
 4. Threads: the batch sizes above are timed on a stage built with one CPU; then the largest
    batch is timed on that stage and on stages built afresh with 2, 3, ... CPUs, up to this
@@ -62,7 +67,7 @@ from ..compiler.profile import (
 from ..dag import BatchSpec, Graph, batch_spec
 from ..errors import PipelineError, StageError
 from ..executors.local import LocalExecutor, build_instances
-from .cluster import local_gpu_memory
+from .cluster import gpu_memory_in_use, local_gpu_memory, reset_gpu_peak
 
 MAX_SAMPLES = 1000  # calls timed at most per batch size, however much budget is left
 Recorded = tuple[tuple[Any, ...], dict[str, Any]]  # one call's positional and keyword args
@@ -129,7 +134,8 @@ async def _profile(plan: CompiledPipeline, payloads: list[Any], budget_s: float,
                 progress(f"profiling {label} ({called.index((stage, method)) + 1}/"
                          f"{len(called)}): {len(calls)} recorded call{plural}, threads "
                          f"1..{machine.cpus}, up to {share:.3g} s")
-            measured = await _profile_stage(plan, stage, method, calls, share, machine.cpus)
+            measured = await _profile_stage(plan, stage, method, calls, share, machine.cpus,
+                                            gpus=machine.gpus > 0)
             mapped = widths.get((stage, method), [])
             stages.append(measured.model_copy(update={"maps": len(mapped),
                                                       "map_calls": sum(mapped)}))
@@ -210,15 +216,23 @@ def batch_sizes(max_batch_size: int) -> list[int]:
 
 
 async def _profile_stage(plan: CompiledPipeline, stage: str, method: str | None,
-                         calls: list[Recorded], share_s: float, cpus: int) -> StageProfile:
+                         calls: list[Recorded], share_s: float, cpus: int, gpus: bool = False
+                         ) -> StageProfile:
     """Batch sizes on one CPU (half the share when there are threads to sweep), then the
-    largest batch on 1, 2, ... `cpus` CPUs, a stage built afresh for each count."""
+    largest batch on 1, 2, ... `cpus` CPUs, a stage built afresh for each count. On a machine
+    with `gpus`, the GPU memory this process gained building the stage and running its
+    largest batch once."""
     began = time.perf_counter()
     deadline = began + share_s
     batch_until = began + (share_s if cpus == 1 else share_s / 2)
     with replica_cpus(1):
+        if gpus:
+            reset_gpu_peak()
+        before = gpu_memory_in_use() if gpus else None
         call, sizes = _caller(plan, stage, method)
         peak = await _peak_memory(call, _batch(calls, 0, sizes[-1]))
+        after = gpu_memory_in_use() if gpus else None
+        gpu = None if after is None else max(0, after - (before or 0))
         timings = []
         for position, size in enumerate(sizes):
             left = batch_until - time.perf_counter()
@@ -235,7 +249,7 @@ async def _profile_stage(plan: CompiledPipeline, stage: str, method: str | None,
                 await callers[count](_batch(calls, 0, largest.batch_size))  # warm up
         threads = await _sweep_threads(callers, calls, largest.batch_size, deadline)
     return StageProfile(stage=stage, method=method, calls=len(calls), service_ms=timings,
-                        peak_memory_bytes=peak, threads_ms=threads)
+                        peak_memory_bytes=peak, gpu_memory_bytes=gpu, threads_ms=threads)
 
 
 async def _sweep_threads(callers: dict[int, Callable[[list[Recorded]], Awaitable[None]]],

@@ -12,17 +12,19 @@ method's size, slots and wait as `state.planned_batches`) and recomputes the
 stage's `StageResources` with `stage_resources`, the one place they are worked out, so the
 packer, fusion, lower, explain and the Serve config read the planned facts like any other.
 
-Light stages (one replica of one CPU serves the load, under `LIGHT_WORK_MS` a request, no
-batching, no GPU) stay one replica
-reserving no CPU (their work counts in the CPUs' bound), so the fuse pass can still run them
-in the driver. The driver gets the replicas its share of
-Serve's work needs (unless `sg.Graph(driver=...)` sets them). A load the cluster cannot serve
-raises `CapacityError` naming the bottleneck stage and what it would need. The predictions
-(`predict`, run once fusion has decided which stages run in the driver) go into the plan.
+A GPU stage's share of a GPU is first raised to hold the GPU memory its profile measured
+(`capacity_gpu`). Light stages (one replica of one CPU serves the load, under
+`LIGHT_WORK_MS` a request, no batching, no GPU) stay one replica reserving no CPU (their
+work counts in the CPUs' bound), so the fuse pass can still run them in the driver. The
+driver gets the replicas its share of Serve's work needs (unless `sg.Graph(driver=...)` sets
+them). A load the cluster cannot serve raises `CapacityError` naming the bottleneck stage and
+what it would need. The predictions (`predict`, run once fusion has decided which stages run
+in the driver) go into the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -43,6 +45,7 @@ from ..profile import Profile, Target
 from ..state import CompileState, spec_of_group
 from . import capacity_errors as errors
 from .capacity_errors import Bottleneck
+from .capacity_gpu import gpu_memory_planned
 from .capacity_layout import (
     better,
     driver_sizing,
@@ -73,6 +76,7 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
     """The state with the planned options and facts, and the decision `predict` reads once
     the fuse pass has run (see the module docstring). `fuse=False` (fusion off) plans the
     split layout only."""
+    state, gpu_measured = gpu_memory_planned(state, profile)
     loads = profiled_loads(state, profile)
     if not loads:
         raise CompileError(
@@ -87,7 +91,8 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
     else:
         decision = _for_target(state, loads, budget, target, fusable,
                                lambda cap: profiled_loads(state, profile, cap))
-    decision = with_waits(decision)  # for the replicas spare CPUs may have added
+    # the waits for the replicas spare CPUs may have added
+    decision = dataclasses.replace(with_waits(decision), gpu_measured=gpu_measured)
     return apply(state, decision), decision
 
 

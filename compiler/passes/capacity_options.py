@@ -33,7 +33,8 @@ class CapacityDecision:
     """What the pass decided, for `predict`: each profiled stage's load and sizing (a light
     one's `Sizing.light`), the load and utilisation sized for, the driver's replicas. In the
     fused layout (`passes.capacity_layout`) the `fused` stages run in the driver, whose
-    replicas reserve `driver_threads` CPUs each for them; `layout` says why it was chosen."""
+    replicas reserve `driver_threads` CPUs each for them; `layout` says why it was chosen.
+    `gpu_measured`: the GPU memory measured of each GPU stage whose share was checked."""
 
     loads: Mapping[str, StageLoad]
     sizing: Mapping[str, Sizing]
@@ -45,6 +46,7 @@ class CapacityDecision:
     fused: frozenset[str] = frozenset()
     driver_threads: int = 0
     layout: str = ""
+    gpu_measured: Mapping[str, int] = dataclasses.field(default_factory=dict)  # bytes
 
     @property
     def driver(self) -> Sizing:

@@ -62,7 +62,7 @@ def predict(state: CompileState, decision: CapacityDecision) -> CapacityPlan:
             p99_ms=load.p99_ms(threads if sized is None else sized.threads,
                                driver_replicas if sized is None else sized.replicas, at),
             planned=name in decision.sizing or name in decision.fused,
-            in_driver=sized is None))
+            in_driver=sized is None, gpu_memory_bytes=decision.gpu_measured.get(name)))
     stages_p99 = critical_p99(state, {row.stage: row.p99_ms for row in rows})
     driver_busy = at / throughput[driver]
     own_ms = driver_ms(found.hops, 0.0)  # the fused stages' time is in their own rows
