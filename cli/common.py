@@ -64,3 +64,19 @@ def waiting(message: str) -> Any:
     from rich.console import Console
 
     return Console(stderr=True).status(message)
+
+
+def load_profile(path: str) -> Any:
+    """The `Profile` in `path`, or the user's error saying why not."""
+    from pydantic import ValidationError
+
+    from ..compiler.profile import Profile
+
+    try:
+        with open(path) as handle:
+            return Profile.model_validate_json(handle.read())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValidationError as exc:
+        raise UsageError(f"{path} is not a profile written by `servegraph profile`: "
+                         f"{exc.errors()[0]['msg']}") from exc

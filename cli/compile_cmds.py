@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..dag.loader import load_target
-from .common import UsageError, cluster_of, write_file
+from .common import UsageError, cluster_of, load_profile, write_file
 
 if TYPE_CHECKING:
     from ..compiler import CompiledApp, CompiledPipeline
@@ -51,30 +51,30 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def planning_of(args: argparse.Namespace) -> tuple[Any, Any]:
     """The `Profile` `--profile` names and the `Target` of `--target-rps`/`--target-p99-ms`
-    (None, None without them); a target without a profile, or an unreadable profile, is the
-    user's error."""
-    from pydantic import ValidationError
+    (None, None without them); for several profiles, or targets by graph (`GRAPH=N`, an
+    sg.App's), the profiles as a list and the targets by graph. A target without a profile,
+    or an unreadable profile, is the user's error."""
+    from ..compiler.profile import Target
 
-    from ..compiler.profile import Profile, Target
-
-    if args.profile is None:
-        if args.target_rps is not None or args.target_p99_ms is not None:
+    rps, p99 = dict(args.target_rps or []), dict(args.target_p99_ms or [])
+    if not args.profile:
+        if rps or p99:
             raise UsageError("--target-rps and --target-p99-ms need --profile FILE.json "
                              "(written by `servegraph profile`)")
         return None, None
-    if args.target_rps is None and args.target_p99_ms is not None:
-        raise UsageError("--target-p99-ms needs --target-rps")
-    try:
-        with open(args.profile) as handle:
-            profile = Profile.model_validate_json(handle.read())
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.profile}: {exc.strerror}") from exc
-    except ValidationError as exc:
-        raise UsageError(f"{args.profile} is not a profile written by `servegraph profile`: "
-                         f"{exc.errors()[0]['msg']}") from exc
-    target = None if args.target_rps is None else Target(rps=args.target_rps,
-                                                         p99_ms=args.target_p99_ms)
-    return profile, target
+    for graph in p99:
+        if graph not in rps:
+            raise UsageError("--target-p99-ms needs --target-rps" if graph is None else
+                             f"--target-p99-ms {graph}=... needs --target-rps {graph}=...")
+    profiles = [load_profile(path) for path in args.profile]
+    if len(profiles) == 1 and set(rps) <= {None}:
+        target = None if None not in rps else Target(rps=rps[None], p99_ms=p99.get(None))
+        return profiles[0], target
+    if None in rps:
+        raise UsageError("with several profiles, give each graph's target as "
+                         "--target-rps GRAPH=N")
+    return profiles, {graph: Target(rps=each, p99_ms=p99.get(graph))
+                      for graph, each in rps.items()}
 
 
 def write_outputs(plan: CompiledPipeline | CompiledApp, args: argparse.Namespace, *,

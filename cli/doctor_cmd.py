@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .common import UsageError, connect
+from .common import UsageError, connect, load_profile
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -60,16 +60,6 @@ def examine(args: argparse.Namespace) -> Report:
                                   cold_start_s=getattr(args, "cold_start_s", 10.0)))
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-
-
-def load_profile(path: str) -> Any:
-    from ..compiler.profile import Profile
-
-    try:
-        with open(path) as handle:
-            return Profile.model_validate_json(handle.read())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the profile {path}: {exc}") from exc
 
 
 def stage_table(report: Report) -> Table:

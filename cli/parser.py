@@ -197,14 +197,25 @@ def add_top(verbs: Verbs) -> None:
 
 def add_planning_flags(sub: argparse.ArgumentParser) -> None:
     group = sub.add_argument_group("capacity planning (from `servegraph profile`)")
-    group.add_argument("--profile", metavar="FILE.json",
+    group.add_argument("--profile", metavar="FILE.json", action="append",
                        help="plan replicas, CPUs and request limits from this profile (with "
-                       "no --target-rps: the most throughput the cluster flags allow)")
-    group.add_argument("--target-rps", type=positive_number, metavar="N",
-                       help="with --profile: plan for N requests a second")
-    group.add_argument("--target-p99-ms", type=positive_number, metavar="M",
+                       "no --target-rps: the most throughput the cluster flags allow); for an "
+                       "sg.App, one per planned graph (each names its graph)")
+    group.add_argument("--target-rps", type=per_graph, metavar="[GRAPH=]N", action="append",
+                       help="with --profile: plan for N requests a second (an sg.App's graph: "
+                       "GRAPH=N, once per graph)")
+    group.add_argument("--target-p99-ms", type=per_graph, metavar="[GRAPH=]M",
+                       action="append",
                        help="with --target-rps: each request within M ms at the 99th "
-                       "percentile")
+                       "percentile (an sg.App's graph: GRAPH=M)")
+
+
+def per_graph(value: str) -> tuple[str | None, float]:
+    """`N`, or `GRAPH=N` (an sg.App's graph): the graph's name (None) and the number > 0."""
+    name, equals, number = value.rpartition("=")
+    if equals and not name:
+        raise argparse.ArgumentTypeError(f"expected N or GRAPH=N, got {value!r}")
+    return (name or None), positive_number(number)
 
 
 def positive_number(value: str) -> float:

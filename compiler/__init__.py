@@ -15,6 +15,7 @@ from ..errors import BindError
 from .app import CompiledApp, compile_app
 from .cluster import ClusterSpec, NodeSpec
 from .passes.capacity import capacity_pass
+from .passes.capacity_app import app_planning
 from .passes.fuse import fuse_pass
 from .passes.lower import lower
 from .passes.pack import pack_pass
@@ -41,7 +42,7 @@ PASSES = ("validate", "typecheck", "resources", "capacity", "pack", "fuse", "low
 
 def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True, *,
             profile: Profile | None = None, target: Target | None = None
-            ) -> CompiledPipeline:
+            ) -> CompiledPipeline:  # an sg.App: profile= and target= by graph name
     """Check `graph`, derive each stage's resources, pack its GPU replicas onto `cluster`
     (or count the GPUs it needs without one), fuse its light stages into the driver (unless
     `fuse=False`) and lower it to a plan. Without `cluster` a stage that gives only
@@ -50,12 +51,16 @@ def compile(graph: Graph, cluster: ClusterSpec | None = None, fuse: bool = True,
 
     With a `profile` (`sg.profile`), the capacity pass chooses each stage's replicas, CPUs
     and request limits to serve `target` (None: the most throughput `cluster` allows, or the
-    profiled machine without one) and the plan keeps its predictions (`plan.capacity`)."""
+    profiled machine without one) and the plan keeps its predictions (`plan.capacity`).
+    An `sg.App` compiles to a `CompiledApp`; planned, it takes a profile and a target per
+    graph, by graph name (`passes.capacity_app`)."""
     if isinstance(graph, App):  # several graphs, one application: see `compiler.app`
-        if profile is not None:
-            raise BindError("capacity planning (profile=) takes one sg.Graph, not an sg.App",
-                            site=user_site(), hint="profile and compile each graph on its own")
-        return compile_app(graph, cluster, fuse, passes_run(False))  # type: ignore[return-value]
+        if profile is None:
+            _check_planning(None, target)
+            return compile_app(graph, cluster, fuse, passes_run(False))  # type: ignore[return-value]
+        profiles, targets = app_planning(graph, profile, target)  # `passes.capacity_app`
+        return compile_app(graph, cluster, fuse, passes_run(True),  # type: ignore[return-value]
+                           profiles=profiles, targets=targets)
     if not isinstance(graph, Graph):
         raise BindError(
             f"sg.compile needs an sg.Graph, got {type(graph).__name__}", site=user_site(),

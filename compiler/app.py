@@ -15,7 +15,7 @@ fused stages' CPUs and the user's `sg.App(driver=...)` options over the driver d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..dag import DeploymentOptions
@@ -28,14 +28,18 @@ from .emit.proto import proto_text, service_name
 from .emit.rayservice import rayservice
 from .emit.serve_config import serve_config
 from .explain import explain
+from .passes.capacity_app import plan_app
+from .passes.capacity_options import CapacityDecision
 from .passes.fuse import fuse_pass
 from .passes.lower import driver_options, fused_cpus, lower
 from .passes.pack import pack_pass
+from .passes.predict import with_predictions
 from .passes.resources import resources, stage_resources
 from .passes.typecheck import typecheck
 from .passes.validate import unique_names, validate
 from .pipeline import CompiledPipeline
 from .plan import StagePlan
+from .profile import Profile, Target
 from .state import CompileState, spec_of_group
 
 
@@ -78,10 +82,12 @@ class CompiledApp(AppPlan):
         return "\n".join(lines)
 
 
-def compile_app(app: App, cluster: ClusterSpec | None, fuse: bool, passes: Sequence[str]
-                ) -> CompiledApp:
+def compile_app(app: App, cluster: ClusterSpec | None, fuse: bool, passes: Sequence[str],
+                profiles: Mapping[str, Profile] | None = None,
+                targets: Mapping[str, Target] | None = None) -> CompiledApp:
     """Check and compile every graph of `app` together (see the module docstring); `passes`
-    is the compiler's pass list (`sg.compile` calls this for an `sg.App`)."""
+    is the compiler's pass list (`sg.compile` calls this for an `sg.App`). With `profiles`,
+    the graphs they name are planned to their `targets` (`passes.capacity_app`)."""
     if not isinstance(app, App):
         raise BindError(f"compile_app needs an sg.App, got {type(app).__name__}",
                         site=user_site(), hint="sg.compile(sg.App({'/search': graph}))")
@@ -89,6 +95,9 @@ def compile_app(app: App, cluster: ClusterSpec | None, fuse: bool, passes: Seque
     states = _named_across(states)
     states = {name: resources(state, cluster) for name, state in states.items()}
     shared = _shared(states)
+    decisions: dict[str, CapacityDecision] = {}
+    if profiles:
+        states, decisions = plan_app(states, shared, profiles, targets or {})
     layout = pack_pass(_union(states, cluster)).layout
     states = {name: dataclasses.replace(state, layout=layout) for name, state in states.items()}
     states, shared = _fused(states, shared, fuse)
@@ -96,9 +105,14 @@ def compile_app(app: App, cluster: ClusterSpec | None, fuse: bool, passes: Seque
     for index, (name, state) in enumerate(states.items()):
         # ids a diagram takes as they are (DOT, Mermaid): the graph's index, not its name
         plans[name] = lower(state, list(passes), fuse, id_prefix=f"g{index}_")
+        if name in decisions:
+            plans[name] = with_predictions(plans[name], state, decisions[name])
     driver_name = f"{app.name}_driver"
     options = driver_options(app.driver_options, sum(
         fused_cpus(plan.deployments) for plan in plans.values()))
+    own = app.driver_options
+    if decisions and own.num_replicas is None and own.autoscaling_config is None:
+        options["num_replicas"] = sum(each.driver_replicas for each in decisions.values())
     splits = {name: plan.driver.options["user_config"] for name, plan in plans.items()
               if "user_config" in plan.driver.options}
     if splits:  # each graph's split weights, by graph (`executors.ray.front`)

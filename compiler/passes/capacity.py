@@ -72,10 +72,12 @@ UTILISATIONS = (TARGET_UTILISATION, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)  # tried for a
 
 
 def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
-                  fuse: bool = True) -> tuple[CompileState, CapacityDecision]:
+                  fuse: bool = True, taken: tuple[float, float] = (0.0, 0.0)
+                  ) -> tuple[CompileState, CapacityDecision]:
     """The state with the planned options and facts, and the decision `predict` reads once
     the fuse pass has run (see the module docstring). `fuse=False` (fusion off) plans the
-    split layout only."""
+    split layout only. `taken`: the CPUs and GPUs of the cluster that other stages than this
+    graph's reserve (an `sg.App`'s other graphs, `capacity_app`)."""
     state, gpu_measured = gpu_memory_planned(state, profile)
     loads = profiled_loads(state, profile)
     if not loads:
@@ -83,7 +85,9 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
             f"the profile of {profile.pipeline!r} has no stage of this graph: its stages are "
             f"{', '.join(s.label for s in profile.stages) or 'none'}",
             pass_name=PASS, hint="profile this graph: sg.profile(graph, payloads)")
-    budget = Budget(cpus=_cpus(state, profile), gpus=_gpus(state),
+    gpus = _gpus(state)
+    budget = Budget(cpus=_cpus(state, profile) - taken[0],
+                    gpus=None if gpus is None else gpus - taken[1],
                     driver_fixed=_driver_fixed(state))
     fusable = plannable_into_driver(state, loads, budget) if fuse else frozenset()
     if target is None:

@@ -24,7 +24,7 @@ class Budget:
     whole GPUs (None: not bounded), and whether the user fixed the driver's replicas."""
 
     cpus: float
-    gpus: int | None
+    gpus: float | None
     driver_fixed: bool
 
 

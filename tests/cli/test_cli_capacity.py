@@ -11,9 +11,11 @@ import servegraph as sg
 from servegraph.compiler.explain import capacity_lines
 from tests.cli.test_cli_profile import servegraph
 from tests.compiler.test_capacity import diamond_profile
+from tests.compiler.test_capacity_app import app_profiles, two_graph_app
 from tests.stages import diamond
 
 DIAMOND = "tests.stages:diamond"
+APP = "tests.compiler.test_capacity_app:two_graph_app"
 
 
 def _profile(tmp_path: Path) -> str:
@@ -54,3 +56,26 @@ def test_compile_refuses_what_the_cluster_cannot_serve(tmp_path: Path) -> None:
     assert "--target-rps and --target-p99-ms need --profile FILE.json" in done.stderr
     missing = servegraph("compile", DIAMOND, "--profile", str(tmp_path / "nope.json"))
     assert missing.returncode != 0 and "cannot read" in missing.stderr
+
+
+def test_compile_plans_an_app_graph_by_graph(tmp_path: Path) -> None:
+    """An sg.App: a profile per graph (each names its graph) and `--target-rps GRAPH=N`."""
+    paths = []
+    for profile in app_profiles():
+        path = tmp_path / f"{profile.pipeline}.json"
+        path.write_text(profile.model_dump_json())
+        paths += ["--profile", str(path)]
+    done = servegraph("compile", APP, "--cpus", "16", *paths, "--target-rps", "a=100",
+                      "--target-rps", "b=200", "--target-p99-ms", "b=900")
+    assert done.returncode == 0, done.stderr
+    plan = sg.compile(two_graph_app(), cluster=sg.ClusterSpec(cpus=16),
+                      profile=app_profiles(),
+                      target={"a": sg.Target(rps=100), "b": sg.Target(rps=200, p99_ms=900)})
+    assert done.stdout == plan.explain() + "\n"
+    assert "for 200 req/s, p99 <= 900 ms" in done.stdout
+    done = servegraph("compile", APP, *paths, "--target-rps", "200")
+    assert done.returncode != 0
+    assert "give each graph's target as --target-rps GRAPH=N" in done.stderr
+    done = servegraph("compile", APP, *paths, "--target-rps", "a=1", "--target-p99-ms", "b=9")
+    assert done.returncode != 0
+    assert "--target-p99-ms b=... needs --target-rps b=..." in done.stderr
