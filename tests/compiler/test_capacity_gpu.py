@@ -114,22 +114,19 @@ def _site(stage: type) -> str:
     return f"tests/compiler/test_capacity_gpu.py:{first}: {lines[0].strip()}"
 
 
-def test_memory_no_share_holds_is_a_capacity_error() -> None:
+@pytest.mark.parametrize(("stage", "message"), [
+    (HalfGpu, "more than one GPU holds (24GiB, the smallest in the cluster spec)\n  hint: give "
+     "the stage whole GPUs (ray_actor_options={'num_gpus': 2}) for a model split over "
+     "several, or a cluster with larger GPUs"),
+    (WholeGpu, "more than its 1 GPU of 24GiB holds (num_gpus=1)\n  hint: raise num_gpus to "
+     "2, or use a cluster with larger GPUs"),
+])
+def test_memory_no_share_holds_is_a_capacity_error(stage: type, message: str) -> None:
     with pytest.raises(sg.CapacityError) as caught:
-        _compile(HalfGpu, 21)
+        _compile(stage, 21)
     assert str(caught.value) == (
-        f"[capacity] stage 'HalfGpu' ({_site(HalfGpu)}): the profile measured 21GiB of GPU "
-        "memory in a replica; with 20% headroom that is 25.2GiB, more than one GPU holds "
-        "(24GiB, the smallest in the cluster spec)\n"
-        "  hint: give the stage whole GPUs (ray_actor_options={'num_gpus': 2}) for a model "
-        "split over several, or a cluster with larger GPUs")
-    with pytest.raises(sg.CapacityError) as caught:
-        _compile(WholeGpu, 21)
-    assert str(caught.value) == (
-        f"[capacity] stage 'WholeGpu' ({_site(WholeGpu)}): the profile measured 21GiB of GPU "
-        "memory in a replica; with 20% headroom that is 25.2GiB, more than its 1 GPU of "
-        "24GiB holds (num_gpus=1)\n"
-        "  hint: raise num_gpus to 2, or use a cluster with larger GPUs")
+        f"[capacity] stage '{stage.__name__}' ({_site(stage)}): the profile measured 21GiB of "
+        f"GPU memory in a replica; with 20% headroom that is 25.2GiB, {message}")
     assert _compile(WholeGpu, 19).stage("WholeGpu").resources.gpus == 1.0
 
 
