@@ -11,14 +11,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..dag import BatchSpec
-from ..dag.deployment import multiplexed_model_id, serving_model
 from .batching import Outcome, isolating, settle
 
 
 class Item(NamedTuple):
     args: tuple[Any, ...]
     future: asyncio.Future[Outcome]
-    model: str  # its call's `sg.multiplexed_model_id()` ("" when not multiplexed)
 
 
 class Batcher:
@@ -32,10 +30,10 @@ class Batcher:
     batches stay as small as one timeout's arrivals: measured on the ONNX encoder fused into
     two driver replicas, 287-299 texts/s with that rule, 320-364 with this one.)
 
-    A batch holds calls of one model (`sg.multiplexed_model_id()`, as Serve splits its
-    batches by model) and runs with that id. A batch that raises is split and re-run within
-    its slot (`batching.isolating`): each call gets its own item's value or error. `around`
-    wraps the batch function (a replica's batch-size metric)."""
+    A batch that raises is split and re-run within its slot (`batching.isolating`): each call
+    gets its own item's value or error. `around` wraps the batch function (a replica's
+    batch-size metric). (No batch mixes models: the compiler refuses a `model_id` on a
+    batched method's call.)"""
 
     def __init__(self, fn: Callable[..., Any], spec: BatchSpec,
                  around: Callable[[Any], Any] | None = None) -> None:
@@ -65,11 +63,9 @@ class Batcher:
         if kwargs:
             args = (*args, *kwargs.values())
         future: asyncio.Future[Outcome] = loop.create_future()
-        item = Item(args, future, multiplexed_model_id())
-        self.pending.append(item)
-        if self._size([each for each in self.pending if each.model == item.model]
-                      ) >= self.spec.max_batch_size:
-            self.full.append(self._take(item.model))
+        self.pending.append(Item(args, future))
+        if self._size(self.pending) >= self.spec.max_batch_size:
+            self.full.append(self._take())
             self._dispatch()
         elif self.timer is None and not self.due:
             self.timer = loop.call_later(self.spec.batch_wait_timeout_s, self._expire)
@@ -80,20 +76,13 @@ class Batcher:
             return len(items)
         return self.spec.batch_size_fn([item.args[0] for item in items])
 
-    def _take(self, model: str) -> list[Item]:
-        """The next batch of `model`'s pending calls, oldest first: as many as fit
-        `max_batch_size` (at least one). The wait starts again for the calls left."""
+    def _take(self) -> list[Item]:
+        """The next batch of pending calls, oldest first: as many as fit `max_batch_size` (at
+        least one). The wait starts again for the calls left."""
         batch: list[Item] = []
-        left: list[Item] = []
-        closed = False
-        for item in self.pending:
-            if not closed and item.model == model:
-                closed = bool(batch) and self._size([*batch, item]) > self.spec.max_batch_size
-                if not closed:
-                    batch.append(item)
-                    continue
-            left.append(item)
-        self.pending = left
+        while self.pending and (not batch or self._size([*batch, self.pending[0]])
+                                <= self.spec.max_batch_size):
+            batch.append(self.pending.pop(0))
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -108,13 +97,13 @@ class Batcher:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start batches while slots are free: full ones first, then the pending calls (the
-        oldest one's model) once their wait is over."""
+        """Start batches while slots are free: full ones first, then the pending calls once
+        their wait is over."""
         while self.free > 0:
             if self.full:
                 batch = self.full.popleft()
             elif self.pending and self.due:
-                batch = self._take(self.pending[0].model)
+                batch = self._take()
             else:
                 return
             self.free -= 1
@@ -128,8 +117,7 @@ class Batcher:
         the model would otherwise idle meanwhile)."""
         columns = [list(column) for column in zip(*(item.args for item in batch))]
         try:
-            with serving_model(batch[0].model):
-                outcomes: list[Outcome] | Exception = await self.run_batch(*columns)
+            outcomes: list[Outcome] | Exception = await self.run_batch(*columns)
         except Exception as exc:  # not the items' fault (no result list at all)
             outcomes = exc
         finally:

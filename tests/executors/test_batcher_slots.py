@@ -74,28 +74,3 @@ def test_a_full_batch_goes_without_waiting_for_its_timeout() -> None:
 
     assert asyncio.run(main()) == [0, 1, 2]
     assert batches == [[0, 1, 2]]
-
-
-def test_a_batch_holds_one_models_calls_and_runs_with_its_id() -> None:
-    """Multiplexed calls are batched by model, as Serve splits its batches, and the batch
-    sees its model's id (`sg.multiplexed_model_id()`)."""
-    from servegraph import multiplexed_model_id
-    from servegraph.dag.deployment import serving_model
-
-    seen: list[tuple[str, list[str]]] = []
-
-    async def tag(texts: list[str]) -> list[str]:
-        seen.append((multiplexed_model_id(), texts))
-        return [f"{multiplexed_model_id()}:{text}" for text in texts]
-
-    async def call(batcher: Batcher, model: str, text: str) -> str:
-        with serving_model(model):
-            return await batcher(text)
-
-    async def main() -> list[str]:
-        batcher = Batcher(tag, BatchSpec(max_batch_size=8, batch_wait_timeout_s=0.01))
-        return await asyncio.gather(call(batcher, "a", "x"), call(batcher, "b", "y"),
-                                    call(batcher, "a", "z"))
-
-    assert asyncio.run(main()) == ["a:x", "b:y", "a:z"]
-    assert sorted(seen) == [("a", ["x", "z"]), ("b", ["y"])]
