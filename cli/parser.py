@@ -163,6 +163,8 @@ def add_profile(verbs: Verbs) -> None:
                          "holding --cpus CPUs) instead of on this machine")
     profile.add_argument("--cpus", type=int, help="with --address: the CPUs the task holds "
                          "and sweeps threads over (default: the largest node's)")
+    profile.add_argument("--graph", metavar="NAME", help="MOD:ATTR is an sg.App: profile "
+                         "this graph of it (one profile a graph)")
     profile.set_defaults(run=cmd_profile)
     add_target(profile)
 

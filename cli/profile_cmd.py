@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from ..dag.loader import load_graph
+from ..dag.loader import load_target
 from .common import UsageError, write_file
 
 
@@ -21,7 +21,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     payloads = read_payloads(args.payloads)
     if args.cpus is not None and args.address is None:
         raise UsageError("--cpus needs --address: here the profile sweeps this machine's CPUs")
-    result = profile(load_graph(args.target), payloads, budget_s=args.budget_s,
+    result = profile(graph_of(args), payloads, budget_s=args.budget_s,
                      progress=lambda line: print(line, file=sys.stderr, flush=True),
                      address=args.address, cpus=args.cpus)
     write_file(args.output, result.model_dump_json(indent=2))
@@ -29,6 +29,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(stage.summary())
     print(f"wrote {args.output}")
     return 0
+
+
+def graph_of(args: argparse.Namespace) -> Any:
+    """The graph to profile: MOD:ATTR's `sg.Graph`, or the `--graph` of its `sg.App` (each
+    graph of an app is profiled on its own, and `compile --profile` takes one a graph)."""
+    from ..dag.app import App
+    from ..dag.graph import Graph
+
+    found = load_target(args.target, Graph, App)
+    if isinstance(found, Graph):
+        if args.graph is not None:
+            raise UsageError(f"--graph picks a graph of an sg.App; {args.target} is a graph")
+        return found
+    names = ", ".join(found.graphs)
+    if args.graph is None:
+        raise UsageError(f"{args.target} is an sg.App: profile one of its graphs at a time "
+                         f"with --graph NAME (its graphs: {names})")
+    if args.graph not in found.graphs:
+        raise UsageError(f"{args.target} has no graph {args.graph!r} (its graphs: {names})")
+    return found.graphs[args.graph]
 
 
 def read_payloads(path: str) -> list[Any]:

@@ -65,7 +65,9 @@ from ..compiler.profile import (
     ThreadTiming,
 )
 from ..dag import BatchSpec, Graph, batch_spec
-from ..errors import PipelineError, StageError
+from ..dag.app import App
+from ..dag.site import user_site
+from ..errors import BindError, PipelineError, StageError
 from ..executors.local import LocalExecutor, build_instances
 from .cluster import gpu_memory_in_use, local_gpu_memory, reset_gpu_peak
 
@@ -92,6 +94,11 @@ def profile(graph_or_plan: Graph | CompiledPipeline, payloads: Iterable[Any], *,
     measuring runs as a Ray task holding `cpus` CPUs (default: a whole node's, the largest)
     on a node of that cluster (`profile_remote`), and the profile describes that node.
     Blocking: it runs its own event loop, so it refuses to run inside a running one."""
+    if isinstance(graph_or_plan, App):
+        raise BindError(f"sg.profile measures one graph, and the app {graph_or_plan.name!r} "
+                        f"holds {len(graph_or_plan.graphs)}", site=user_site(),
+                        hint=f"profile each of its graphs: sg.profile(app.graphs["
+                        f"{next(iter(graph_or_plan.graphs))!r}], payloads) (CLI: --graph NAME)")
     if budget_s <= 0:
         raise PipelineError(f"profile budget_s must be > 0, got {budget_s}")
     if cpus is not None and cpus < 1:

@@ -79,3 +79,33 @@ def test_compile_plans_an_app_graph_by_graph(tmp_path: Path) -> None:
     done = servegraph("compile", APP, *paths, "--target-rps", "a=1", "--target-p99-ms", "b=9")
     assert done.returncode != 0
     assert "--target-p99-ms b=... needs --target-rps b=..." in done.stderr
+
+
+def test_profile_an_apps_graph_then_plan_it(tmp_path: Path) -> None:
+    """`servegraph profile` takes an sg.App's graph by `--graph`; the profile names that graph,
+    and `compile --profile ... --target-rps GRAPH=N` plans it within the app."""
+    payloads = tmp_path / "payloads.jsonl"
+    payloads.write_text("1\n2\n")
+    out = tmp_path / "b.json"
+    done = servegraph("profile", APP, "--graph", "b", "--payloads", str(payloads), "-o",
+                      str(out), "--budget-s", "0.2")
+    assert done.returncode == 0, done.stderr
+    profile = sg.Profile.model_validate_json(out.read_text())
+    assert (profile.pipeline, [each.label for each in profile.stages]) == (
+        "b", ["Shared.__call__"])
+    done = servegraph("compile", APP, "--cpus", "4", "--profile", str(out), "--target-rps",
+                      "b=20")
+    assert done.returncode == 0, done.stderr
+    assert "capacity (planned from a profile for 20 req/s on" in done.stdout
+    for flags, error in [([], "is an sg.App: profile one of its graphs at a time with --graph "
+                          "NAME (its graphs: a, b)"),
+                         (["--graph", "c"], "has no graph 'c' (its graphs: a, b)")]:
+        done = servegraph("profile", APP, *flags, "--payloads", str(payloads), "-o",
+                          str(tmp_path / "x.json"))
+        assert done.returncode != 0 and error in done.stderr
+    done = servegraph("profile", DIAMOND, "--graph", "b", "--payloads", str(payloads), "-o",
+                      str(tmp_path / "x.json"))
+    assert done.returncode != 0 and "--graph picks a graph of an sg.App" in done.stderr
+    with pytest.raises(sg.CompileError, match=r"sg.profile measures one graph, and the app "
+                       r"'both' holds 2"):
+        sg.profile(two_graph_app(), [1])
