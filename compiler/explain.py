@@ -49,9 +49,9 @@ def capacity_lines(plan: Plan) -> list[str]:
         where = "in the driver" if row.in_driver else f"{row.replicas} x {row.cpus:g} CPU"
         lines.append(f"  {row.stage:<20} {where}{batch}: "
                      f"{row.throughput_rps:.3g} req/s, {row.utilisation:.0%} busy, "
-                     f"p99 {row.p99_ms:.3g} ms{_gpu_share(plan, row)}")
+                     f"p99 {_ms(row.p99_ms / 1000)} ms{_gpu_share(plan, row)}")
     lines.append(f"  predicted: {capacity.capacity_rps:.3g} req/s at most (the CPUs allow "
-                 f"{capacity.cpu_bound_rps:.3g}); p99 {capacity.p99_ms:.3g} ms at "
+                 f"{capacity.cpu_bound_rps:.3g}); p99 {_ms(capacity.p99_ms / 1000)} ms at "
                  f"{capacity.at_rps:.3g} req/s; bottleneck: {capacity.bottleneck}")
     if capacity.layout:
         lines.append(f"  layout: {capacity.layout}")
@@ -258,6 +258,6 @@ def _lazy_nodes(plan: Plan, node: NodePlan) -> int:
 
 
 def _ms(seconds: float) -> str:
-    """Milliseconds to three figures: `2.04`, `25`, `2000`."""
+    """Milliseconds to three figures, whole ones from a second up: `2.04`, `25`, `9160`."""
     ms = seconds * 1000
     return f"{ms:.0f}" if ms >= 1000 else f"{ms:.3g}"
