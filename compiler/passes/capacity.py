@@ -47,8 +47,9 @@ from . import capacity_errors as errors
 from .capacity_errors import Bottleneck
 from .capacity_gpu import gpu_memory_planned
 from .capacity_layout import (
-    better,
+    best_layout,
     driver_sizing,
+    fused_sets,
     only_fused,
     plannable_into_driver,
     spend_spare,
@@ -90,10 +91,11 @@ def capacity_pass(state: CompileState, profile: Profile, target: Target | None,
                     gpus=None if gpus is None else gpus - taken[1],
                     driver_fixed=_driver_fixed(state))
     fusable = plannable_into_driver(state, loads, budget) if fuse else frozenset()
+    layouts = fused_sets(fusable, frozenset(name for name in fusable if _light(state, loads[name])))
     if target is None:
-        decision = _most_throughput(state, loads, budget, fusable)
+        decision = _most_throughput(state, loads, budget, layouts)
     else:
-        decision = _for_target(state, loads, budget, target, fusable,
+        decision = _for_target(state, loads, budget, target, layouts,
                                lambda cap: profiled_loads(state, profile, cap))
     # the waits for the replicas spare CPUs may have added
     decision = dataclasses.replace(with_waits(decision), gpu_measured=gpu_measured)
@@ -172,6 +174,12 @@ def shortfall(state: CompileState, loads: Mapping[str, StageLoad], budget: Budge
     return None
 
 
+def _light(state: CompileState, load: StageLoad) -> bool:
+    """A stage light enough to run in the driver in any layout (as `planned_sizing` keeps
+    it, at one replica): under `LIGHT_WORK_MS` a request, not batched."""
+    return load.work(1) <= LIGHT_WORK_MS and not batched(state, load.stage)
+
+
 def _gpus_needed(state: CompileState, sizing: Mapping[str, Sizing]) -> float:
     return sum(sizing[name].replicas * (state.resources[name].gpus or 0.0) for name in sizing)
 
@@ -182,11 +190,12 @@ def _driver_replicas(rps: float, utilisation: float, hops: float, fused: float) 
 
 
 def _most_throughput(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-                     fusable: frozenset[str]) -> CapacityDecision:
+                     layouts: list[frozenset[str]]) -> CapacityDecision:
     """The most rps the budget serves at full utilisation, and the sizing for it: the split
-    layout's, or the fused one's where it serves more (`capacity_layout`)."""
+    layout's, or that of one of the fused `layouts` where it serves more
+    (`capacity_layout`)."""
     split = _most_in(state, loads, budget, frozenset())
-    return better(split, _most_in(state, loads, budget, fusable) if fusable else None)
+    return best_layout(split, [_most_in(state, loads, budget, fused) for fused in layouts])
 
 
 def _most_in(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
@@ -215,20 +224,22 @@ def _decision(state: CompileState, loads: Mapping[str, StageLoad], budget: Budge
 
 
 def _for_target(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-                target: Target, fusable: frozenset[str],
+                target: Target, layouts: list[frozenset[str]],
                 capped: Callable[[int], Mapping[str, StageLoad]] | None = None
                 ) -> CapacityDecision:
     """The sizing at `TARGET_UTILISATION`, or lower until the predicted p99 meets the
     target's, then with smaller batches (`capped(size)`: the loads with every batch at most
-    `size`, the profiled sizes tried largest first); the split layout unless only the fused
-    one reaches the target; a `CapacityError` when the budget cannot."""
+    `size`, the profiled sizes tried largest first); the split layout unless only a fused
+    one of `layouts` reaches the target (the first that does: fewest stages fused); a
+    `CapacityError` when the budget cannot."""
     fused: frozenset[str] = frozenset()
     missing = shortfall(state, loads, budget, target.rps, TARGET_UTILISATION)
-    if missing is not None and fusable and shortfall(
-            state, loads, budget, target.rps, TARGET_UTILISATION, fusable) is None:
-        missing, fused = None, fusable
     if missing is not None:
-        raise short_error(state, loads, budget, target, missing, fusable)
+        fused = next((each for each in layouts if shortfall(
+            state, loads, budget, target.rps, TARGET_UTILISATION, each) is None), fused)
+        missing = None if fused else missing
+    if missing is not None:
+        raise short_error(state, loads, budget, target, missing, layouts)
     for utilisation in UTILISATIONS:
         if shortfall(state, loads, budget, target.rps, utilisation, fused) is not None:
             break
@@ -237,7 +248,7 @@ def _for_target(state: CompileState, loads: Mapping[str, StageLoad], budget: Bud
             return only_fused(decision, target.rps) if fused else decision
     for size in smaller_batches(loads) if capped is not None else ():
         try:
-            return _for_target(state, capped(size), budget, target, fusable)
+            return _for_target(state, capped(size), budget, target, layouts)
         except CapacityError:
             continue
     raise p99_error(state, loads, budget, target, fused)
@@ -250,14 +261,14 @@ def smaller_batches(loads: Mapping[str, StageLoad]) -> list[int]:
 
 
 def short_error(state: CompileState, loads: Mapping[str, StageLoad], budget: Budget,
-                target: Target, missing: str, fusable: frozenset[str] = frozenset()
+                target: Target, missing: str, layouts: list[frozenset[str]] | None = None
                 ) -> CapacityError:
     """The `CapacityError` for what ran short (`shortfall`) in the split layout, with the
     most this cluster serves at the target's utilisation in either layout."""
     utilisation = TARGET_UTILISATION
     best = max(most_rps(lambda rps, layout=layout: shortfall(  # type: ignore[misc]
         state, loads, budget, rps, utilisation, layout) is None, target.rps)
-        for layout in {frozenset(), fusable})
+        for layout in {frozenset(), *(layouts or [])})
     sizing = planned_sizing(state, loads, target.rps, utilisation)
     hops, fused = hops_and_fused_work(loads, served_stages(sizing))
     if missing in ("cpus", "gpus"):

@@ -1,13 +1,16 @@
-"""The capacity pass's two layouts. *Split*: every heavy stage a deployment of its own, sized
-on its own, each call to it one Serve call (`CALL_CPU_MS`). *Fused*: every profiled stage the
-driver can run (`fuse.never_fused` says none of its reasons) runs inside the driver, whose
-replicas are sized as one stage doing their work (`capacity.driver_load`); a request is then
-one Serve call however many stage calls it makes, but those stages scale together.
+"""The capacity pass's layouts. *Split*: every heavy stage a deployment of its own, sized on
+its own, each call to it one Serve call (`CALL_CPU_MS`). *Fused*: a set of the profiled stages
+the driver can run (`fuse.never_fused` says none of its reasons) runs inside the driver, whose
+replicas are sized as one stage doing their work (`capacity.driver_load`); a call to one of
+them is then no Serve call, but those stages scale together. The fused sets weighed are every
+non-empty subset of those stages, fewest stages first (`fused_sets`; past `MAX_SUBSET_STAGES`
+stages, all of them only).
 
-For the most throughput the pass plans both and keeps the one the model says serves more
-(`decision_rps`); for a target it keeps the split layout (each stage scales on its own, up to
-the spare CPUs) unless only the fused one reaches the target. `spend_spare` gives the CPUs a
-layout leaves to whichever of its CPU stages (the driver, in the fused layout) serves least.
+For the most throughput the pass plans each layout and keeps the one the model says serves
+most (`decision_rps`; on a tie, the one fusing fewest); for a target it keeps the split layout
+(each stage scales on its own, up to the spare CPUs) unless only a fused one reaches the
+target, and then the one fusing fewest stages that does. `spend_spare` gives the CPUs a layout
+leaves to whichever of its CPU stages (the driver, in a fused layout) serves least.
 """
 
 from __future__ import annotations
@@ -28,6 +31,21 @@ from .capacity_options import (
 from .fuse import calls_by_group, never_fused
 
 DRIVER = "the driver"  # spend_spare's key for the fused layout's driver
+MAX_SUBSET_STAGES = 6  # up to 63 fused sets are weighed; more stages: all of them only
+
+
+def fused_sets(fusable: frozenset[str], light: frozenset[str] = frozenset()
+               ) -> list[frozenset[str]]:
+    """The fused layouts to weigh, fewest stages first (then by name): the `light` ones of
+    `fusable` (which run in the driver in any layout) with every non-empty subset of the
+    others, or with all of them only past `MAX_SUBSET_STAGES` such stages."""
+    names = sorted(fusable - light)
+    always = fusable & light
+    if len(names) > MAX_SUBSET_STAGES or not names:
+        return [fusable] if fusable else []
+    subsets = [always | {name for bit, name in enumerate(names) if mask >> bit & 1}
+               for mask in range(1, 2 ** len(names))]
+    return sorted(subsets, key=lambda subset: (len(subset), sorted(subset)))
 
 
 def plannable_into_driver(state: CompileState, loads: Mapping[str, StageLoad],
@@ -91,17 +109,21 @@ def spend_spare(state: CompileState, decision: CapacityDecision) -> CapacityDeci
                                driver_threads=driver.threads)
 
 
-def better(split: CapacityDecision, fused: CapacityDecision | None) -> CapacityDecision:
-    """The layout serving more (the split one on a tie), its choice explained."""
-    if fused is None:
+def best_layout(split: CapacityDecision, fused: list[CapacityDecision]) -> CapacityDecision:
+    """The layout serving most (on a tie the earlier one: split, then fewer stages fused),
+    its choice explained."""
+    split_rps = decision_rps(split)
+    best, best_rps = split, split_rps
+    for decision in fused:
+        rps = decision_rps(decision)
+        if rps > best_rps * (1 + 1e-9):
+            best, best_rps = decision, rps
+    if best is split:
         return split
-    split_rps, fused_rps = decision_rps(split), decision_rps(fused)
-    if fused_rps <= split_rps:
-        return split
-    stages = ", ".join(sorted(fused.fused))
-    return dataclasses.replace(fused, layout=(
-        f"planned into the driver for throughput: {stages} there serve {fused_rps:.3g} "
-        f"req/s, as deployments of their own {split_rps:.3g} (no Serve call per stage call)"))
+    return dataclasses.replace(best, layout=(
+        f"planned into the driver for throughput: {', '.join(sorted(best.fused))} there "
+        f"serve {best_rps:.3g} req/s, as deployments of their own {split_rps:.3g} (no Serve "
+        f"call per stage call){_kept_out(best)}"))
 
 
 def only_fused(decision: CapacityDecision, rps: float) -> CapacityDecision:
@@ -109,4 +131,13 @@ def only_fused(decision: CapacityDecision, rps: float) -> CapacityDecision:
     stages = ", ".join(sorted(decision.fused))
     return dataclasses.replace(decision, layout=(
         f"planned into the driver: {rps:g} req/s is out of reach with {stages} as "
-        "deployments of their own (each stage call a Serve call)"))
+        f"deployments of their own (each stage call a Serve call){_kept_out(decision)}"))
+
+
+def _kept_out(decision: CapacityDecision) -> str:
+    """`; X stays a deployment of its own` for the heavy stages a fused set leaves out."""
+    others = sorted(name for name, sized in decision.sizing.items() if not sized.light)
+    if not others:
+        return ""
+    verb = "stays a deployment" if len(others) == 1 else "stay deployments"
+    return f"; {', '.join(others)} {verb} of {'its' if len(others) == 1 else 'their'} own"
