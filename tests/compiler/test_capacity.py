@@ -16,14 +16,7 @@ from tests.stages import Inc, add, batch_probe, diamond, double, scoring, triple
 MACHINE = Machine(cpus=2, platform="test", python="3")
 
 
-@pytest.fixture(autouse=True)
-def serve_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hand calculations below use these costs of Serve's own work (the model's fitted
-    constants move when it is refitted; the arithmetic must not)."""
-    monkeypatch.setattr(model, "REQUEST_CPU_MS", 2.2)
-    monkeypatch.setattr(model, "CALL_CPU_MS", 2.5)
-    monkeypatch.setattr(model, "DRIVER_SHARE", 0.7)
-    monkeypatch.setattr(model, "SERVED_WORK_FACTOR", 1.0)
+pytestmark = pytest.mark.usefixtures("serve_costs")  # conftest: Serve's costs pinned
 
 
 def _stage(label: str, calls: int, batches: dict[int, float],

@@ -12,20 +12,13 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 import servegraph as sg
-from servegraph.compiler import capacity as model
 from servegraph.compiler.profile import BatchTiming, Machine, StageProfile, ThreadTiming
 from servegraph.errors import BindError
 
 MACHINE = Machine(cpus=16, platform="test", python="3")
 
 
-@pytest.fixture(autouse=True)
-def serve_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve's own costs as the hand calculations take them (the fitted ones move)."""
-    monkeypatch.setattr(model, "REQUEST_CPU_MS", 2.2)
-    monkeypatch.setattr(model, "CALL_CPU_MS", 2.5)
-    monkeypatch.setattr(model, "DRIVER_SHARE", 0.7)
-    monkeypatch.setattr(model, "SERVED_WORK_FACTOR", 1.0)
+pytestmark = pytest.mark.usefixtures("serve_costs")  # conftest: Serve's costs pinned
 
 
 @sg.deployment

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import servegraph as sg
-from servegraph.compiler import capacity as model
 from servegraph.compiler.profile import BatchTiming, Machine, StageProfile, ThreadTiming
 from servegraph.serving import cluster as cluster_info
 from servegraph.serving import profile as profiler
@@ -22,11 +21,7 @@ from servegraph.serving import profile as profiler
 GIB = 2**30
 
 
-@pytest.fixture(autouse=True)
-def serve_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stage's profiled time as it is served (the model's fitted factor moves when it is
-    refitted; the arithmetic here must not)."""
-    monkeypatch.setattr(model, "SERVED_WORK_FACTOR", 1.0)
+pytestmark = pytest.mark.usefixtures("serve_costs")  # conftest: Serve's costs pinned
 MACHINE = Machine(cpus=2, platform="test", python="3", gpus=1, gpu_memory_bytes=24 * GIB)
 
 

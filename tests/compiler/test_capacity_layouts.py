@@ -8,17 +8,10 @@ from __future__ import annotations
 import pytest
 
 import servegraph as sg
-from servegraph.compiler import capacity as model
 from servegraph.compiler.passes.capacity_layout import fused_sets
 from servegraph.compiler.profile import BatchTiming, Machine, StageProfile, ThreadTiming
 
-
-@pytest.fixture(autouse=True)
-def serve_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model, "REQUEST_CPU_MS", 2.2)
-    monkeypatch.setattr(model, "CALL_CPU_MS", 2.5)
-    monkeypatch.setattr(model, "DRIVER_SHARE", 0.7)
-    monkeypatch.setattr(model, "SERVED_WORK_FACTOR", 1.0)
+pytestmark = pytest.mark.usefixtures("serve_costs")  # conftest: Serve's costs pinned
 
 
 @sg.deployment
