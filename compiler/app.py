@@ -29,7 +29,7 @@ from .emit.rayservice import rayservice
 from .emit.serve_config import serve_config
 from .explain import explain
 from .passes.capacity_app import plan_app
-from .passes.capacity_options import CapacityDecision
+from .passes.capacity_options import CapacityDecision, replicas_fixed
 from .passes.fuse import fuse_pass
 from .passes.lower import driver_options, fused_cpus, lower
 from .passes.pack import pack_pass
@@ -110,8 +110,7 @@ def compile_app(app: App, cluster: ClusterSpec | None, fuse: bool, passes: Seque
     driver_name = f"{app.name}_driver"
     options = driver_options(app.driver_options, sum(
         fused_cpus(plan.deployments) for plan in plans.values()))
-    own = app.driver_options
-    if decisions and own.num_replicas is None and own.autoscaling_config is None:
+    if decisions and not replicas_fixed(app.driver_options):
         options["num_replicas"] = sum(each.driver_replicas for each in decisions.values())
     splits = {name: plan.driver.options["user_config"] for name, plan in plans.items()
               if "user_config" in plan.driver.options}

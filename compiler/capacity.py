@@ -98,7 +98,8 @@ class StageLoad:
     """One deployment's work per pipeline request, from its profile (see the module
     docstring): `work_ms[t - 1]` on a replica of `t` CPUs; `call_ms[t - 1]` one call's
     service time (its slowest method, at its batch); `calls` per request; `batch` the items
-    per call the work assumes (the largest method's); `wait_ms` its batch wait; `batch_ms`
+    per call the work assumes (the largest method's); `wait_ms` its batch wait (its
+    methods' longest, `batches`); `batch_ms`
     its most called method's profiled calls by batch size, on one CPU."""
 
     stage: str
@@ -106,17 +107,21 @@ class StageLoad:
     work_ms: tuple[float, ...]
     call_ms: tuple[float, ...]
     batch: int = 1
-    wait_ms: float = 0.0
     batch_ms: tuple[tuple[int, float], ...] = ((1, 0.0),)  # (size, ms) on one CPU
     batches: tuple[MethodBatch, ...] = ()  # each `sg.batch` method's planned batch
 
+    @property
+    def wait_ms(self) -> float:
+        """The batch wait of a call: its batched methods' longest (0 when none is)."""
+        return max((each.wait_ms for each in self.batches), default=0.0)
+
     def waiting(self, rps: float, replicas: int) -> StageLoad:
         """This load with its batch waits planned for `rps` on `replicas`
-        (`MethodBatch.planned_wait`); `wait_ms` the longest."""
+        (`MethodBatch.planned_wait`)."""
         if not self.batches:
             return self
-        batches = tuple(each.planned_wait(rps, replicas) for each in self.batches)
-        return replace(self, batches=batches, wait_ms=max(each.wait_ms for each in batches))
+        return replace(self, batches=tuple(each.planned_wait(rps, replicas)
+                                           for each in self.batches))
 
     @property
     def max_threads(self) -> int:
@@ -178,7 +183,7 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
     threads = max(len(method.threads_ms) for method in methods) or 1
     work = [0.0] * threads
     call = [0.0] * threads
-    calls, batch, wait = 0.0, 1, 0.0
+    calls, batch = 0.0, 1
     sizes_of: list[MethodBatch] = []
     for method in methods:
         size, per_item, median = batch_at(method, max_batch.get(method.method, 1))
@@ -188,7 +193,6 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
             sizes_of.append(MethodBatch(method.method, size, per_request, declared, declared))
         calls += per_request
         batch = max(batch, size)
-        wait = max(wait, wait_ms.get(method.method, 0.0))
         for index in range(threads):
             ratio = speed(method, index + 1)
             work[index] += per_request * per_item * ratio * SERVED_WORK_FACTOR
@@ -196,7 +200,7 @@ def stage_load(stage: str, methods: Sequence[StageProfile], payloads: int,
     busiest = max(methods, key=lambda method: method.calls)
     sizes = tuple((t.batch_size, t.median_ms * SERVED_WORK_FACTOR) for t in busiest.service_ms
                   if t.batch_size <= max(batch, 1))
-    return StageLoad(stage, calls, tuple(work), tuple(call), batch, wait, sizes or ((1, 0.0),),
+    return StageLoad(stage, calls, tuple(work), tuple(call), batch, sizes or ((1, 0.0),),
                      tuple(sizes_of))
 
 

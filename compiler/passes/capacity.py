@@ -61,6 +61,7 @@ from .capacity_options import (
     batched,
     critical_p99,
     hops_and_fused_work,
+    replicas_fixed,
     reserved_cpus,
     reserved_total,
     served_stages,
@@ -147,7 +148,7 @@ def planned_sizing(state: CompileState, loads: Mapping[str, StageLoad], rps: flo
             sizing[name] = size_stage(load, rps, utilisation, max_threads=1)
             continue
         sized = size_stage(load, rps, utilisation)
-        light = sized.cpus == 1 and load.work(1) <= LIGHT_WORK_MS and not batched(state, name)
+        light = sized.cpus == 1 and _light(state, load)
         sizing[name] = Sizing(1, 1, light=True) if light else sized
     return sizing
 
@@ -334,5 +335,4 @@ def _gpus(state: CompileState) -> int | None:
 
 
 def _driver_fixed(state: CompileState) -> bool:
-    own = state.graph.driver_options
-    return own.num_replicas is not None or own.autoscaling_config is not None
+    return replicas_fixed(state.graph.driver_options)

@@ -28,7 +28,7 @@ from ...errors import BindError, CapacityError
 from ..profile import Profile, Target
 from ..state import CompileState, spec_of_group
 from .capacity import capacity_pass
-from .capacity_options import CapacityDecision
+from .capacity_options import CapacityDecision, reserved_cpus
 from .resources import stage_resources
 
 HINT = ("sg.compile(app, cluster=..., profile={'search': sg.profile(search, payloads)}, "
@@ -125,7 +125,7 @@ def taken_elsewhere(states: Mapping[str, CompileState],
                  if name != graph and stage in state.stage_names())])
         for name in holders:
             facts = states[name].resources[stage]
-            cpus += facts.cpus * facts.replicas.start
+            cpus += reserved_cpus(states[name], stage, {})  # as planned, or declared
             gpus += (facts.gpus or 0.0) * facts.replicas.start
     return cpus, gpus
 

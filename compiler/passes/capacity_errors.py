@@ -46,13 +46,13 @@ def cpus_short(target: Target, need: float, cpus: float, utilisation: float,
 def gpus_short(target: Target, need: float, gpus: float, gpu_memory: int | None,
                neck: Bottleneck, best: float) -> CapacityError:
     whole = math.ceil(need - 1e-9)
+    more = math.ceil(whole - gpus - 1e-9)
     return CapacityError(
         f"{target.describe()} needs {_plural(whole, 'GPU')} and the cluster has {gpus:g}; the "
         f"bottleneck is {neck.replicas} replica{'' if neck.replicas == 1 else 's'} x "
         f"{neck.each:g} GPU (one replica serves {neck.replica_rps:.3g} req/s)",
         stage=neck.stage,
-        hint=f"give the cluster {math.ceil(whole - gpus - 1e-9)} more "
-        f"GPU{'' if math.ceil(whole - gpus - 1e-9) == 1 else 's'} of "
+        hint=f"give the cluster {more} more GPU{'' if more == 1 else 's'} of "
         f"{format_bytes(gpu_memory)}, or aim at {best:.3g} req/s, the most it serves",
     )
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ...dag import CallNode, batch_spec
+from ...dag import CallNode, DeploymentOptions, batch_spec
 from ..capacity import CONCURRENT_BATCHES, Sizing, StageLoad, cpu_bound_rps, driver_ms
 from ..graphview import heaviest_path
 from ..profile import Target
@@ -65,6 +65,11 @@ def with_waits(decision: CapacityDecision) -> CapacityDecision:
     return dataclasses.replace(decision, loads={
         name: load.waiting(decision.rps, decision.sized(name).replicas)
         for name, load in decision.loads.items()})
+
+
+def replicas_fixed(options: DeploymentOptions) -> bool:
+    """The user set these replicas (`num_replicas` or autoscaling): the pass keeps them."""
+    return options.num_replicas is not None or options.autoscaling_config is not None
 
 
 def batched(state: CompileState, name: str) -> bool:

@@ -420,6 +420,6 @@ def test_a_batch_waits_no_longer_than_its_batch_takes_to_arrive() -> None:
     shorter = batch.planned_wait(2000, 2)
     assert shorter.wait_ms == 1.824 and shorter.declared_ms == 5.0
     assert shorter.planned_wait(20, 2).wait_ms == 5.0
-    load = model.StageLoad("s", 17.0, (10.0,), (10.0,), batch=32, wait_ms=5.0,
+    load = model.StageLoad("s", 17.0, (10.0,), (10.0,), batch=32,
                            batches=(batch,))
     assert load.waiting(2000, 2).wait_ms == 1.824
